@@ -1,0 +1,3 @@
+"""selfinstruct: Self-Instruct as a service."""
+
+__version__ = "0.1.0"

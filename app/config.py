@@ -1,0 +1,70 @@
+"""One Settings object read from the environment; conventional names where they exist."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "selfinstruct"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SELFINSTRUCT_", extra="ignore")
+
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL", "SELFINSTRUCT_DATABASE_URL")
+    )
+    celery_broker_url: str | None = Field(
+        None, validation_alias=AliasChoices("CELERY_BROKER_URL", "SELFINSTRUCT_CELERY_BROKER_URL")
+    )
+    openai_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("OPENAI_BASE_URL", "SELFINSTRUCT_OPENAI_BASE_URL")
+    )
+    openai_api_key: SecretStr = Field(
+        SecretStr("not-needed"),
+        validation_alias=AliasChoices("OPENAI_API_KEY", "SELFINSTRUCT_OPENAI_API_KEY"),
+    )
+    model: str | None = Field(None, description="Default model (SELFINSTRUCT_MODEL).")
+    data_dir: Path = Field(default_factory=_default_data_dir)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_url: str | None = Field(None, description="Where the CLI client finds the API.")
+
+    llm_timeout_s: float = 120.0
+    llm_max_retries: int = 4
+    instructions_per_instance_task: int = Field(
+        5, description="Accepted instructions handled by one instance-generation task."
+    )
+    max_seed_upload_bytes: int = 10 * 1024 * 1024
+    max_seed_line_bytes: int = 256 * 1024
+    max_seed_tasks: int = 10_000
+
+    @property
+    def embedded(self) -> bool:
+        """No external database or broker configured: run on SQLite and a server-less broker."""
+        return self.database_url is None and self.celery_broker_url is None
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'selfinstruct.sqlite3'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.celery_broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.sqlite3'}"
+
+    @property
+    def resolved_api_url(self) -> str:
+        return self.api_url or f"http://{self.host}:{self.port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

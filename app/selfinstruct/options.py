@@ -1,0 +1,62 @@
+"""Per-job generation options. Defaults are the Self-Instruct paper's settings."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PAPER_KEYWORD_BLACKLIST: tuple[str, ...] = (
+    "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
+    "map", "maps", "draw", "plot", "go to",
+)  # fmt: skip
+
+INSTRUCTION_STOP: tuple[str, ...] = ("\n\n", "\n16", "16.", "16 .")
+INSTANCE_STOP: tuple[str, ...] = ("Example 6", "Task:")
+CLASSIFY_STOP: tuple[str, ...] = ("\n", "Task")
+
+
+class GenerationOptions(BaseModel):
+    """Everything that shapes a job's output; recorded with the job so a run can be explained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="Model name; the server default when omitted.")
+    endpoint: Literal["completions", "chat"] = Field(
+        "completions", description="completions (the paper's) or chat (prompt sent as one user message)."
+    )
+    seed: int | None = Field(None, description="RNG seed for prompt sampling; random when omitted.")
+    classification_only: bool = Field(
+        False, description="Generate classification tasks only, from the classification seeds."
+    )
+
+    # Step 1: instruction bootstrap.
+    prompt_instructions: int = Field(8, ge=2, le=32, description="Instructions shown per prompt.")
+    machine_instructions_per_prompt: int = Field(
+        2, ge=0, le=32, description="How many of them come from accepted machine instructions."
+    )
+    requests_per_round: int = Field(5, ge=1, le=64, description="Concurrent prompts per round.")
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.5, ge=0.0, le=1.0)
+    presence_penalty: float = Field(2.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    max_tokens: int = Field(1024, ge=16, le=32768)
+
+    # Instruction filters.
+    min_words: int = Field(4, ge=1, le=1000, description="Fewer words than this are rejected.")
+    max_words: int = Field(150, ge=1, le=10000, description="More words than this are rejected.")
+    keyword_blacklist: list[str] = Field(default_factory=lambda: list(PAPER_KEYWORD_BLACKLIST))
+    rouge_threshold: float = Field(
+        0.7, gt=0.0, le=1.0, description="Rejected when ROUGE-L F to any earlier text is above this."
+    )
+
+    # Steps 2 and 3: classification and instances.
+    instance_max_tokens: int = Field(350, ge=16, le=32768)
+    classification_instance_max_tokens: int = Field(300, ge=16, le=32768)
+    instance_temperature: float = Field(0.0, ge=0.0, le=2.0)
+    instance_top_p: float = Field(0.0, ge=0.0, le=1.0)
+    instance_presence_penalty: float = Field(1.5, ge=-2.0, le=2.0)
+    max_instances_per_task: int = Field(5, ge=1, le=50)
+
+    # Safety stop: a model that never produces anything new must not loop forever.
+    max_rounds_without_progress: int = Field(20, ge=1, le=10000)

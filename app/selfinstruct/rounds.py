@@ -1,0 +1,116 @@
+"""One bootstrap round as two pure halves: plan() decides what to ask, accept() what to keep.
+
+The service in between makes the LLM calls; keeping both halves pure lets the whole round be
+tested without a network, a database or a worker.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from app.selfinstruct.filters import filter_instances, instruction_rejection
+from app.selfinstruct.options import GenerationOptions
+from app.selfinstruct.parsing import parse_instances, parse_instruction_completion
+from app.selfinstruct.prompts import build_instruction_prompt
+from app.selfinstruct.rouge import RougeLIndex
+from app.selfinstruct.sampling import sample_prompt_instructions
+from app.selfinstruct.types import (
+    CandidateDecision,
+    Completion,
+    InstanceDecision,
+    InstructionReason,
+    RoundOutcome,
+    SeedTask,
+)
+
+
+def prompt_seed_instructions(seeds: Sequence[SeedTask], options: GenerationOptions) -> list[str]:
+    """The seed instructions a job samples from (only classification seeds in that mode)."""
+    chosen = [s for s in seeds if s.is_classification] if options.classification_only else seeds
+    return [s.instruction for s in chosen]
+
+
+def plan_round(
+    seed_instructions: Sequence[str],
+    machine_instructions: Sequence[str],
+    options: GenerationOptions,
+    rng: random.Random,
+) -> list[str]:
+    """The instruction-generation prompts for one round (one per concurrent request)."""
+    prompts: list[str] = []
+    for _ in range(options.requests_per_round):
+        shown = sample_prompt_instructions(
+            seed_instructions,
+            machine_instructions,
+            rng,
+            total=options.prompt_instructions,
+            machine=options.machine_instructions_per_prompt,
+        )
+        prompts.append(
+            build_instruction_prompt(shown, classification_only=options.classification_only)
+        )
+    return prompts
+
+
+def accept_round(
+    completions: Sequence[Completion],
+    index: RougeLIndex,
+    options: GenerationOptions,
+    *,
+    remaining: int,
+    first_numbers: Sequence[int] | None = None,
+) -> RoundOutcome:
+    """Judge every candidate in prompt order; accepted texts are added to `index` as we go,
+    so later candidates of the same round are compared with them too (as in the paper).
+
+    `remaining` is how many more instructions the job needs; acceptable candidates beyond it are
+    recorded as over target rather than silently dropped.
+    """
+    outcome = RoundOutcome()
+    for prompt_index, completion in enumerate(completions):
+        first = first_numbers[prompt_index] if first_numbers else options.prompt_instructions + 1
+        for text in parse_instruction_completion(completion.text, first_number=first):
+            decision = _judge(text, prompt_index, completion, index, options, remaining)
+            if decision.accepted:
+                index.add(text)
+                remaining -= 1
+            outcome.decisions.append(decision)
+    return outcome
+
+
+def _judge(
+    text: str,
+    prompt_index: int,
+    completion: Completion,
+    index: RougeLIndex,
+    options: GenerationOptions,
+    remaining: int,
+) -> CandidateDecision:
+    if completion.truncated:
+        return CandidateDecision(text, prompt_index, InstructionReason.TRUNCATED_RESPONSE)
+    reason = instruction_rejection(
+        text,
+        min_words=options.min_words,
+        max_words=options.max_words,
+        keyword_blacklist=options.keyword_blacklist,
+    )
+    if reason is not None:
+        return CandidateDecision(text, prompt_index, reason)
+    match = index.best(text)
+    nearest = index.text(match.item) if match.item is not None else None
+    if match.score > options.rouge_threshold:
+        reason = InstructionReason.NEAR_DUPLICATE
+    elif remaining <= 0:
+        reason = InstructionReason.OVER_TARGET
+    return CandidateDecision(text, prompt_index, reason, max_rouge=match.score, nearest=nearest)
+
+
+def judge_instances(
+    completion: Completion, *, is_classification: bool, options: GenerationOptions
+) -> list[InstanceDecision]:
+    """Parse one instance-generation response and apply the paper's instance filters."""
+    parsed = parse_instances(completion.text, is_classification=is_classification)
+    return filter_instances(
+        parsed, truncated=completion.truncated, max_per_task=options.max_instances_per_task
+    )

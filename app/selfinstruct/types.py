@@ -1,0 +1,101 @@
+"""Plain data passed between the pure pipeline steps and the services around them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+@dataclass(frozen=True, slots=True)
+class SeedInstance:
+    input: str
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class SeedTask:
+    """One task of the Self-Instruct seed format (`id`, `name`, `instruction`, `instances`, ...)."""
+
+    id: str
+    name: str
+    instruction: str
+    instances: tuple[SeedInstance, ...]
+    is_classification: bool
+
+
+class InstructionReason(StrEnum):
+    """Why a generated instruction was not accepted."""
+
+    TOO_SHORT = "too_short"
+    TOO_LONG = "too_long"
+    BLACKLISTED_KEYWORD = "blacklisted_keyword"
+    WRITE_A_PROGRAM = "write_a_program"
+    STARTS_WITH_PUNCTUATION = "starts_with_punctuation"
+    STARTS_WITH_NON_ASCII = "starts_with_non_ascii"
+    NEAR_DUPLICATE = "near_duplicate"
+    TRUNCATED_RESPONSE = "truncated_response"
+    OVER_TARGET = "over_target"
+
+
+class InstanceReason(StrEnum):
+    """Why a generated instance was not accepted."""
+
+    EMPTY_OUTPUT = "empty_output"
+    INPUT_EQUALS_OUTPUT = "input_equals_output"
+    CUT_OFF = "cut_off"
+    CONFLICTING_OUTPUTS = "conflicting_outputs"
+    DUPLICATE = "duplicate"
+    TRUNCATED = "truncated"
+    OVER_LIMIT = "over_limit"
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What an LLM returned for one prompt: the text and why it stopped."""
+
+    text: str
+    finish_reason: str | None = "stop"
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedInstance:
+    input: str
+    output: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceDecision:
+    instance: ParsedInstance
+    reason: InstanceReason | None
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateDecision:
+    """The verdict on one generated instruction, with its nearest neighbour for inspection."""
+
+    text: str
+    prompt_index: int
+    reason: InstructionReason | None
+    max_rouge: float | None = None
+    nearest: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None
+
+
+@dataclass(slots=True)
+class RoundOutcome:
+    decisions: list[CandidateDecision] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> list[CandidateDecision]:
+        return [d for d in self.decisions if d.accepted]
