@@ -1,5 +1,134 @@
-"""Placeholder; commands are added here."""
+"""Client commands over the HTTP API: submit, status, jobs, download, cancel."""
 
 from __future__ import annotations
 
-from app.cli import cli  # noqa: F401
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from app.cli import cli
+from app.cli.progress import describe, wait_for_job
+from app.client import APIClient, APIError
+from app.config import get_settings
+
+console = Console(stderr=True)
+
+ApiUrl = Annotated[
+    str | None,
+    typer.Option("--api-url", envvar="SELFINSTRUCT_API_URL", help="Base URL of the API."),
+]
+
+
+def _client(api_url: str | None) -> APIClient:
+    return APIClient(api_url or get_settings().resolved_api_url)
+
+
+def _fail(exc: APIError) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}", highlight=False)
+    return typer.Exit(code=1)
+
+
+@cli.command()
+def submit(
+    seeds: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Seed tasks JSONL.")],
+    num_instructions: Annotated[int, typer.Option("--num-instructions", "-n", min=1)] = 100,
+    options: Annotated[
+        str | None, typer.Option(help="Generation options as JSON, e.g. '{\"seed\": 1}'.")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Follow progress until the job finishes.")] = False,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="With --wait: download here.")
+    ] = None,
+    api_url: ApiUrl = None,
+) -> None:
+    """Upload seed tasks and start a job; prints the job id."""
+    try:
+        parsed: dict[str, Any] = json.loads(options) if options else {}
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]error:[/red] --options is not valid JSON: {exc}")
+        raise typer.Exit(code=2) from exc
+    with _client(api_url) as client:
+        try:
+            seed_set = client.upload_seed_set(seeds)
+            job = client.create_job(
+                seed_set_id=seed_set["id"], num_instructions=num_instructions, options=parsed
+            )
+            typer.echo(job["id"])
+            if not wait:
+                return
+            job = wait_for_job(client, job["id"], console)
+            if output is not None:
+                lines = client.download(job["id"], output)
+                console.print(f"wrote {lines} examples to {output}")
+        except APIError as exc:
+            raise _fail(exc) from exc
+    if job["status"] != "succeeded":
+        console.print(f"[red]job {job['status']}[/red]: {job.get('error') or ''}")
+        raise typer.Exit(code=1)
+
+
+@cli.command()
+def status(job_id: str, api_url: ApiUrl = None) -> None:
+    """Show a job's status and progress as JSON."""
+    with _client(api_url) as client:
+        try:
+            job = client.job(job_id)
+        except APIError as exc:
+            raise _fail(exc) from exc
+    typer.echo(json.dumps(job, indent=2))
+
+
+@cli.command()
+def jobs(
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
+    api_url: ApiUrl = None,
+) -> None:
+    """List jobs, newest first."""
+    with _client(api_url) as client:
+        try:
+            page = client.jobs(limit=limit)
+        except APIError as exc:
+            raise _fail(exc) from exc
+    table = Table("id", "status", "accepted", "target", "created", "progress")
+    for job in page["items"]:
+        p = job["progress"]
+        table.add_row(
+            job["id"],
+            job["status"],
+            str(p["instructions_accepted"]),
+            str(job["num_instructions"]),
+            job["created_at"][:19],
+            describe(job),
+        )
+    Console().print(table)
+
+
+@cli.command()
+def download(
+    job_id: str,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSONL.")],
+    include_rejected: Annotated[bool, typer.Option(help="Append rejected items.")] = False,
+    api_url: ApiUrl = None,
+) -> None:
+    """Download a job's examples as JSONL (partial results while it runs)."""
+    with _client(api_url) as client:
+        try:
+            lines = client.download(job_id, output, include_rejected=include_rejected)
+        except APIError as exc:
+            raise _fail(exc) from exc
+    console.print(f"wrote {lines} lines to {output}")
+
+
+@cli.command()
+def cancel(job_id: str, api_url: ApiUrl = None) -> None:
+    """Cancel a job; what it generated so far stays downloadable."""
+    with _client(api_url) as client:
+        try:
+            job = client.cancel(job_id)
+        except APIError as exc:
+            raise _fail(exc) from exc
+    typer.echo(f"{job['id']} {job['status']}")

@@ -1,5 +1,63 @@
-"""Placeholder; commands are added here."""
+"""Server-side commands: serve the API, run a worker, migrate the database."""
 
 from __future__ import annotations
 
-from app.cli import cli  # noqa: F401
+from typing import Annotated
+
+import typer
+
+from app.cli import cli
+from app.config import get_settings
+
+
+@cli.command()
+def migrate() -> None:
+    """Upgrade the database to the newest schema."""
+    from app.migrate import upgrade_database
+
+    settings = get_settings()
+    upgrade_database(settings.resolved_database_url)
+    typer.echo("database is up to date")
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+    embedded: Annotated[
+        bool | None,
+        typer.Option(
+            "--embedded/--no-embedded",
+            help="Also run a worker (and the local model when OPENAI_BASE_URL is unset). "
+            "Default: on when DATABASE_URL and CELERY_BROKER_URL are unset.",
+        ),
+    ] = None,
+) -> None:
+    """Run the HTTP API (uvicorn)."""
+    import uvicorn
+
+    settings = get_settings()
+    host = host or settings.host
+    port = port or settings.port
+    if embedded is None:
+        embedded = settings.embedded
+    if not embedded:
+        uvicorn.run("app.main:create_app", factory=True, host=host, port=port)
+        return
+    from app.embedded import EmbeddedStack
+
+    with EmbeddedStack(settings, console_echo=typer.echo):
+        uvicorn.run("app.main:create_app", factory=True, host=host, port=port)
+
+
+@cli.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run a Celery worker for the pipeline tasks."""
+    from workers.celery_app import QUEUE, celery_app
+
+    celery_app.worker_main(
+        ["worker", f"--loglevel={loglevel}", "-Q", QUEUE, f"--concurrency={concurrency}"]
+    )

@@ -23,7 +23,8 @@ class GenerationOptions(BaseModel):
 
     model: str | None = Field(None, description="Model name; the server default when omitted.")
     endpoint: Literal["completions", "chat"] = Field(
-        "completions", description="completions (the paper's) or chat (prompt sent as one user message)."
+        "completions",
+        description="completions (the paper's) or chat (prompt sent as one user message).",
     )
     seed: int | None = Field(None, description="RNG seed for prompt sampling; random when omitted.")
     classification_only: bool = Field(
@@ -47,7 +48,10 @@ class GenerationOptions(BaseModel):
     max_words: int = Field(150, ge=1, le=10000, description="More words than this are rejected.")
     keyword_blacklist: list[str] = Field(default_factory=lambda: list(PAPER_KEYWORD_BLACKLIST))
     rouge_threshold: float = Field(
-        0.7, gt=0.0, le=1.0, description="Rejected when ROUGE-L F to any earlier text is above this."
+        0.7,
+        gt=0.0,
+        le=1.0,
+        description="Rejected when ROUGE-L F to any earlier text is above this.",
     )
 
     # Steps 2 and 3: classification and instances.

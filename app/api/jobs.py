@@ -1,0 +1,109 @@
+"""Jobs: create, poll, list, cancel, download."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import StreamingResponse
+
+from app.api.seed_sets import seed_errors
+from app.deps import SessionDep
+from app.errors import ERROR_RESPONSES, InvalidInput, ServiceUnavailable
+from app.schemas import JobCreate, JobPage, JobRead
+from app.selfinstruct.seeds import SeedFileError, validate_seed_tasks
+from app.services import jobs as job_service
+from app.services.export import examples_jsonl
+from app.services.queue import enqueue_round
+from app.services.seed_sets import create_seed_set
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    responses={**ERROR_RESPONSES, 503: {"description": "Task broker unavailable"}},
+)
+def create_job(body: JobCreate, session: SessionDep, response: Response) -> JobRead:
+    """Start a Self-Instruct job; poll the `Location` for its progress."""
+    seed_set_id = body.seed_set_id
+    if body.seed_tasks is not None:
+        try:
+            tasks = validate_seed_tasks(body.seed_tasks)
+        except SeedFileError as exc:
+            raise InvalidInput(f"seed_tasks: {exc}", errors=seed_errors(exc)) from exc
+        seed_set_id = create_seed_set(session, name="inline", tasks=tasks).id
+    assert seed_set_id is not None
+    job = job_service.create_job(
+        session,
+        seed_set_id=seed_set_id,
+        num_instructions=body.num_instructions,
+        options=body.options,
+    )
+    session.commit()  # the worker must find the job before it gets the message
+    try:
+        enqueue_round(job.id, 1)
+    except Exception as exc:
+        job_service.fail_unqueued(session, job, f"could not reach the task broker: {exc}")
+        session.commit()
+        raise ServiceUnavailable("the task broker is unavailable; the job was not started") from exc
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_service.job_read(session, job)
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> JobPage:
+    """Jobs, newest first."""
+    jobs, total = job_service.list_jobs(session, limit=limit, offset=offset)
+    return JobPage(
+        items=[job_service.job_read(session, j) for j in jobs],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get("/{job_id}", response_model=JobRead, responses=ERROR_RESPONSES)
+def read_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
+    return job_service.job_read(session, job_service.get_job(session, job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobRead,
+    responses={**ERROR_RESPONSES, 409: {"description": "Already finished"}},
+)
+def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
+    """Stop a job; what it has generated so far stays downloadable."""
+    job = job_service.cancel_job(session, job_id)
+    return job_service.job_read(session, job)
+
+
+@router.get(
+    "/{job_id}/examples.jsonl",
+    response_class=StreamingResponse,
+    responses={
+        **ERROR_RESPONSES,
+        200: {"content": {"application/x-ndjson": {}}, "description": "One example per line"},
+    },
+)
+def download_examples(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    include: Annotated[Literal["accepted", "rejected"], Query()] = "accepted",
+) -> StreamingResponse:
+    """Accepted examples (also while the job runs); `include=rejected` appends the rejected
+    instructions and instances with their reason codes."""
+    job = job_service.get_job(session, job_id)
+    return StreamingResponse(
+        examples_jsonl(job.id, include_rejected=include == "rejected"),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{job.id}.jsonl"'},
+    )

@@ -1,0 +1,51 @@
+"""Live job progress in the terminal, shared by `submit --wait` and `demo`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from app.client import APIClient
+
+FINISHED = {"succeeded", "failed", "cancelled"}
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
+
+
+def describe(job: dict[str, Any]) -> str:
+    p = job["progress"]
+    return (
+        f"round {p['rounds_completed']} · rejected: {_reasons(p['instructions_rejected'])} · "
+        f"instances {p['instances_accepted']} · tokens {p['prompt_tokens']}+{p['completion_tokens']}"
+    )
+
+
+def wait_for_job(
+    client: APIClient, job_id: str, console: Console, *, poll_s: float = 1.0
+) -> dict[str, Any]:
+    """Poll until the job finishes, drawing accepted instructions and instances as bars."""
+    job = client.job(job_id)
+    target = job["num_instructions"]
+    columns = (
+        TextColumn("{task.description:<13}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[detail]}"),
+    )
+    with Progress(*columns, console=console, transient=False) as bars:
+        instructions = bars.add_task("instructions", total=target, detail="")
+        instances = bars.add_task("with examples", total=target, detail="")
+        while True:
+            p = job["progress"]
+            bars.update(instructions, completed=p["instructions_accepted"], detail=describe(job))
+            bars.update(instances, completed=p["instructions_with_instances"], detail="")
+            if job["status"] in FINISHED:
+                return job
+            time.sleep(poll_s)
+            job = client.job(job_id)

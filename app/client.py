@@ -1,0 +1,106 @@
+"""A small synchronous client for the selfinstruct HTTP API (used by the CLI and the demo)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class APIError(Exception):
+    """The API answered with an error; str() is one line naming what was wrong."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class APIClient:
+    def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> APIClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.HTTPError as exc:
+            raise APIError(0, f"cannot reach the API at {self.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise APIError(response.status_code, _error_message(response))
+        return response
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/healthz").json()
+
+    def upload_seed_set(self, path: Path, *, name: str | None = None) -> dict[str, Any]:
+        with path.open("rb") as fh:
+            files = {"file": (path.name, fh, "application/x-ndjson")}
+            data = {"name": name} if name else None
+            return self._request("POST", "/v1/seed-sets", files=files, data=data).json()
+
+    def create_job(
+        self,
+        *,
+        num_instructions: int,
+        seed_set_id: str | None = None,
+        seed_tasks: list[dict[str, Any]] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"num_instructions": num_instructions, "options": options or {}}
+        if seed_set_id is not None:
+            body["seed_set_id"] = seed_set_id
+        if seed_tasks is not None:
+            body["seed_tasks"] = seed_tasks
+        return self._request("POST", "/v1/jobs", json=body).json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{job_id}").json()
+
+    def jobs(self, *, limit: int = 20, offset: int = 0) -> dict[str, Any]:
+        return self._request("GET", "/v1/jobs", params={"limit": limit, "offset": offset}).json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
+
+    def iter_examples(self, job_id: str, *, include_rejected: bool = False) -> Iterator[bytes]:
+        params = {"include": "rejected"} if include_rejected else None
+        url = f"/v1/jobs/{job_id}/examples.jsonl"
+        try:
+            with self._http.stream("GET", url, params=params) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise APIError(response.status_code, _error_message(response))
+                yield from response.iter_bytes()
+        except httpx.HTTPError as exc:
+            raise APIError(0, f"cannot reach the API at {self.base_url}: {exc}") from exc
+
+    def download(self, job_id: str, path: Path, *, include_rejected: bool = False) -> int:
+        """Write the job's JSONL to `path` (atomically); returns the number of lines."""
+        tmp = path.with_name(path.name + ".part")
+        lines = 0
+        with tmp.open("wb") as fh:
+            for chunk in self.iter_examples(job_id, include_rejected=include_rejected):
+                lines += chunk.count(b"\n")
+                fh.write(chunk)
+        tmp.replace(path)
+        return lines
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        detail = body.get("detail") if isinstance(body, dict) else None
+    except ValueError:
+        detail = None
+    return f"HTTP {response.status_code}: {detail or response.text[:300] or response.reason_phrase}"

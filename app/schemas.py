@@ -1,0 +1,85 @@
+"""HTTP request and response models (never ORM classes)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.selfinstruct.options import GenerationOptions
+from app.selfinstruct.seeds import SeedTaskModel
+
+JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class SeedSetRead(BaseModel):
+    id: uuid.UUID
+    name: str
+    task_count: int
+    classification_count: int
+    content_hash: str
+    created_at: datetime
+
+
+class JobCreate(BaseModel):
+    """Start a job from an uploaded seed set or from inline seed tasks (exactly one of them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed_set_id: uuid.UUID | None = Field(None, description="A seed set from POST /v1/seed-sets.")
+    seed_tasks: list[SeedTaskModel] | None = Field(
+        None, description="Inline seed tasks in the Self-Instruct seed format.", max_length=10_000
+    )
+    num_instructions: int = Field(
+        ..., ge=1, le=1_000_000, description="Target number of accepted machine instructions."
+    )
+    options: GenerationOptions = Field(default_factory=GenerationOptions)
+
+    @model_validator(mode="after")
+    def _one_seed_source(self) -> JobCreate:
+        if (self.seed_set_id is None) == (self.seed_tasks is None):
+            raise ValueError("give exactly one of seed_set_id or seed_tasks")
+        return self
+
+
+class Progress(BaseModel):
+    rounds_completed: int
+    instructions_accepted: int
+    instructions_rejected: dict[str, int]
+    instructions_with_instances: int
+    instances_accepted: int
+    instances_rejected: dict[str, int]
+    llm_requests: int
+    llm_errors: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class JobRead(BaseModel):
+    id: uuid.UUID
+    status: JobStatusName
+    seed_set_id: uuid.UUID
+    num_instructions: int
+    options: GenerationOptions
+    rng_seed: int
+    progress: Progress
+    error: str | None = None
+    stopped_reason: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class JobPage(BaseModel):
+    items: list[JobRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: bool
+    broker: bool

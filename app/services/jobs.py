@@ -1,0 +1,132 @@
+"""Job lifecycle as seen by the API: create, read with progress, list, cancel."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from app.errors import Conflict, InvalidInput, NotFound
+from app.models import Instance, InstancesState, Instruction, Job, JobStatus, LLMCall
+from app.schemas import JobRead, Progress
+from app.selfinstruct.options import GenerationOptions
+from app.services.seed_sets import get_seed_set, load_seed_tasks
+
+
+def create_job(
+    session: Session, *, seed_set_id: uuid.UUID, num_instructions: int, options: GenerationOptions
+) -> Job:
+    get_seed_set(session, seed_set_id)
+    tasks = load_seed_tasks(session, seed_set_id)
+    if options.classification_only and not any(t.is_classification for t in tasks):
+        raise InvalidInput("options.classification_only: the seed set has no classification tasks")
+    job = Job(
+        seed_set_id=seed_set_id,
+        num_instructions=num_instructions,
+        options=options.model_dump(mode="json"),
+        rng_seed=options.seed if options.seed is not None else secrets.randbelow(2**31),
+        status=JobStatus.QUEUED,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def fail_unqueued(session: Session, job: Job, message: str) -> None:
+    job.status = JobStatus.FAILED
+    job.error = message
+    job.finished_at = datetime.now(UTC)
+    session.flush()
+
+
+def get_job(session: Session, job_id: uuid.UUID) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(session: Session, *, limit: int, offset: int) -> tuple[list[Job], int]:
+    total = session.scalar(select(func.count()).select_from(Job)) or 0
+    jobs = session.scalars(
+        select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return list(jobs), total
+
+
+def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    if JobStatus(job.status).finished:
+        if job.status == JobStatus.CANCELLED:
+            return job
+        raise Conflict(f"job {job_id} has already finished ({job.status})")
+    job.status = JobStatus.CANCELLED
+    job.finished_at = datetime.now(UTC)
+    job.stopped_reason = "cancelled"
+    session.flush()
+    return job
+
+
+def job_progress(session: Session, job: Job) -> Progress:
+    """Counters are derived from the stored rows, so they can never drift from the data."""
+    instr = session.execute(
+        select(Instruction.accepted, Instruction.reason, func.count())
+        .where(Instruction.job_id == job.id)
+        .group_by(Instruction.accepted, Instruction.reason)
+    ).all()
+    inst = session.execute(
+        select(Instance.accepted, Instance.reason, func.count())
+        .where(Instance.job_id == job.id)
+        .group_by(Instance.accepted, Instance.reason)
+    ).all()
+    with_instances = session.scalar(
+        select(func.count())
+        .select_from(Instruction)
+        .where(
+            Instruction.job_id == job.id,
+            Instruction.accepted.is_(True),
+            Instruction.instances_state != InstancesState.PENDING,
+        )
+    )
+    calls = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(case((LLMCall.ok.is_(False), 1), else_=0)), 0),
+            func.coalesce(func.sum(LLMCall.prompt_tokens), 0),
+            func.coalesce(func.sum(LLMCall.completion_tokens), 0),
+        ).where(LLMCall.job_id == job.id)
+    ).one()
+    return Progress(
+        rounds_completed=job.rounds_completed,
+        instructions_accepted=sum(n for ok, _, n in instr if ok),
+        instructions_rejected={str(r): n for ok, r, n in instr if not ok},
+        instructions_with_instances=with_instances or 0,
+        instances_accepted=sum(n for ok, _, n in inst if ok),
+        instances_rejected={str(r): n for ok, r, n in inst if not ok},
+        llm_requests=calls[0],
+        llm_errors=int(calls[1]),
+        prompt_tokens=int(calls[2]),
+        completion_tokens=int(calls[3]),
+    )
+
+
+def job_read(session: Session, job: Job) -> JobRead:
+    return JobRead(
+        id=job.id,
+        status=job.status,  # type: ignore[arg-type]
+        seed_set_id=job.seed_set_id,
+        num_instructions=job.num_instructions,
+        options=GenerationOptions.model_validate(job.options),
+        rng_seed=job.rng_seed,
+        progress=job_progress(session, job),
+        error=job.error,
+        stopped_reason=job.stopped_reason,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )

@@ -1,0 +1,443 @@
+"""The bootstrap loop's use-cases: load state, call the pure core and the LLM, persist.
+
+Each function is one idempotent step keyed by the database: a redelivered or duplicated task finds
+its work already committed (or a newer round in place) and does nothing. Commits happen here, in
+short transactions around the slow LLM calls, never across them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.db import session_scope
+from app.llm.base import LLMClient, LLMError, LLMRequest, LLMResponse, LLMTransientError
+from app.models import Instance, InstancesState, Instruction, Job, JobStatus, LLMCall
+from app.selfinstruct.options import (
+    CLASSIFY_STOP,
+    INSTANCE_STOP,
+    INSTRUCTION_STOP,
+    GenerationOptions,
+)
+from app.selfinstruct.parsing import parse_classification_answer
+from app.selfinstruct.prompts import build_classification_prompt, build_instance_prompt
+from app.selfinstruct.rouge import RougeLIndex
+from app.selfinstruct.rounds import (
+    accept_round,
+    judge_instances,
+    plan_round,
+    prompt_seed_instructions,
+)
+from app.selfinstruct.types import CandidateDecision, Completion, InstanceDecision
+from app.services.seed_sets import load_seed_tasks
+
+log = logging.getLogger(__name__)
+
+LLMFactory = Callable[[GenerationOptions], LLMClient]
+
+
+@dataclass
+class RoundResult:
+    """What the caller must enqueue once the round's transaction has committed."""
+
+    instance_batches: list[list[uuid.UUID]] = field(default_factory=list)
+    next_round: int | None = None
+    finished: bool = False
+
+
+@dataclass
+class _CallRecord:
+    purpose: str
+    round: int | None
+    response: LLMResponse | None
+    error: str | None = None
+    latency_s: float = 0.0
+
+    def row(self, job_id: uuid.UUID) -> LLMCall:
+        r = self.response
+        return LLMCall(
+            job_id=job_id,
+            purpose=self.purpose,
+            round=self.round,
+            ok=r is not None,
+            finish_reason=r.finish_reason if r else None,
+            prompt_tokens=r.prompt_tokens if r else 0,
+            completion_tokens=r.completion_tokens if r else 0,
+            latency_ms=round((r.latency_s if r else self.latency_s) * 1000),
+            error=self.error,
+        )
+
+
+def _call(llm: LLMClient, request: LLMRequest, purpose: str, round_no: int | None) -> _CallRecord:
+    started = time.perf_counter()
+    try:
+        return _CallRecord(purpose, round_no, llm.complete(request))
+    except LLMError as exc:
+        record = _CallRecord(purpose, round_no, None, error=str(exc)[:2000])
+        record.latency_s = time.perf_counter() - started
+        if not isinstance(exc, LLMTransientError):
+            raise
+        return record
+
+
+# --- the per-process ROUGE index cache ---------------------------------------------------------
+# Rebuilding a job's index means re-tokenising every seed and accepted instruction; a worker keeps
+# the index of the jobs it serves and rebuilds it only when another worker has moved the job on.
+
+
+@dataclass
+class _JobIndex:
+    rounds_completed: int
+    index: RougeLIndex
+    machine_texts: list[str]
+
+
+_indexes: dict[uuid.UUID, _JobIndex] = {}
+
+
+def _job_index(session: Session, job: Job, seed_texts: Sequence[str]) -> _JobIndex:
+    cached = _indexes.get(job.id)
+    if cached is not None and cached.rounds_completed == job.rounds_completed:
+        return cached
+    machine = list(
+        session.scalars(
+            select(Instruction.text)
+            .where(Instruction.job_id == job.id, Instruction.accepted.is_(True))
+            .order_by(Instruction.round, Instruction.slot)
+        )
+    )
+    cached = _JobIndex(job.rounds_completed, RougeLIndex([*seed_texts, *machine]), machine)
+    _indexes[job.id] = cached
+    return cached
+
+
+def forget_job_index(job_id: uuid.UUID) -> None:
+    _indexes.pop(job_id, None)
+
+
+# --- step 1: one instruction round ---------------------------------------------------------------
+
+
+def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> RoundResult:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None or JobStatus(job.status).finished:
+            return RoundResult(finished=True)
+        if job.rounds_completed >= round_no:
+            # A redelivery after the commit: only the follow-up may be missing.
+            return _after_round(job, round_no)
+        if job.rounds_completed != round_no - 1:
+            log.warning("job %s: round %s arrived out of order; ignored", job_id, round_no)
+            return RoundResult()
+        if job.status == JobStatus.QUEUED:
+            job.status = JobStatus.RUNNING
+            job.started_at = datetime.now(UTC)
+        options = GenerationOptions.model_validate(job.options)
+        seeds = load_seed_tasks(session, job.seed_set_id)
+        seed_texts = [s.instruction for s in seeds]
+        state = _job_index(session, job, seed_texts)
+        remaining = job.num_instructions - len(state.machine_texts)
+        rng = random.Random(f"{job.rng_seed}:{round_no}")
+        prompts = plan_round(
+            prompt_seed_instructions(seeds, options), state.machine_texts, options, rng
+        )
+
+    llm = llm_factory(options)
+    requests = [
+        LLMRequest(
+            prompt=p,
+            max_tokens=options.max_tokens,
+            temperature=options.temperature,
+            top_p=options.top_p,
+            presence_penalty=options.presence_penalty,
+            frequency_penalty=options.frequency_penalty,
+            stop=INSTRUCTION_STOP,
+        )
+        for p in prompts
+    ]
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        records = list(pool.map(lambda r: _call(llm, r, "instructions", round_no), requests))
+    answered = [r for r in records if r.response is not None]
+    if not answered:
+        _record_calls(job_id, records)
+        raise LLMTransientError(records[0].error or "no LLM response in this round")
+
+    completions = [Completion(r.response.text, r.response.finish_reason) for r in answered]  # type: ignore[union-attr]
+    outcome = accept_round(completions, state.index, options, remaining=remaining)
+    try:
+        return _commit_round(job_id, round_no, outcome.decisions, records, options)
+    except BaseException:
+        forget_job_index(job_id)  # the index already holds this round's texts
+        raise
+
+
+def _commit_round(
+    job_id: uuid.UUID,
+    round_no: int,
+    decisions: Sequence[CandidateDecision],
+    records: Sequence[_CallRecord],
+    options: GenerationOptions,
+) -> RoundResult:
+    with session_scope() as session:
+        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+        if job is None or job.status != JobStatus.RUNNING or job.rounds_completed != round_no - 1:
+            forget_job_index(job_id)
+            return RoundResult(finished=job is None or JobStatus(job.status).finished)
+        rows = [
+            Instruction(
+                job_id=job_id,
+                round=round_no,
+                slot=slot,
+                text=d.text,
+                accepted=d.accepted,
+                reason=None if d.reason is None else str(d.reason),
+                max_rouge=d.max_rouge,
+                nearest=d.nearest,
+                instances_state=InstancesState.PENDING if d.accepted else None,
+            )
+            for slot, d in enumerate(decisions)
+        ]
+        session.add_all(rows)
+        session.add_all(r.row(job_id) for r in records)
+        new_accepted = [row for row in rows if row.accepted]
+        job.rounds_completed = round_no
+        job.rounds_without_progress = 0 if new_accepted else job.rounds_without_progress + 1
+        accepted_total = session.scalar(
+            select(func.count())
+            .select_from(Instruction)
+            .where(Instruction.job_id == job_id, Instruction.accepted.is_(True))
+        )
+        if (accepted_total or 0) >= job.num_instructions:
+            job.instructions_complete = True
+        elif job.rounds_without_progress >= options.max_rounds_without_progress:
+            _fail(
+                job,
+                f"no new instruction was accepted in {job.rounds_without_progress} rounds in a "
+                f"row ({accepted_total} of {job.num_instructions} accepted); the model may be "
+                "repeating itself or ignoring the prompt format",
+            )
+        session.flush()
+        cached = _indexes.get(job_id)
+        if cached is not None:  # run_round forgets it if this transaction fails to commit
+            cached.rounds_completed = round_no
+            cached.machine_texts.extend(r.text for r in new_accepted)
+        result = _after_round(job, round_no)
+        result.instance_batches = _batches([r.id for r in new_accepted])
+        return result
+
+
+def _batches(ids: list[uuid.UUID]) -> list[list[uuid.UUID]]:
+    size = max(1, get_settings().instructions_per_instance_task)
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def _after_round(job: Job, round_no: int) -> RoundResult:
+    if JobStatus(job.status).finished:
+        return RoundResult(finished=True)
+    if job.instructions_complete:
+        return RoundResult()
+    return RoundResult(next_round=round_no + 1)
+
+
+def _fail(job: Job, message: str) -> None:
+    job.status = JobStatus.FAILED
+    job.error = message
+    job.finished_at = datetime.now(UTC)
+
+
+def fail_job(job_id: uuid.UUID, message: str) -> None:
+    with session_scope() as session:
+        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+        if job is not None and not JobStatus(job.status).finished:
+            _fail(job, message)
+    forget_job_index(job_id)
+
+
+def record_failed_calls(job_id: uuid.UUID, errors: Sequence[tuple[str, int | None, str]]) -> None:
+    """Persist LLM calls that failed before a retry, so the job's request count stays honest."""
+    _record_calls(job_id, [_CallRecord(p, r, None, error=e) for p, r, e in errors])
+
+
+def _record_calls(job_id: uuid.UUID, records: Sequence[_CallRecord]) -> None:
+    with session_scope() as session:
+        if session.get(Job, job_id) is not None:
+            session.add_all(r.row(job_id) for r in records)
+
+
+# --- steps 2 and 3: classification and instances -------------------------------------------------
+
+
+@dataclass
+class _InstanceResult:
+    instruction_id: uuid.UUID
+    is_classification: bool | None
+    decisions: list[InstanceDecision]
+    records: list[_CallRecord]
+    complete: bool
+
+
+def generate_instances(
+    job_id: uuid.UUID, instruction_ids: Sequence[uuid.UUID], llm_factory: LLMFactory
+) -> bool:
+    """Classify and generate instances for a batch of accepted instructions.
+
+    Returns True when the whole batch is done; raises LLMTransientError (after committing what
+    succeeded) when some instructions must be retried.
+    """
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None or JobStatus(job.status).finished:
+            return True
+        options = GenerationOptions.model_validate(job.options)
+        pending = session.execute(
+            select(Instruction.id, Instruction.text).where(
+                Instruction.id.in_(list(instruction_ids)),
+                Instruction.instances_state == InstancesState.PENDING,
+            )
+        ).all()
+    if not pending:
+        return True
+    llm = llm_factory(options)
+    workers = min(len(pending), options.requests_per_round)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda row: _instances_for(llm, row[0], row[1], options), pending))
+    _commit_instances(job_id, results)
+    failed = [r for r in results if not r.complete]
+    if failed:
+        raise LLMTransientError(
+            f"{len(failed)} of {len(results)} instructions are waiting for the LLM: "
+            + next((rec.error or "" for r in failed for rec in r.records if rec.error), "")
+        )
+    return True
+
+
+def _instances_for(
+    llm: LLMClient, instruction_id: uuid.UUID, text: str, options: GenerationOptions
+) -> _InstanceResult:
+    records: list[_CallRecord] = []
+    if options.classification_only:
+        is_classification = True
+    else:
+        record = _call(
+            llm,
+            LLMRequest(
+                prompt=build_classification_prompt(text),
+                max_tokens=3,
+                temperature=0.0,
+                top_p=0.0,
+                stop=CLASSIFY_STOP,
+            ),
+            "classify",
+            None,
+        )
+        records.append(record)
+        if record.response is None:
+            return _InstanceResult(instruction_id, None, [], records, complete=False)
+        is_classification = parse_classification_answer(record.response.text)
+    max_tokens = (
+        options.classification_instance_max_tokens
+        if is_classification
+        else options.instance_max_tokens
+    )
+    record = _call(
+        llm,
+        LLMRequest(
+            prompt=build_instance_prompt(text, is_classification=is_classification),
+            max_tokens=max_tokens,
+            temperature=options.instance_temperature,
+            top_p=options.instance_top_p,
+            presence_penalty=options.instance_presence_penalty,
+            stop=INSTANCE_STOP,
+        ),
+        "instances",
+        None,
+    )
+    records.append(record)
+    if record.response is None:
+        return _InstanceResult(instruction_id, is_classification, [], records, complete=False)
+    completion = Completion(record.response.text, record.response.finish_reason)
+    decisions = judge_instances(completion, is_classification=is_classification, options=options)
+    return _InstanceResult(instruction_id, is_classification, decisions, records, complete=True)
+
+
+def _commit_instances(job_id: uuid.UUID, results: Sequence[_InstanceResult]) -> None:
+    with session_scope() as session:
+        if session.get(Job, job_id) is None:
+            return
+        for result in results:
+            session.add_all(r.row(job_id) for r in result.records)
+            if not result.complete:
+                continue
+            # Claim the instruction: only the first writer stores its instances.
+            claimed = session.execute(
+                update(Instruction)
+                .where(
+                    Instruction.id == result.instruction_id,
+                    Instruction.instances_state == InstancesState.PENDING,
+                )
+                .values(
+                    instances_state=InstancesState.DONE,
+                    is_classification=result.is_classification,
+                )
+            ).rowcount
+            if not claimed:
+                continue
+            session.add_all(
+                Instance(
+                    job_id=job_id,
+                    instruction_id=result.instruction_id,
+                    position=position,
+                    input=d.instance.input,
+                    output=d.instance.output,
+                    accepted=d.accepted,
+                    reason=None if d.reason is None else str(d.reason),
+                )
+                for position, d in enumerate(result.decisions)
+            )
+
+
+def mark_instances_failed(job_id: uuid.UUID, instruction_ids: Sequence[uuid.UUID]) -> None:
+    """Give up on instructions whose instances could not be generated after all retries."""
+    with session_scope() as session:
+        session.execute(
+            update(Instruction)
+            .where(
+                Instruction.job_id == job_id,
+                Instruction.id.in_(list(instruction_ids)),
+                Instruction.instances_state == InstancesState.PENDING,
+            )
+            .values(instances_state=InstancesState.FAILED)
+        )
+
+
+def finalize_if_complete(job_id: uuid.UUID) -> bool:
+    """Mark the job succeeded once it has all its instructions and every one has instances."""
+    with session_scope() as session:
+        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+        if job is None or job.status != JobStatus.RUNNING or not job.instructions_complete:
+            return False
+        pending = session.scalar(
+            select(func.count())
+            .select_from(Instruction)
+            .where(
+                Instruction.job_id == job_id,
+                Instruction.accepted.is_(True),
+                Instruction.instances_state == InstancesState.PENDING,
+            )
+        )
+        if pending:
+            return False
+        job.status = JobStatus.SUCCEEDED
+        job.finished_at = datetime.now(UTC)
+    forget_job_index(job_id)
+    return True

@@ -1,0 +1,1 @@
+"""Alembic migrations (the first revision creates the whole schema)."""

@@ -1,0 +1,115 @@
+"""Run the real service as separate processes (API via uvicorn, Celery workers) for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from app.apiserver import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ServiceStack:
+    """An API process and any number of worker processes sharing one environment."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.log_dir = log_dir
+        self.port = free_port()
+        self.api: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", "app", *args],
+            env=self.env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def start_api(self, *extra: str) -> None:
+        self.api = self._spawn("api", "serve", "--host", "127.0.0.1", "--port", str(self.port), *extra)
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.api is not None and self.api.poll() is not None:
+                raise RuntimeError(f"API exited early:\n{self.log_tail('api')}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"API not healthy after {timeout_s}s:\n{self.log_tail('api')}")
+
+    def start_worker(self, concurrency: int = 2) -> subprocess.Popen[bytes]:
+        name = f"worker{len(self.workers)}"
+        proc = self._spawn(name, "worker", f"--concurrency={concurrency}", "--loglevel=INFO")
+        self.workers.append(proc)
+        return proc
+
+    def kill_worker(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def log_tail(self, name: str, lines: int = 60) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.stem} ---\n{self.log_tail(p.stem)}" for p in sorted(self.log_dir.glob("*.log"))
+        )
+
+    def stop(self) -> None:
+        for proc in [*self.workers, *([self.api] if self.api else [])]:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        for proc in [*self.workers, *([self.api] if self.api else [])]:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+    def __enter__(self) -> ServiceStack:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def wait_for_status(client: httpx.Client, job_id: str, *, timeout_s: float = 120) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout_s
+    job: dict = {}  # type: ignore[type-arg]
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.3)
+    raise TimeoutError(f"job {job_id} still {job.get('status')} after {timeout_s}s: {job}")

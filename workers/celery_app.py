@@ -1,0 +1,41 @@
+"""The Celery application, configured from Settings. Creating it does no I/O."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from app.config import Settings, get_settings
+from app.db import reset_engine
+
+ROUND_TASK = "selfinstruct.run_round"
+INSTANCES_TASK = "selfinstruct.generate_instances"
+QUEUE = "selfinstruct"
+
+
+def create_celery(settings: Settings) -> Celery:
+    app = Celery("selfinstruct", broker=settings.resolved_broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_default_queue=QUEUE,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        # Longer than the longest task, so an unacknowledged round is not redelivered early.
+        broker_transport_options={"visibility_timeout": 3600},
+        enable_utc=True,
+    )
+    return app
+
+
+celery_app = create_celery(get_settings())
+
+
+@worker_process_init.connect
+def _fresh_engine_per_process(**_: object) -> None:
+    """A connection pool must not cross a fork."""
+    reset_engine()
