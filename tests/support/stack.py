@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -43,7 +44,9 @@ class ServiceStack:
         )
 
     def start_api(self, *extra: str) -> None:
-        self.api = self._spawn("api", "serve", "--host", "127.0.0.1", "--port", str(self.port), *extra)
+        self.api = self._spawn(
+            "api", "serve", "--host", "127.0.0.1", "--port", str(self.port), *extra
+        )
         self.wait_healthy()
 
     def wait_healthy(self, timeout_s: float = 60) -> None:
@@ -66,10 +69,8 @@ class ServiceStack:
         return proc
 
     def kill_worker(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=30)
 
     def log_tail(self, name: str, lines: int = 60) -> str:
