@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 INSTRUCTION_HEADER = "Come up with a series of tasks:"
-CLASSIFICATION_INSTRUCTION_HEADER = (
-    "Come up with a series of classification tasks, naming the possible output labels where you can:"
-)
+CLASSIFICATION_INSTRUCTION_HEADER = "Come up with a series of classification tasks, naming the possible output labels where you can:"
 CLASSIFY_HEADER = (
     "Decide whether each task below is a classification task, that is, a task whose output is "
     "one of a small, finite set of labels."
@@ -27,7 +25,9 @@ OUTPUT_FIRST_HEADER = (
 )
 
 
-def build_instruction_prompt(instructions: Sequence[str], *, classification_only: bool = False) -> str:
+def build_instruction_prompt(
+    instructions: Sequence[str], *, classification_only: bool = False
+) -> str:
     raise NotImplementedError
 
 
