@@ -40,6 +40,12 @@ class Settings(BaseSettings):
 
     llm_timeout_s: float = 120.0
     llm_max_retries: int = 4
+    task_max_retries: int = Field(
+        8, description="Times a pipeline task is retried while the LLM backend is unavailable."
+    )
+    task_retry_backoff_s: float = Field(
+        2.0, description="First retry delay; it doubles per retry, capped at 60 s."
+    )
     instructions_per_instance_task: int = Field(
         5, description="Accepted instructions handled by one instance-generation task."
     )

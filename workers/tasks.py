@@ -7,6 +7,7 @@ import uuid
 
 from celery import Task
 
+from app.config import get_settings
 from app.llm.base import LLMPermanentError, LLMTransientError
 from app.services import pipeline
 from app.services.llm import llm_for
@@ -15,14 +16,16 @@ from workers.celery_app import INSTANCES_TASK, ROUND_TASK, celery_app
 
 log = logging.getLogger(__name__)
 
-MAX_RETRIES = 8
+
+def _max_retries() -> int:
+    return get_settings().task_max_retries
 
 
 def _backoff(retries: int) -> float:
-    return min(60.0, 2.0 * 2**retries)
+    return min(60.0, get_settings().task_retry_backoff_s * 2**retries)
 
 
-@celery_app.task(name=ROUND_TASK, bind=True, max_retries=MAX_RETRIES)
+@celery_app.task(name=ROUND_TASK, bind=True, max_retries=None)
 def run_round(self: Task, job_id: str, round_no: int) -> None:
     jid = uuid.UUID(job_id)
     try:
@@ -31,10 +34,10 @@ def run_round(self: Task, job_id: str, round_no: int) -> None:
         pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")
         return
     except LLMTransientError as exc:
-        if self.request.retries >= MAX_RETRIES:
+        if self.request.retries >= _max_retries():
             pipeline.fail_job(
                 jid,
-                f"LLM backend unavailable after {MAX_RETRIES} retries of round {round_no}: {exc}",
+                f"LLM backend unavailable after {_max_retries()} retries of round {round_no}: {exc}",
             )
             return
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
@@ -45,7 +48,7 @@ def run_round(self: Task, job_id: str, round_no: int) -> None:
     pipeline.finalize_if_complete(jid)
 
 
-@celery_app.task(name=INSTANCES_TASK, bind=True, max_retries=MAX_RETRIES)
+@celery_app.task(name=INSTANCES_TASK, bind=True, max_retries=None)
 def generate_instances(self: Task, job_id: str, instruction_ids: list[str]) -> None:
     jid = uuid.UUID(job_id)
     ids = [uuid.UUID(i) for i in instruction_ids]
@@ -55,7 +58,7 @@ def generate_instances(self: Task, job_id: str, instruction_ids: list[str]) -> N
         pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")
         return
     except LLMTransientError as exc:
-        if self.request.retries < MAX_RETRIES:
+        if self.request.retries < _max_retries():
             raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
         log.warning("job %s: giving up on instances of %d instructions: %s", jid, len(ids), exc)
         pipeline.mark_instances_failed(jid, ids)
