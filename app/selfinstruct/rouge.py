@@ -277,7 +277,11 @@ class _Search:
         return shortest, longest
 
     def _positional_filter(
-        self, items: IntArray, item_positions: IntArray, query_positions: IntArray, lengths: IntArray
+        self,
+        items: IntArray,
+        item_positions: IntArray,
+        query_positions: IntArray,
+        lengths: IntArray,
     ) -> tuple[IntArray, IntArray]:
         """Items whose overlap bound A + min(lq-1-i, lp-1-j) can still reach the bound."""
         order = np.argsort(items, kind="stable")  # keeps each item's matches in key order
@@ -286,9 +290,13 @@ class _Search:
         shared = np.diff(last, prepend=-1)
         item_lengths = lengths[order][last].astype(np.int64)
         lq = self.query.length
-        rest = np.minimum(lq - 1 - query_positions[order][last], item_lengths - 1 - item_positions[order][last])
+        rest = np.minimum(
+            lq - 1 - query_positions[order][last], item_lengths - 1 - item_positions[order][last]
+        )
         most_lcs = np.minimum(np.minimum(shared + rest, item_lengths), lq)
-        reaches = 2 * most_lcs * self.bound_denominator >= self.bound_numerator * (item_lengths + lq)
+        reaches = 2 * most_lcs * self.bound_denominator >= self.bound_numerator * (
+            item_lengths + lq
+        )
         return items[last][reaches], item_lengths[reaches]
 
     def _verify(self, survivors: IntArray, lengths: IntArray) -> None:

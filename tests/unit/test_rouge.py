@@ -13,7 +13,9 @@ from app.selfinstruct.dedupe import dedupe_texts
 from app.selfinstruct.rouge import RougeLIndex, rouge_l_fmeasure, tokenize
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-VOCABULARY = "the a of to write give list classify sentence story poem email and in it is 3 42".split()
+VOCABULARY = (
+    "the a of to write give list classify sentence story poem email and in it is 3 42".split()
+)
 
 
 def brute_force_best(pool: list[str], text: str) -> tuple[float, int | None]:
