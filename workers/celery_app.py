@@ -25,10 +25,12 @@ def create_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=True,
-        # Longer than the longest task, so an unacknowledged round is not redelivered early.
-        broker_transport_options={"visibility_timeout": 3600},
         enable_utc=True,
     )
+    if not settings.resolved_broker_url.startswith("sqla+"):
+        # Longer than the longest task, so an unacknowledged round is not redelivered early.
+        # (The SQLAlchemy transport passes its options to create_engine and has no such timeout.)
+        app.conf.broker_transport_options = {"visibility_timeout": 3600}
     return app
 
 

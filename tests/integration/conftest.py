@@ -1,0 +1,70 @@
+"""A real stack per test module: fresh PostgreSQL database, a Redis db, API and worker processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from app.migrate import upgrade_database
+from tests.support import services
+from tests.support.fake_llm import FakeLLMServer
+from tests.support.stack import ServiceStack
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    services.require_services()
+    admin = services.postgres_admin_url()
+    assert admin is not None
+    name = services.unique_db_name()
+    url = services.create_database(admin, name)
+    upgrade_database(url)
+    yield url
+    services.drop_database(admin, name)
+
+
+@pytest.fixture(scope="module")
+def broker_url() -> Iterator[str]:
+    services.require_services()
+    url = services.redis_url()
+    assert url is not None
+    redis.Redis.from_url(url).flushdb()
+    yield url
+    redis.Redis.from_url(url).flushdb()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    pg_url: str, broker_url: str, fake_llm: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceStack]:
+    tmp = tmp_path_factory.mktemp("stack")
+    env = {
+        "DATABASE_URL": pg_url,
+        "CELERY_BROKER_URL": broker_url,
+        "OPENAI_BASE_URL": fake_llm.base_url,
+        "OPENAI_API_KEY": "test-key",
+        "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
+    }
+    with ServiceStack(env, tmp / "logs") as running:
+        running.start_api()
+        running.start_worker()
+        yield running
+
+
+@pytest.fixture(scope="module")
+def api(stack: ServiceStack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.url, timeout=30) as client:
+        yield client
+
+
+def upload(api: httpx.Client, path: Path) -> dict:  # type: ignore[type-arg]
+    with path.open("rb") as fh:
+        response = api.post(
+            "/v1/seed-sets", files={"file": (path.name, fh, "application/x-ndjson")}
+        )
+    assert response.status_code == 201, response.text
+    return response.json()

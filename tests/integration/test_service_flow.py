@@ -1,0 +1,214 @@
+"""The whole product on the real stack: PostgreSQL, Redis, a Celery worker, the API over HTTP."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from rouge_score import rouge_scorer
+from sqlalchemy import create_engine, select
+
+from app.models import Instance, Instruction
+from tests.integration.conftest import upload
+from tests.support.stack import ServiceStack, wait_for_status
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE_FIELDS = {
+    "id",
+    "instruction_id",
+    "job_id",
+    "instruction",
+    "input",
+    "output",
+    "is_classification",
+}
+
+
+def _start(api: httpx.Client, body: dict) -> dict:  # type: ignore[type-arg]
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    return job
+
+
+def _lines(api: httpx.Client, job_id: str, **params: str) -> list[dict]:  # type: ignore[type-arg]
+    response = api.get(f"/v1/jobs/{job_id}/examples.jsonl", params=params)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+def test_job_generates_exactly_the_target_with_no_near_duplicates(
+    api: httpx.Client, stack: ServiceStack, pg_url: str, default_seeds: Path
+) -> None:
+    seed_set = upload(api, default_seeds)
+    assert seed_set["task_count"] >= 40 and seed_set["classification_count"] >= 10
+    job = _start(
+        api, {"seed_set_id": seed_set["id"], "num_instructions": 30, "options": {"seed": 3}}
+    )
+    assert job["status"] == "queued"
+
+    job = wait_for_status(api, job["id"], timeout_s=180)
+    assert job["status"] == "succeeded", stack.logs()
+    progress = job["progress"]
+    assert progress["instructions_accepted"] == 30
+    assert progress["instructions_with_instances"] == 30
+    assert progress["llm_requests"] >= 30 * 2  # classify + instances per instruction, plus rounds
+    assert progress["prompt_tokens"] > 0 and progress["completion_tokens"] > 0
+    assert progress["instructions_rejected"], "the fake backend always produces some rejects"
+    assert job["started_at"] and job["finished_at"]
+
+    examples = _lines(api, job["id"])
+    assert len(examples) == progress["instances_accepted"] > 0
+    for example in examples:
+        assert set(example) == EXAMPLE_FIELDS
+        assert example["job_id"] == job["id"] and example["output"].strip()
+
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        accepted = conn.scalars(
+            select(Instruction.text).where(
+                Instruction.job_id == job["id"], Instruction.accepted.is_(True)
+            )
+        ).all()
+        stored_instances = conn.scalar(
+            select(Instance.id).where(Instance.job_id == job["id"]).limit(1)
+        )
+    engine.dispose()
+    assert len(accepted) == 30 and stored_instances is not None
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    seeds = [json.loads(line)["instruction"] for line in default_seeds.read_text().splitlines()]
+    for a, b in itertools.combinations(accepted, 2):
+        assert scorer.score(a, b)["rougeL"].fmeasure <= 0.7, (a, b)
+    for a in accepted:
+        assert max(scorer.score(s, a)["rougeL"].fmeasure for s in seeds) <= 0.7, a
+
+    rejected = [
+        r for r in _lines(api, job["id"], include="rejected") if r.get("status") == "rejected"
+    ]
+    assert rejected and all(r["reason"] for r in rejected)
+    kinds = {r["kind"] for r in rejected}
+    assert "instruction" in kinds
+
+
+def test_the_papers_seed_file_drives_a_job_unchanged(
+    api: httpx.Client, stack: ServiceStack, paper_seeds: Path
+) -> None:
+    seed_set = upload(api, paper_seeds)
+    assert seed_set["task_count"] == 175 and seed_set["classification_count"] == 26
+    job = _start(api, {"seed_set_id": seed_set["id"], "num_instructions": 8})
+    job = wait_for_status(api, job["id"], timeout_s=120)
+    assert job["status"] == "succeeded", stack.logs()
+    assert job["progress"]["instructions_accepted"] == 8
+
+
+def test_inline_seed_tasks_and_chat_endpoint(api: httpx.Client, stack: ServiceStack) -> None:
+    tasks = [
+        {
+            "instruction": f"Explain the main idea of topic number {i} to a curious teenager.",
+            "instances": [{"input": "", "output": "An explanation."}],
+        }
+        for i in range(6)
+    ] + [
+        {
+            "instruction": "Classify the review as positive or negative.",
+            "is_classification": True,
+            "instances": [{"input": "Great value.", "output": "Positive"}],
+        }
+    ]
+    job = _start(
+        api,
+        {"seed_tasks": tasks, "num_instructions": 5, "options": {"endpoint": "chat", "seed": 1}},
+    )
+    job = wait_for_status(api, job["id"], timeout_s=120)
+    assert job["status"] == "succeeded", stack.logs()
+    assert job["options"]["endpoint"] == "chat"
+    assert job["progress"]["instructions_accepted"] == 5
+
+
+def test_cancel_keeps_partial_results(api: httpx.Client, default_seeds: Path) -> None:
+    seed_set = upload(api, default_seeds)
+    job = _start(api, {"seed_set_id": seed_set["id"], "num_instructions": 5000})
+    import time
+
+    deadline = time.monotonic() + 60
+    while api.get(f"/v1/jobs/{job['id']}").json()["progress"]["instructions_accepted"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    response = api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    time.sleep(2)
+    after = api.get(f"/v1/jobs/{job['id']}").json()
+    assert after["status"] == "cancelled"
+    accepted = after["progress"]["instructions_accepted"]
+    time.sleep(2)
+    assert api.get(f"/v1/jobs/{job['id']}").json()["progress"]["instructions_accepted"] == accepted
+    assert isinstance(_lines(api, job["id"]), list)
+    assert api.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200  # idempotent
+
+
+def test_jobs_are_listed_newest_first(api: httpx.Client) -> None:
+    page = api.get("/v1/jobs", params={"limit": 50}).json()
+    created = [j["created_at"] for j in page["items"]]
+    assert created == sorted(created, reverse=True)
+    assert page["total"] >= len(page["items"]) >= 1
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "field"),
+    [
+        (b'{"instruction": "Do a thing well."}\n{"instruction": 5}\n', 2, "instruction"),
+        (b'{"instruction": "Do a thing well."}\nnot json\n', 2, None),
+        (b'["a list"]\n', 1, None),
+        (b'{"instruction": "Fine task here.", "instances": [{"input": "x"}]}\n', 1, "instances"),
+    ],
+)
+def test_bad_seed_upload_names_line_and_field(
+    api: httpx.Client, content: bytes, line: int, field: str | None
+) -> None:
+    response = api.post("/v1/seed-sets", files={"file": ("seeds.jsonl", content)})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "InvalidInput"
+    first = body["errors"][0]
+    assert first["line"] == line
+    if field:
+        assert first["field"].startswith(field)
+    assert f"line {line}" in body["detail"]
+
+
+def test_bad_job_requests_are_clear_4xx(api: httpx.Client) -> None:
+    missing = api.post("/v1/jobs", json={"num_instructions": 5})
+    assert missing.status_code == 422 and "seed_set_id" in missing.json()["detail"]
+    out_of_range = api.post(
+        "/v1/jobs",
+        json={
+            "seed_tasks": [{"instruction": "Say hello nicely."}],
+            "num_instructions": 5,
+            "options": {"temperature": 9},
+        },
+    )
+    assert out_of_range.status_code == 422 and "temperature" in out_of_range.json()["detail"]
+    unknown_set = api.post(
+        "/v1/jobs",
+        json={"seed_set_id": "00000000-0000-0000-0000-000000000000", "num_instructions": 5},
+    )
+    assert unknown_set.status_code == 404
+    assert api.get("/v1/jobs/00000000-0000-0000-0000-000000000000").status_code == 404
+    assert api.get("/v1/jobs/not-a-uuid").status_code == 422
+    assert (
+        api.get("/v1/jobs/00000000-0000-0000-0000-000000000000/examples.jsonl").status_code == 404
+    )
+
+
+def test_health_and_openapi(api: httpx.Client) -> None:
+    health = api.get("/healthz").json()
+    assert health == {"status": "ok", "database": True, "broker": True}
+    spec = api.get("/openapi.json").json()
+    assert "/v1/jobs" in spec["paths"] and "/v1/seed-sets" in spec["paths"]
+    assert api.get("/docs").status_code == 200
