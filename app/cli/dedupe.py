@@ -31,7 +31,9 @@ def _text_of(line: str, line_no: int, field: str, source: str) -> str:
         raise DedupeInputError(f"{source} line {line_no}: invalid JSON ({exc.msg})") from exc
     value = record.get(field) if isinstance(record, dict) else None
     if not isinstance(value, str):
-        raise DedupeInputError(f"{source} line {line_no}: field '{field}' is missing or not a string")
+        raise DedupeInputError(
+            f"{source} line {line_no}: field '{field}' is missing or not a string"
+        )
     return value
 
 
@@ -117,7 +119,9 @@ def _run(
         dropped += 1
         if rej is not None:
             rej.write(
-                json.dumps({"line": raw, "max_rouge": verdict.max_rouge, "nearest": verdict.nearest})
+                json.dumps(
+                    {"line": raw, "max_rouge": verdict.max_rouge, "nearest": verdict.nearest}
+                )
                 + "\n"
             )
     return kept, dropped
