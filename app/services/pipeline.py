@@ -308,9 +308,7 @@ def generate_instances(
     if not pending:
         return True
     llm = llm_factory(options)
-    workers = min(len(pending), options.requests_per_round)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda row: _instances_for(llm, row[0], row[1], options), pending))
+    results = _classify_and_generate(llm, [(row[0], row[1]) for row in pending], options)
     _commit_instances(job_id, results)
     failed = [r for r in results if not r.complete]
     if failed:
@@ -321,29 +319,52 @@ def generate_instances(
     return True
 
 
-def _instances_for(
+def _classify_and_generate(
+    llm: LLMClient, pending: Sequence[tuple[uuid.UUID, str]], options: GenerationOptions
+) -> list[_InstanceResult]:
+    """Step 2 for the whole batch, then step 3 grouped by prompt kind.
+
+    Calls sharing a few-shot prefix go out together, so servers that reuse an evaluated prompt
+    prefix (llama.cpp, vLLM's prefix caching) evaluate the long shared part once, not per call.
+    """
+    workers = min(len(pending), options.requests_per_round)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda row: _classify(llm, row[0], row[1], options), pending))
+        texts = dict(pending)
+        ready = sorted(
+            (r for r in results if r.is_classification is not None),
+            key=lambda r: bool(r.is_classification),
+        )
+        list(pool.map(lambda r: _generate(llm, r, texts[r.instruction_id], options), ready))
+    return results
+
+
+def _classify(
     llm: LLMClient, instruction_id: uuid.UUID, text: str, options: GenerationOptions
 ) -> _InstanceResult:
-    records: list[_CallRecord] = []
     if options.classification_only:
-        is_classification = True
-    else:
-        record = _call(
-            llm,
-            LLMRequest(
-                prompt=build_classification_prompt(text),
-                max_tokens=3,
-                temperature=0.0,
-                top_p=0.0,
-                stop=CLASSIFY_STOP,
-            ),
-            "classify",
-            None,
-        )
-        records.append(record)
-        if record.response is None:
-            return _InstanceResult(instruction_id, None, [], records, complete=False)
-        is_classification = parse_classification_answer(record.response.text)
+        return _InstanceResult(instruction_id, True, [], [], complete=False)
+    record = _call(
+        llm,
+        LLMRequest(
+            prompt=build_classification_prompt(text),
+            max_tokens=3,
+            temperature=0.0,
+            top_p=0.0,
+            stop=CLASSIFY_STOP,
+        ),
+        "classify",
+        None,
+    )
+    verdict = None if record.response is None else parse_classification_answer(record.response.text)
+    return _InstanceResult(instruction_id, verdict, [], [record], complete=False)
+
+
+def _generate(
+    llm: LLMClient, result: _InstanceResult, text: str, options: GenerationOptions
+) -> None:
+    """Step 3 for one classified instruction; fills `result` in place."""
+    is_classification = bool(result.is_classification)
     max_tokens = (
         options.classification_instance_max_tokens
         if is_classification
@@ -362,12 +383,14 @@ def _instances_for(
         "instances",
         None,
     )
-    records.append(record)
+    result.records.append(record)
     if record.response is None:
-        return _InstanceResult(instruction_id, is_classification, [], records, complete=False)
+        return
     completion = Completion(record.response.text, record.response.finish_reason)
-    decisions = judge_instances(completion, is_classification=is_classification, options=options)
-    return _InstanceResult(instruction_id, is_classification, decisions, records, complete=True)
+    result.decisions = judge_instances(
+        completion, is_classification=is_classification, options=options
+    )
+    result.complete = True
 
 
 def _commit_instances(job_id: uuid.UUID, results: Sequence[_InstanceResult]) -> None:
