@@ -33,18 +33,28 @@ def wait_for_job(
     target = job["num_instructions"]
     columns = (
         TextColumn("{task.description:<13}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("{task.fields[detail]}"),
     )
-    with Progress(*columns, console=console, transient=False) as bars:
+    with Progress(*columns, console=console, transient=False, expand=False) as bars:
         instructions = bars.add_task("instructions", total=target, detail="")
         instances = bars.add_task("with examples", total=target, detail="")
         while True:
             p = job["progress"]
-            bars.update(instructions, completed=p["instructions_accepted"], detail=describe(job))
-            bars.update(instances, completed=p["instructions_with_instances"], detail="")
+            rejected = sum(p["instructions_rejected"].values())
+            bars.update(
+                instructions,
+                completed=p["instructions_accepted"],
+                detail=f"round {p['rounds_completed']}, {rejected} rejected",
+            )
+            bars.update(
+                instances,
+                completed=p["instructions_with_instances"],
+                detail=f"{p['instances_accepted']} examples, "
+                f"{p['prompt_tokens'] + p['completion_tokens']:,} tokens",
+            )
             if job["status"] in FINISHED:
                 return job
             time.sleep(poll_s)
