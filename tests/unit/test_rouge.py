@@ -76,3 +76,30 @@ def test_dedupe_keeps_first_of_each_near_duplicate_group(threshold: float) -> No
     assert [v.kept for v in verdicts] == [True, False, True, False]
     assert verdicts[1].nearest == texts[0]
     assert verdicts[3].max_rouge == 1.0
+
+
+def test_float_arithmetic_at_the_threshold_matches_rouge_score() -> None:
+    """la=8, lb=12, lcs=7: rational F is exactly 0.7, rouge-score's float is just above it."""
+    pool_item = "a b c d e f g x1"
+    candidate = "a b c d e f g y1 y2 y3 y4 y5"
+    expected = SCORER.score(pool_item, candidate)["rougeL"].fmeasure
+    assert expected > 0.7  # 0.7000000000000001
+    index = RougeLIndex([pool_item])
+    assert index.best(candidate).score == expected
+    assert index.exceeds(candidate, 0.7)
+    assert [v.kept for v in dedupe_texts([candidate], against=[pool_item])] == [False]
+
+
+boundary_words = st.lists(st.sampled_from([*VOCABULARY, "x", "y", "z"]), min_size=1, max_size=20)
+
+
+@settings(max_examples=80, deadline=None)
+@given(common=boundary_words, extra_a=boundary_words, extra_b=boundary_words)
+def test_near_threshold_pairs(common: list[str], extra_a: list[str], extra_b: list[str]) -> None:
+    first = " ".join(common + extra_a[: len(common) // 3])
+    second = " ".join(extra_b[: len(common) // 4] + common)
+    index = RougeLIndex([first])
+    expected = SCORER.score(first, second)["rougeL"].fmeasure
+    assert index.best(second).score == expected
+    for threshold in (0.5, 0.6, 0.7, 0.8):
+        assert index.exceeds(second, threshold) == (expected > threshold)
