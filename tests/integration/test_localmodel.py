@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +114,32 @@ def test_demo_generates_real_examples_with_the_local_model(
     # The model server and the worker are gone when the command returns.
     leftover = subprocess.run(["pgrep", "-f", str(data_dir)], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", leftover.stdout
+
+
+def test_ctrl_c_stops_the_model_server_and_worker(model_cache: Path, tmp_path: Path) -> None:
+    data_dir = data_dir_with_model(model_cache, tmp_path / "data")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY")
+    }
+    env["SELFINSTRUCT_DATA_DIR"] = str(data_dir)
+    log = tmp_path / "demo.log"
+    with log.open("wb") as sink:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "app", "demo", "-n", "500", "-o", str(tmp_path / "x.jsonl")],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 180
+        while "seed set:" not in log.read_text() and time.monotonic() < deadline:
+            assert demo.poll() is None, log.read_text()
+            time.sleep(0.5)
+        time.sleep(3)  # the job is running: the model is busy
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) != 0
+    leftover = subprocess.run(["pgrep", "-f", str(data_dir)], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
