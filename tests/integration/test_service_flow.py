@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -131,15 +132,20 @@ def test_inline_seed_tasks_and_chat_endpoint(api: httpx.Client, stack: ServiceSt
     assert job["progress"]["instructions_accepted"] == 5
 
 
-def test_cancel_keeps_partial_results(api: httpx.Client, default_seeds: Path) -> None:
+def test_partial_results_while_running_and_after_cancel(
+    api: httpx.Client, default_seeds: Path
+) -> None:
     seed_set = upload(api, default_seeds)
     job = _start(api, {"seed_set_id": seed_set["id"], "num_instructions": 5000})
-    import time
-
     deadline = time.monotonic() + 60
-    while api.get(f"/v1/jobs/{job['id']}").json()["progress"]["instructions_accepted"] == 0:
+    while (current := api.get(f"/v1/jobs/{job['id']}").json())["progress"][
+        "instances_accepted"
+    ] == 0:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    assert current["status"] == "running"
+    partial = _lines(api, job["id"])
+    assert partial and all(e["job_id"] == job["id"] for e in partial)
     response = api.post(f"/v1/jobs/{job['id']}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
     time.sleep(2)
