@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import importlib
 import importlib.util
 import os
@@ -45,9 +46,10 @@ def check_installed() -> None:
         raise LocalModelUnavailable(f"{', '.join(missing)} not installed: {INSTALL_HINT}")
 
 
-def _stamp(path: Path) -> str:
+def _stamp(path: Path, expected_sha256: str) -> str:
+    """What a verified file looked like: a changed hash (new package) or file forces a rebuild."""
     stat = path.stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return f"{expected_sha256} {stat.st_size} {stat.st_mtime_ns}"
 
 
 def ensure_model(data_dir: Path) -> Path:
@@ -63,15 +65,17 @@ def ensure_model(data_dir: Path) -> Path:
     models.mkdir(parents=True, exist_ok=True)
     target = models / package.MODEL_NAME
     stamp = target.with_suffix(".verified")
-    if target.exists() and stamp.exists() and stamp.read_text() == _stamp(target):
+    expected = package.EXPECTED_SHA256
+    if target.exists() and stamp.exists() and stamp.read_text() == _stamp(target, expected):
         return target
+    stamp.unlink(missing_ok=True)
     partial = target.with_suffix(f".partial-{os.getpid()}")
     try:
         package.assemble(partial, overwrite=True)  # joins the parts and checks the SHA-256
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
-    stamp.write_text(_stamp(target))
+    stamp.write_text(_stamp(target, expected))
     return target
 
 

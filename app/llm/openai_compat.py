@@ -6,6 +6,7 @@ them is sorted into transient (retry the task later) and permanent (fail the job
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any, Literal
@@ -23,6 +24,9 @@ from app.llm.base import (
 from app.selfinstruct.options import GenerationOptions
 
 Endpoint = Literal["completions", "chat"]
+
+# Servers may echo (part of) the key in an error body, e.g. OpenAI's "Incorrect API key: sk-ab***".
+_KEY_LIKE = re.compile(r"\b(?:sk|pk|key)-[\w*.-]+")
 
 
 class OpenAICompatClient:
@@ -42,6 +46,7 @@ class OpenAICompatClient:
         self.endpoint = endpoint
         self._model = model
         self._model_lock = threading.Lock()
+        self._api_key = api_key
         self._client = openai.OpenAI(
             base_url=self.base_url,
             api_key=api_key or "not-needed",
@@ -62,7 +67,7 @@ class OpenAICompatClient:
         try:
             models = self._client.models.list()
         except openai.OpenAIError as exc:
-            raise _translate(exc, self.base_url) from exc
+            raise self._translate(exc) from exc
         first = next(iter(models), None)
         if first is None:
             raise LLMPermanentError(
@@ -90,7 +95,7 @@ class OpenAICompatClient:
             else:
                 reply = self._client.completions.create(prompt=request.prompt, **sampling)
         except openai.OpenAIError as exc:
-            raise _translate(exc, self.base_url) from exc
+            raise self._translate(exc) from exc
         text, finish_reason = self._first_choice(reply)
         usage = getattr(reply, "usage", None)
         return LLMResponse(
@@ -100,6 +105,9 @@ class OpenAICompatClient:
             completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
             latency_s=time.perf_counter() - started,
         )
+
+    def _translate(self, exc: openai.OpenAIError) -> LLMTransientError | LLMPermanentError:
+        return _translate_error(exc, self.base_url, self._api_key)
 
     def _first_choice(self, reply: Any) -> tuple[str, str | None]:
         choices = getattr(reply, "choices", None) or []
@@ -116,15 +124,19 @@ class OpenAICompatClient:
         return text, getattr(choice, "finish_reason", None)
 
 
-def _translate(exc: openai.OpenAIError, base_url: str) -> LLMTransientError | LLMPermanentError:
-    """Map what the SDK raised after its retries; the message never includes the API key."""
+def _translate_error(
+    exc: openai.OpenAIError, base_url: str, api_key: str
+) -> LLMTransientError | LLMPermanentError:
+    """Map what the SDK raised after its retries to retry-later or give-up; the server's own
+    words are scrubbed of anything that looks like the key."""
     if isinstance(exc, openai.APITimeoutError):
         return LLMTransientError(f"{base_url}: request timed out")
     if isinstance(exc, openai.APIConnectionError):
-        return LLMTransientError(f"{base_url}: cannot connect ({exc.__cause__ or exc})")
+        cause = _redact(str(exc.__cause__ or exc), api_key)
+        return LLMTransientError(f"{base_url}: cannot connect ({cause})")
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        detail = _short_detail(exc)
+        detail = _redact(_short_detail(exc), api_key)
         message = f"{base_url}: HTTP {status}{': ' + detail if detail else ''}"
         if status in (408, 409, 425, 429) or status >= 500:
             return LLMTransientError(message)
@@ -139,6 +151,12 @@ def _short_detail(exc: openai.APIStatusError) -> str:
         message = error.get("message") if isinstance(error, dict) else error
         return str(message)[:300] if message else ""
     return str(exc.message)[:300]
+
+
+def _redact(message: str, api_key: str) -> str:
+    if len(api_key) >= 4:
+        message = message.replace(api_key, "[redacted]")
+    return _KEY_LIKE.sub("[redacted]", message)
 
 
 def build_llm_client(settings: Settings, options: GenerationOptions) -> LLMClient:

@@ -21,6 +21,7 @@ For a candidate of lq tokens and an item of lp tokens sharing `overlap` tokens (
 from __future__ import annotations
 
 import math
+import operator
 import re
 from array import array
 from collections import Counter
@@ -141,6 +142,12 @@ def _token_keys(token_ids: Iterable[int]) -> list[int]:
     return keys
 
 
+def _pick(codes: list[TokenCodes], items: list[int]) -> list[TokenCodes]:
+    """codes[i] for each i; itemgetter runs the loop in C."""
+    picked = operator.itemgetter(*items)(codes)
+    return [picked] if len(items) == 1 else list(picked)
+
+
 class _KeyOrder:
     """The global order of prefix filtering: fewest items first (counted at the last recount).
 
@@ -212,7 +219,7 @@ class _Search:
         self.bound_denominator = postings.floor.denominator
         self.score = 0.0
         self.item: int | None = None
-        self.seen = np.zeros(len(index), dtype=np.bool_)
+        self.seen: np.ndarray[Any, np.dtype[np.bool_]] | None = None  # best mode only
         self.lengths: IntArray = np.frombuffer(index._lengths, dtype=np.int32)
 
     @property
@@ -223,7 +230,8 @@ class _Search:
         """Visit the candidate's prefix in growing batches: rare keys first, so an early close
         match raises the bound and shortens what is left to visit."""
         position = self.query.unknown_tokens
-        batch = 1
+        # Threshold mode has a fixed bound: one pass over the whole prefix costs least.
+        batch = 1 if self.threshold is None else len(self.query.ordered_keys) + 1
         while position < self._prefix_end():
             end = min(self._prefix_end(), position + batch)
             self._scan(position, end)
@@ -253,8 +261,13 @@ class _Search:
         query_positions = np.repeat(np.array([pos for pos, _ in found], dtype=np.int64), counts)
         items = pairs[:, 0]
         # Items met in an earlier batch were settled there, with a bound at least as high.
-        fresh = ~self.seen[items]
-        self.seen[items] = True
+        if self.threshold is None:  # best mode scans in batches; threshold mode in one
+            if self.seen is None:
+                self.seen = np.zeros(len(self.index), dtype=np.bool_)
+            fresh = ~self.seen[items]
+            self.seen[items] = True
+        else:
+            fresh = np.ones(items.size, dtype=np.bool_)
         item_lengths = self.lengths[items]
         shortest, longest = self._length_window(self.query.length - start)
         keep = fresh & (item_lengths >= shortest) & (item_lengths <= longest)
@@ -306,7 +319,7 @@ class _Search:
         if survivors.size >= _CDIST_BATCH_MIN:
             lcs = process.cdist(
                 [query_codes],
-                [codes[item] for item in survivors.tolist()],
+                _pick(codes, survivors.tolist()),
                 scorer=LCSseq.similarity,
                 dtype=np.int64,
                 workers=1,

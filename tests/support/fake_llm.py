@@ -14,6 +14,7 @@ import argparse
 import collections
 import hashlib
 import random
+import socket
 import threading
 import time
 import uuid
@@ -21,16 +22,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Body, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app.apiserver import free_port
 from app.selfinstruct.prompts import (
     CLASSIFICATION_INSTRUCTION_HEADER,
     CLASSIFY_HEADER,
+    CLASSIFY_QUESTION,
     INPUT_FIRST_HEADER,
     INSTRUCTION_HEADER,
     OUTPUT_FIRST_HEADER,
+)
+
+KINDS = (
+    "instructions",
+    "classify",
+    "instances_input_first",
+    "instances_output_first",
+    "unknown",
 )
 
 
@@ -45,6 +54,7 @@ class FakeLLMConfig:
     truncate_rate: float = 0.05
     model: str = "fake-model"
     require_api_key: str | None = None
+    omit_usage: bool = False  # some servers send no usage block
 
 
 # --- vocabulary ------------------------------------------------------------------------------------
@@ -57,10 +67,13 @@ TOPICS = (
     "the printing press", "sleep hygiene", "credit scores", "space tourism", "minimalism",
     "the water cycle", "video game design", "street food", "the Roman Empire", "vaccines",
     "plate tectonics", "online privacy", "marathon training", "chess openings", "tea ceremonies",
+    "cryptocurrency", "the Renaissance", "wildfires", "nuclear fusion", "fast fashion",
+    "the Silk Road", "quantum computing", "bird migration", "inflation", "the Cold War",
 )  # fmt: skip
 AUDIENCES = (
     "a five-year-old", "a high school student", "a new employee", "a retired engineer",
     "a tourist", "a busy parent", "a software developer", "a farmer", "a nurse", "a poet",
+    "a skeptical investor", "a first-year medical student", "a shop owner", "a teenager",
 )  # fmt: skip
 ACTIVITIES = (
     "learning a new language", "saving money on groceries", "running a first marathon",
@@ -68,49 +81,87 @@ ACTIVITIES = (
     "starting a podcast", "keeping houseplants alive", "negotiating a salary",
     "travelling with a toddler", "preparing for a job interview", "reducing food waste",
     "learning to play guitar", "moving to a new city", "making friends as an adult",
+    "training a puppy", "planning a wedding", "quitting sugar", "working night shifts",
 )  # fmt: skip
 THINGS = (
     "a coffee shop", "a bicycle repair startup", "a cat", "a fantasy kingdom", "a podcast",
     "a vegan bakery", "a hiking club", "a smart fridge", "a children's book", "a robot",
     "a boutique hotel", "a mobile banking app", "a rock band", "a community garden",
+    "a language school", "a food truck", "a dragon", "a lighthouse keeper", "a chess club",
 )  # fmt: skip
 LANGUAGES = ("Spanish", "German", "Japanese", "Italian", "Portuguese", "Korean", "Dutch", "Swahili")
 TEXT_KINDS = (
     "product review", "news headline", "tweet", "customer email", "restaurant review",
     "movie plot summary", "job posting", "text message", "poem", "scientific abstract",
+    "forum post", "hotel review", "speech transcript", "support ticket",
 )  # fmt: skip
 NUMBERS = ("two", "three", "four", "five", "six", "seven", "ten")
-STYLES = ("formal", "humorous", "persuasive", "friendly", "concise", "dramatic", "poetic")
+STYLES = ("formal", "humorous", "persuasive", "friendly", "concise", "dramatic", "poetic", "upbeat")
 
-# Each template names its slots in braces; several slots keep instructions far apart in ROUGE-L.
-TEMPLATES = (
+# Each template has several slots, so instructions built from it stay apart in ROUGE-L.
+GENERAL_TEMPLATES = (
     "Explain {topic} to {audience} in {number} sentences.",
     "Give {number} practical tips for {activity}.",
     "Write a {style} short story about {thing} and {topic}.",
     "Suggest {number} creative names for {thing}.",
     "Translate the following {text_kind} into {language}.",
-    "Classify the sentiment of the {text_kind} as positive, negative, or neutral.",
     "Summarize the {text_kind} about {topic} for {audience}.",
     "List the pros and cons of {activity} in a table with {number} rows.",
     "Compose a {style} email inviting {audience} to a talk on {topic}.",
-    "Is the following {text_kind} written by a human or a machine? Answer human or machine.",
     "Create a quiz with {number} questions about {topic}.",
     "Describe a typical day of {audience} who is {activity}.",
     "Rewrite the {text_kind} in a {style} tone.",
-    "Tell me whether the claim about {topic} is true or false.",
     "Plan a {number}-day schedule for {activity}.",
     "Write a {style} slogan for {thing}.",
-    "Detect whether the {text_kind} contains sarcasm: yes or no.",
     "Compare {topic} and {topic2} for {audience}.",
     "Generate a dialogue between {audience} and {audience2} about {topic}.",
-    "Categorize the {text_kind} into sports, politics, science, or entertainment.",
     "Come up with {number} interview questions for {audience} about {activity}.",
     "Write a {style} product description for {thing}.",
     "What are {number} common misconceptions about {topic}?",
-    "Identify the main argument of the {text_kind} and rate its strength from 1 to 5.",
     "Draft a {style} apology message from {thing} to its customers.",
     "Recommend {number} books for {audience} interested in {topic}.",
+    "How would you convince {audience} to try {activity}?",
+    "Write a {style} limerick about {thing}.",
+    "Outline a lesson plan on {topic} for {audience}.",
+    "Brainstorm {number} ways {thing} could use {topic} to attract visitors.",
+    "Answer the question about {topic} as if you were {audience}.",
+    "Turn the notes on {topic} into a {style} paragraph.",
+    "Estimate how long {activity} takes and explain your reasoning.",
+    "Write the opening line of a {style} novel set in {thing}.",
 )  # fmt: skip
+CLASSIFICATION_TEMPLATES = (
+    "Classify the sentiment of the {text_kind} about {topic} as positive, negative, or neutral.",
+    "Is the following {text_kind} written by a human or a machine? Answer human or machine.",
+    "Tell me whether the claim about {topic} is true or false.",
+    "Detect whether the {text_kind} contains sarcasm: yes or no.",
+    "Categorize the {text_kind} into sports, politics, science, or entertainment.",
+    "Identify the main argument of the {text_kind} and rate its strength from 1 to 5.",
+    "Decide whether the {text_kind} is suitable for {audience}: yes or no.",
+    "Is it likely that {audience} would enjoy {activity}? Answer yes or no.",
+    "Label the {text_kind} as urgent or not urgent for {thing}.",
+    "Which of the {number} options about {topic} is the odd one out?",
+    "Detect the language of the {text_kind}: {language}, English, or other.",
+    "Classify the question about {topic} as factual or opinion-based.",
+    "Given a {text_kind} from {thing}, tell me if the writer sounds angry, calm, or excited.",
+    "Predict whether {audience} will finish {activity} within {number} weeks: yes or no.",
+    "Sort each {text_kind} into praise, complaint, or question for {thing}.",
+    "Decide whether the advice on {activity} is safe or risky for {audience}.",
+    "Tell me if the statement about {topic} is a fact or an opinion.",
+    "Which department of {thing} should answer this {text_kind}: sales, support, or billing?",
+    "Rate the {text_kind} on {topic} as easy, medium, or hard to read for {audience}.",
+    "Is the argument about {topic} in the {text_kind} logically valid? Answer yes or no.",
+    "Classify the {style} {text_kind} by its intended reader: child, adult, or expert.",
+    "Detect whether the two {text_kind}s about {topic} say the same thing.",
+)  # fmt: skip
+# A sentence added to half the tasks; varies wording far more than the cores alone.
+CONSTRAINTS = (
+    "Keep it under {count} words.", "Use bullet points.", "Avoid technical jargon.",
+    "Include at least one concrete example.", "Make it suitable for {audience}.",
+    "End with a question for the reader.", "Mention {topic2} somewhere.",
+    "Use a {style} voice throughout.", "Do not use the letter z.", "Cite one real statistic.",
+    "Write it as a numbered list.", "Start every sentence with a verb.",
+)  # fmt: skip
+WORD_COUNTS = ("30", "50", "80", "100", "150", "200")
 BLACKLISTED = (
     "Describe the image of {thing} in detail.",
     "Draw a diagram that explains {topic}.",
@@ -119,24 +170,35 @@ BLACKLISTED = (
     "Open the file and count how often {topic} appears.",
     "Go to the website of {thing} and summarize it.",
     "Make a graph showing how {audience} spend their week.",
+    "Choose the best picture for an article on {topic}.",
 )  # fmt: skip
 SHORT = ("Sort numbers.", "Tell joke.", "Be creative.", "Summarize.", "Add numbers.")
 PROGRAMS = (
     "Write a program that prints the first {number} prime numbers.",
     "Write a program to translate text into {language}.",
+    "Write a program that counts the words in a {text_kind}.",
 )
-ODD_STARTS = ("- Explain {topic} to {audience}.", "¿Cómo se dice {thing} en {language}?", "Écris un poème sur {topic}.")  # fmt: skip
+ODD_STARTS = (
+    "- Explain {topic} to {audience}.",
+    "* Give {number} tips for {activity}.",
+    "¿Cómo se dice {thing} en {language}?",
+    "Écris un poème sur {topic}.",
+    '"Summarize the {text_kind} about {topic}."',
+)
 
 CLASSIFICATION_HINTS = (
     "classify", "sentiment", "categorize", "true or false", "yes or no", "detect", "is the",
     "is it", "tell me whether", "tell me if", "human or a machine", "decide whether", "which of",
+    "label the",
 )  # fmt: skip
+NEEDS_INPUT_HINTS = ("following", "given", "the ", "this ")
 LABEL_SETS = (
     ("Positive", "Negative", "Neutral"),
     ("Yes", "No"),
     ("True", "False"),
     ("Sports", "Politics", "Science", "Entertainment"),
     ("Human", "Machine"),
+    ("Urgent", "Not urgent"),
 )
 SENTENCES = (
     "The delivery arrived two days late and the box was crushed.",
@@ -148,7 +210,15 @@ SENTENCES = (
     "Scientists found a new species of frog in the rainforest.",
     "The battery lasts all day, which surprised me.",
     "Traffic was terrible, so I missed the first half of the game.",
-    "The museum opens a new exhibit on ancient maps next month.",
+    "The museum opens a new exhibit on ancient trade routes next month.",
+    "My landlord raised the rent again without any notice.",
+    "The new bus line cut my commute in half.",
+    "Nobody at the front desk knew where my reservation went.",
+    "The senator promised to vote against the bill on Friday.",
+)  # fmt: skip
+OUTPUT_OPENERS = (
+    "Here is a short answer:", "In brief,", "One way to put it:", "Sure.", "Answer:",
+    "A good response would be:", "Consider this:",
 )  # fmt: skip
 
 
@@ -166,10 +236,23 @@ def _fill(template: str, rng: random.Random) -> str:
         text_kind=rng.choice(TEXT_KINDS),
         number=rng.choice(NUMBERS),
         style=rng.choice(STYLES),
+        count=rng.choice(WORD_COUNTS),
     )
 
 
+def new_instruction(rng: random.Random, *, classification: bool) -> str:
+    """A natural-sounding task; thousands of distinct ones come out of the tables above."""
+    if classification or rng.random() < 0.25:
+        core = _fill(rng.choice(CLASSIFICATION_TEMPLATES), rng)
+    else:
+        core = _fill(rng.choice(GENERAL_TEMPLATES), rng)
+    if rng.random() < 0.5:
+        return f"{core} {_fill(rng.choice(CONSTRAINTS), rng)}"
+    return core
+
+
 def _near_duplicate(text: str, rng: random.Random) -> str:
+    """A small edit, as models often echo an example with a word changed."""
     words = text.split()
     if len(words) > 4:
         words.insert(rng.randrange(1, len(words)), rng.choice(("really", "briefly", "also")))
@@ -188,6 +271,7 @@ def _prompt_instructions(prompt: str) -> list[str]:
 def instruction_items(prompt: str, rng: random.Random) -> list[str]:
     """What a base model appends to the numbered list: mostly new tasks, some faulty ones."""
     shown = _prompt_instructions(prompt)
+    classification = prompt.startswith(CLASSIFICATION_INSTRUCTION_HEADER)
     items = []
     for _ in range(rng.randint(3, 7)):
         roll = rng.random()
@@ -202,23 +286,22 @@ def instruction_items(prompt: str, rng: random.Random) -> list[str]:
         elif roll < 0.21:
             items.append(_fill(rng.choice(ODD_STARTS), rng))
         else:
-            items.append(_fill(rng.choice(TEMPLATES), rng))
+            items.append(new_instruction(rng, classification=classification))
     return items
 
 
 def instruction_answer(prompt: str, rng: random.Random) -> str:
     """The continuation after the prompt's last "N.", numbering glitches included."""
-    first = len(_prompt_instructions(prompt)) + 1
+    number = len(_prompt_instructions(prompt)) + 1
     items = instruction_items(prompt, rng)
     parts = [f" {items[0]}"]
-    number = first
     for item in items[1:]:
         number += 2 if rng.random() < 0.05 else 1  # a gap in the numbering
-        separator = f"{number} ." if rng.random() < 0.05 else f"{number}."
-        parts.append(f"\n{separator} {item}")
+        label = f"{number} ." if rng.random() < 0.05 else f"{number}."
+        parts.append(f"\n{label} {item}")
     if rng.random() < 0.1:
         parts.append(f"\n{number + 1}.")  # a trailing empty item
-    return "".join(parts)
+    return "".join(parts) + "\n\n"
 
 
 def _task_of(prompt: str) -> str:
@@ -233,19 +316,22 @@ def classify_answer(task: str) -> str:
     return " Yes" if any(hint in lowered for hint in CLASSIFICATION_HINTS) else " No"
 
 
+def _related_output(task: str, rng: random.Random) -> str:
+    words = [w.strip(".,?!:;\"'") for w in task.split() if len(w) > 3]
+    focus = " ".join(rng.sample(words, min(3, len(words)))) or "the request"
+    return f"{rng.choice(OUTPUT_OPENERS)} {focus.lower()}, {rng.choice(SENTENCES).lower()}"
+
+
 def input_first_answer(task: str, rng: random.Random) -> str:
     """One to five examples related to the task; now and then the faults filters catch."""
-    words = [w.strip(".,?!") for w in task.split() if len(w) > 3]
-    if rng.random() < 0.25:
-        return (
-            f"Output: {' '.join(rng.sample(words, min(3, len(words))))} explained in a few words."
-        )
-    examples = []
+    lowered = task.lower()
+    needs_input = any(hint in lowered for hint in NEEDS_INPUT_HINTS)
+    if not needs_input and rng.random() < 0.8:
+        return f"Output: {_related_output(task, rng)}\n\n"
+    examples: list[str] = []
+    inputs = rng.sample(SENTENCES, 5)
     for n in range(1, rng.randint(1, 5) + 1):
-        source = rng.choice(SENTENCES)
-        output = (
-            f"A response about {rng.choice(words) if words else 'this'}: {rng.choice(SENTENCES)}"
-        )
+        source, output = inputs[n - 1], _related_output(task, rng)
         fault = rng.random()
         if fault < 0.04:
             output = ""
@@ -253,9 +339,9 @@ def input_first_answer(task: str, rng: random.Random) -> str:
             output = source
         elif fault < 0.09:
             output = "The answer is:"
-        elif fault < 0.11 and examples:
-            examples.append(examples[-1].replace(f"Example {n - 1}", f"Example {n}"))
-            continue
+        elif fault < 0.11 and examples:  # an exact duplicate of the previous example
+            source, output = examples[-1].split("\n")[1:3]
+            source, output = source.removeprefix("Input: "), output.removeprefix("Output: ")
         examples.append(f"Example {n}\nInput: {source}\nOutput: {output}")
     if len(examples) > 1 and rng.random() < 0.04:  # same input, different output
         first_input = examples[0].split("\n")[1]
@@ -263,27 +349,54 @@ def input_first_answer(task: str, rng: random.Random) -> str:
     return "\n".join(examples) + "\n\n"
 
 
-def output_first_answer(rng: random.Random) -> str:
-    labels = rng.choice(LABEL_SETS)
+def _labels_for(task: str, rng: random.Random) -> tuple[str, ...]:
+    lowered = task.lower()
+    for labels in LABEL_SETS:
+        if all(label.lower() in lowered for label in labels):
+            return labels
+    return rng.choice(LABEL_SETS)
+
+
+def output_first_answer(task: str, rng: random.Random) -> str:
     lines = []
-    for label in labels:
+    for label in _labels_for(task, rng):
         lines += [f"Class label: {label}", f"Sentence: {rng.choice(SENTENCES)}"]
     return "\n".join(lines) + "\n\n"
 
 
-def _apply_limits(text: str, stop: list[str], max_tokens: int) -> tuple[str, str]:
+def garbage(rng: random.Random) -> str:
+    return "".join(rng.choice("#@!?.;:-*") for _ in range(rng.randint(5, 40)))
+
+
+def apply_limits(text: str, stop: list[str], max_tokens: int) -> tuple[str, str]:
     """Cut at the first stop string, then at max_tokens whitespace tokens, like a server does."""
-    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=-1)
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
     if cut >= 0:
-        text = text[:cut]
+        return _cap_tokens(text[:cut], max_tokens, "stop")
+    return _cap_tokens(text, max_tokens, "stop")
+
+
+def _cap_tokens(text: str, max_tokens: int, finish: str) -> tuple[str, str]:
     pieces = text.split(" ")
-    if len(pieces) > max_tokens:
-        return " ".join(pieces[:max_tokens]), "length"
-    return text, "stop"
+    if len(text.split()) > max_tokens:
+        kept, seen = [], 0
+        for piece in pieces:
+            seen += bool(piece.strip())
+            if seen > max_tokens:
+                break
+            kept.append(piece)
+        return " ".join(kept), "length"
+    return text, finish
 
 
-def _kind(prompt: str) -> str:
-    if prompt.startswith(CLASSIFY_HEADER):
+def truncate(text: str, rng: random.Random) -> str:
+    """What hitting max_tokens looks like: the answer stops in the middle of something."""
+    pieces = text.split(" ")
+    return " ".join(pieces[: rng.randint(1, max(1, len(pieces) - 1))])
+
+
+def prompt_kind(prompt: str) -> str:
+    if prompt.startswith(CLASSIFY_HEADER) or prompt.rstrip().endswith(CLASSIFY_QUESTION):
         return "classify"
     if prompt.startswith(OUTPUT_FIRST_HEADER):
         return "instances_output_first"
@@ -294,25 +407,48 @@ def _kind(prompt: str) -> str:
     return "unknown"
 
 
+def answer_for(prompt: str, kind: str, rng: random.Random) -> str:
+    """The model's raw continuation of a prompt of this kind."""
+    if kind == "instructions":
+        return instruction_answer(prompt, rng)
+    if kind == "classify":
+        return classify_answer(_task_of(prompt))
+    if kind == "instances_input_first":
+        return input_first_answer(_task_of(prompt), rng)
+    if kind == "instances_output_first":
+        return output_first_answer(_task_of(prompt), rng)
+    return " I am not sure what you mean."
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 and status != 429 else "server_error"
+    return JSONResponse(
+        {"error": {"message": message, "type": kind}}, status_code=status, headers=headers
+    )
+
+
 class FakeLLMServer:
     """Runs uvicorn in a background thread on 127.0.0.1; use as a context manager."""
 
-    def __init__(self, config: FakeLLMConfig | None = None, *, port: int | None = None) -> None:
+    def __init__(self, config: FakeLLMConfig | None = None, *, port: int = 0) -> None:
         self.config = config or FakeLLMConfig()
-        self.port = port or free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.requests: list[dict[str, Any]] = []
         self.counts: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
-        self._counter = 0
+        self._served = 0
         self._scripted: list[int] = []
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(("127.0.0.1", port))  # bound now: no race for a "free" port
+        self.port: int = self._socket.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
     # --- control -----------------------------------------------------------------------------
 
     def fail_next(self, count: int, status: int = 503) -> None:
-        """The next `count` completion requests get this HTTP status."""
+        """The next `count` completion requests get this HTTP status (429 with Retry-After: 0)."""
         with self._lock:
             self._scripted.extend([status] * count)
 
@@ -322,18 +458,27 @@ class FakeLLMServer:
             self.counts.clear()
             self._scripted.clear()
 
-    def start(self) -> FakeLLMServer:
+    def serve_forever(self) -> None:
+        """Serve in the calling thread until stopped."""
+        if self._server is None:
+            self._server = self._new_uvicorn_server()
+        self._server.run(sockets=[self._socket])
+
+    def _new_uvicorn_server(self) -> uvicorn.Server:
         config = uvicorn.Config(
             self.app(), host="127.0.0.1", port=self.port, log_level="warning", access_log=False
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        return uvicorn.Server(config)
+
+    def start(self) -> FakeLLMServer:
+        server = self._server = self._new_uvicorn_server()
+        self._thread = threading.Thread(target=self.serve_forever, name="fake-llm", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 15
-        while not self._server.started:
+        while not server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("the fake LLM server did not start")
-            time.sleep(0.02)
+            time.sleep(0.01)
         return self
 
     def stop(self) -> None:
@@ -341,6 +486,7 @@ class FakeLLMServer:
             self._server.should_exit = True
             self._thread.join(timeout=10)
         self._server = self._thread = None
+        self._socket.close()
 
     def __enter__(self) -> FakeLLMServer:
         return self.start()
@@ -351,152 +497,144 @@ class FakeLLMServer:
     # --- behaviour ---------------------------------------------------------------------------
 
     def _rng_for(self, prompt: str) -> random.Random:
+        """Seed + prompt + how many requests came before: repeats differ, runs reproduce."""
         with self._lock:
-            self._counter += 1
-            counter = self._counter
+            self._served += 1
+            served = self._served
         digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
-        return random.Random(f"{self.config.seed}:{digest}:{counter}")
+        return random.Random(f"{self.config.seed}:{digest}:{served}")
 
     def _http_fault(self, rng: random.Random) -> JSONResponse | None:
         with self._lock:
-            scripted = self._scripted.pop(0) if self._scripted else None
-        if scripted is None:
-            roll = rng.random()
-            if roll < self.config.error_rate_5xx:
-                scripted = rng.choice((500, 502, 503))
-            elif roll < self.config.error_rate_5xx + self.config.rate_limit_rate:
-                scripted = 429
-        if scripted is None:
+            status = self._scripted.pop(0) if self._scripted else None
+        roll = rng.random()
+        if status is None and roll < self.config.error_rate_5xx:
+            status = rng.choice((500, 502, 503))
+        elif status is None and roll < self.config.error_rate_5xx + self.config.rate_limit_rate:
+            status = 429
+        if status is None:
             return None
-        headers = {"retry-after": "0"} if scripted == 429 else None
-        message = "rate limited" if scripted == 429 else "upstream unavailable"
-        return JSONResponse(
-            {"error": {"message": message, "type": "server_error"}},
-            status_code=scripted,
-            headers=headers,
-        )
+        if status == 429:
+            return _error(429, "Rate limit reached, retry later", {"retry-after": "0"})
+        return _error(status, f"upstream failure ({status})")
 
-    def answer(self, prompt: str, rng: random.Random) -> str:
-        kind = _kind(prompt)
-        with self._lock:
-            self.counts[kind] += 1
-        if rng.random() < self.config.garbage_rate:
-            return "".join(rng.choice("#@!?.;:-*") for _ in range(rng.randint(5, 40)))
-        if kind == "instructions":
-            return instruction_answer(prompt, rng)
-        if kind == "classify":
-            return classify_answer(_task_of(prompt))
-        if kind == "instances_input_first":
-            return input_first_answer(_task_of(prompt), rng)
-        if kind == "instances_output_first":
-            return output_first_answer(rng)
-        return " I am not sure what you mean."
-
-    def _complete(
-        self, body: dict[str, Any], prompt: str
-    ) -> tuple[str, str, int, int] | JSONResponse:
+    def _choices(
+        self, body: dict[str, Any], prompt: str, *, chat: bool
+    ) -> list[dict[str, Any]] | JSONResponse:
         rng = self._rng_for(prompt)
         if self.config.latency_s:
             time.sleep(self.config.latency_s * (0.5 + rng.random()))
         fault = self._http_fault(rng)
         if fault is not None:
             return fault
-        text = self.answer(prompt, rng)
-        stop = body.get("stop") or []
-        stop = [stop] if isinstance(stop, str) else list(stop)
-        text, finish = _apply_limits(text, stop, int(body.get("max_tokens") or 256))
-        if finish == "stop" and rng.random() < self.config.truncate_rate:
+        kind = prompt_kind(prompt)
+        with self._lock:
+            self.counts[kind] += 1
+        if rng.random() < self.config.empty_choices_rate:
+            return []
+        if rng.random() < self.config.garbage_rate:
+            text = garbage(rng)
+        else:
+            text = answer_for(prompt, kind, rng)
+        if rng.random() < self.config.truncate_rate:
+            text = truncate(text, rng)
             finish = "length"
-        return text, finish, len(prompt.split()), len(text.split())
+        else:
+            stop = body.get("stop") or []
+            stops = [stop] if isinstance(stop, str) else list(stop)
+            max_tokens = int(body.get("max_tokens") or (4096 if chat else 16))  # OpenAI's defaults
+            text, finish = apply_limits(text, stops, max_tokens)
+        if chat:
+            message = {"role": "assistant", "content": text}
+            return [{"index": 0, "message": message, "finish_reason": finish}]
+        return [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]
+
+    def _respond(self, body: dict[str, Any], prompt: str, *, chat: bool) -> Any:
+        with self._lock:
+            self.requests.append(body)
+        choices = self._choices(body, prompt, chat=chat)
+        if isinstance(choices, JSONResponse):
+            return choices
+        texts = [c["message"]["content"] if chat else c["text"] for c in choices]
+        prompt_tokens = len(prompt.split())
+        completion_tokens = sum(len(t.split()) for t in texts)
+        reply: dict[str, Any] = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model") or self.config.model,
+            "choices": choices,
+        }
+        if not self.config.omit_usage:
+            reply["usage"] = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            }
+        return reply
 
     def _authorised(self, request: Request) -> bool:
         expected = self.config.require_api_key
         return expected is None or request.headers.get("authorization") == f"Bearer {expected}"
 
     def app(self) -> FastAPI:
+        """Plain (sync) endpoints: FastAPI runs them in a thread pool, so latency overlaps."""
         app = FastAPI()
-
-        def unauthorised() -> JSONResponse:
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": "Incorrect API key provided",
-                        "type": "invalid_request_error",
-                    }
-                },
-                status_code=401,
-            )
+        unauthorised = _error(401, "Incorrect API key provided")
 
         @app.get("/v1/models")
         def models(request: Request) -> Any:
             if not self._authorised(request):
-                return unauthorised()
-            return {
-                "object": "list",
-                "data": [{"id": self.config.model, "object": "model", "owned_by": "tests"}],
-            }
+                return unauthorised
+            model = {"id": self.config.model, "object": "model", "created": 0, "owned_by": "tests"}
+            return {"object": "list", "data": [model]}
 
         @app.post("/v1/completions")
-        async def completions(request: Request) -> Any:
+        def completions(request: Request, body: dict[str, Any] = Body(...)) -> Any:
             if not self._authorised(request):
-                return unauthorised()
-            body = await request.json()
-            return self._respond(body, str(body.get("prompt", "")), chat=False)
+                return unauthorised
+            prompt = body.get("prompt", "")
+            prompt = prompt[0] if isinstance(prompt, list) and prompt else prompt
+            return self._respond(body, str(prompt), chat=False)
 
         @app.post("/v1/chat/completions")
-        async def chat(request: Request) -> Any:
+        def chat(request: Request, body: dict[str, Any] = Body(...)) -> Any:
             if not self._authorised(request):
-                return unauthorised()
-            body = await request.json()
+                return unauthorised
             messages = body.get("messages") or [{}]
             return self._respond(body, str(messages[-1].get("content", "")), chat=True)
 
         return app
 
-    def _respond(self, body: dict[str, Any], prompt: str, *, chat: bool) -> Any:
-        with self._lock:
-            self.requests.append(body)
-        result = self._complete(body, prompt)
-        if isinstance(result, JSONResponse):
-            return result
-        text, finish, prompt_tokens, completion_tokens = result
-        rng = random.Random(prompt_tokens + completion_tokens)
-        if rng.random() < self.config.empty_choices_rate:
-            choices: list[dict[str, Any]] = []
-        elif chat:
-            choices = [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": finish,
-                }
-            ]
-        else:
-            choices = [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]
-        return {
-            "id": f"cmpl-{uuid.uuid4().hex[:12]}",
-            "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": body.get("model") or self.config.model,
-            "choices": choices,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
-
 
 def run_fake_llm_main() -> None:
+    """Serve in the foreground, for tests that need the LLM in a separate process."""
     parser = argparse.ArgumentParser(description="A fake OpenAI-compatible server for tests.")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0)
-    parser.add_argument("--error-rate", type=float, default=0.0)
+    parser.add_argument("--error-rate", type=float, default=0.0, help="share of HTTP 5xx answers")
+    parser.add_argument("--rate-limit-rate", type=float, default=0.0)
+    parser.add_argument("--garbage-rate", type=float, default=0.0)
+    parser.add_argument("--truncate-rate", type=float, default=0.05)
+    parser.add_argument("--model", default="fake-model")
+    parser.add_argument("--api-key", default=None, help="require this Bearer token")
     args = parser.parse_args()
-    config = FakeLLMConfig(seed=args.seed, latency_s=args.latency, error_rate_5xx=args.error_rate)
+    config = FakeLLMConfig(
+        seed=args.seed,
+        latency_s=args.latency,
+        error_rate_5xx=args.error_rate,
+        rate_limit_rate=args.rate_limit_rate,
+        garbage_rate=args.garbage_rate,
+        truncate_rate=args.truncate_rate,
+        model=args.model,
+        require_api_key=args.api_key,
+    )
     server = FakeLLMServer(config, port=args.port)
-    uvicorn.run(server.app(), host="127.0.0.1", port=args.port, log_level="warning")
+    try:
+        server.serve_forever()
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":
