@@ -427,6 +427,13 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     )
 
 
+def _unauthorised(request: Request) -> JSONResponse:
+    """Like OpenAI's answer, which echoes a masked copy of the key it was given."""
+    given = request.headers.get("authorization", "").removeprefix("Bearer ")
+    masked = f"{given[:5]}***{given[-3:]}" if len(given) > 8 else "***"
+    return _error(401, f"Incorrect API key provided: {masked}.")
+
+
 class FakeLLMServer:
     """Runs uvicorn in a background thread on 127.0.0.1; use as a context manager."""
 
@@ -580,19 +587,18 @@ class FakeLLMServer:
     def app(self) -> FastAPI:
         """Plain (sync) endpoints: FastAPI runs them in a thread pool, so latency overlaps."""
         app = FastAPI()
-        unauthorised = _error(401, "Incorrect API key provided")
 
         @app.get("/v1/models")
         def models(request: Request) -> Any:
             if not self._authorised(request):
-                return unauthorised
+                return _unauthorised(request)
             model = {"id": self.config.model, "object": "model", "created": 0, "owned_by": "tests"}
             return {"object": "list", "data": [model]}
 
         @app.post("/v1/completions")
         def completions(request: Request, body: dict[str, Any] = Body(...)) -> Any:
             if not self._authorised(request):
-                return unauthorised
+                return _unauthorised(request)
             prompt = body.get("prompt", "")
             prompt = prompt[0] if isinstance(prompt, list) and prompt else prompt
             return self._respond(body, str(prompt), chat=False)
@@ -600,7 +606,7 @@ class FakeLLMServer:
         @app.post("/v1/chat/completions")
         def chat(request: Request, body: dict[str, Any] = Body(...)) -> Any:
             if not self._authorised(request):
-                return unauthorised
+                return _unauthorised(request)
             messages = body.get("messages") or [{}]
             return self._respond(body, str(messages[-1].get("content", "")), chat=True)
 

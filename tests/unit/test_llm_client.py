@@ -150,8 +150,9 @@ def test_bad_key_is_permanent_and_not_leaked(server: FakeLLMServer) -> None:
             LLMRequest(prompt=PROMPT, max_tokens=8)
         )
     message = str(raised.value)
-    assert "401" in message and server.base_url in message
+    assert "401" in message and server.base_url in message and "Incorrect API key" in message
     assert wrong_key not in message and API_KEY not in message
+    assert wrong_key[:5] not in message  # not even the masked copy the server echoes
 
 
 def test_bad_key_while_resolving_the_model_is_permanent(server: FakeLLMServer) -> None:
