@@ -17,13 +17,14 @@ from app.selfinstruct.types import (
 
 @lru_cache(maxsize=32)
 def _keyword_pattern(keywords: tuple[str, ...]) -> re.Pattern[str] | None:
-    """One case-insensitive whole-word alternation; multi-word keywords match any spacing."""
-    if not keywords:
-        return None
+    """One case-insensitive whole-word alternation; multi-word keywords match any spacing.
+
+    Lookarounds rather than word boundaries keep keywords ending in a symbol ("c++") whole.
+    """
     parts = [r"\s+".join(map(re.escape, k.split())) for k in keywords if k.strip()]
     if not parts:
         return None
-    return re.compile(r"\b(?:" + "|".join(parts) + r")\b", re.IGNORECASE)
+    return re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE)
 
 
 def instruction_rejection(

@@ -64,3 +64,13 @@ class GenerationOptions(BaseModel):
 
     # Safety stop: a model that never produces anything new must not loop forever.
     max_rounds_without_progress: int = Field(20, ge=1, le=10000)
+
+    # Budgets, checked before each step (a step already sent finishes). When a token or request
+    # budget is reached the job stops cleanly as succeeded, with a stopped_reason.
+    max_total_tokens: int | None = Field(
+        None, ge=1, description="Stop after this many prompt + completion tokens."
+    )
+    max_llm_requests: int | None = Field(None, ge=1, description="Stop after this many requests.")
+    max_llm_errors: int = Field(
+        200, ge=1, le=1_000_000, description="Fail the job after this many failed LLM requests."
+    )

@@ -15,13 +15,13 @@ _WHITESPACE = re.compile(r"\s+")
 # A new item starts at a line beginning with a number, optionally "Task" before it, then one of
 # ". ) :" (spaces allowed around), e.g. "10.", "10 .", "11)", "Task 12:".
 _ITEM_START = re.compile(r"(?im)^[ \t]*(?:task[ \t]*)?\d{1,3}[ \t]*[.):](?=\s|$)")
-# A stray "Task N:" label left at the start of the first (unnumbered) item.
+# A "Task:" or "Task N:" label left at the start of an item, e.g. "10. Task: Sort the list."
 _LEADING_TASK_LABEL = re.compile(r"(?i)^\s*task\s*\d{0,3}\s*[.:)]\s*")
-_EXAMPLE_SPLIT = re.compile(
-    r"(?im)^[ \t]*example[ \t]*\d+[ \t]*[.:]?[ \t]*$|\bexample[ \t]*\d+[ \t]*[.:]"
-)
+# "Example 3", "Example 3:" or "Example 3." opening a line; "see example 2." inside a text is no split.
+_EXAMPLE_SPLIT = re.compile(r"(?im)^[ \t]*example[ \t]*\d+\b[ \t]*[.:)]?")
 _OUTPUT_LABEL = re.compile(r"(?i)\boutput[ \t]*\d*[ \t]*:")
-_INPUT_LABEL = re.compile(r"(?i)\binput[ \t]*\d*[ \t]*:")
+# Only a line-opening "Input:" ends an output: the model ran on into another example.
+_RUN_ON_INPUT = re.compile(r"(?im)^[ \t]*input[ \t]*\d*[ \t]*:")
 _LEADING_INPUT_LABEL = re.compile(r"(?i)^\s*input[ \t]*\d*[ \t]*:")
 _CLASS_LABEL = re.compile(r"(?i)class[ \t]+label[ \t]*:")
 _YES = re.compile(r"^\W*yes\b", re.IGNORECASE)
@@ -35,13 +35,14 @@ def parse_instruction_completion(text: str, *, first_number: int) -> list[str]:
     """Instructions continuing the prompt's numbered list.
 
     The text starts right after the prompt's last "N." (item `first_number`), so the first item
-    has no number of its own; every later item starts on a new numbered line.
+    has no number of its own; every later item starts on a new numbered line. Any number opens an
+    item (models skip and repeat numbers), so `first_number` only documents where the list
+    resumes; a restated first label ("9." or "Task 9:", as chat models write) is dropped.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    starts = [m for m in _ITEM_START.finditer(text)]
     pieces = []
     previous_end = 0
-    for match in starts:
+    for match in _ITEM_START.finditer(text):
         pieces.append(text[previous_end : match.start()])
         previous_end = match.end()
     pieces.append(text[previous_end:])
@@ -55,14 +56,18 @@ def parse_classification_answer(text: str) -> bool:
 
 
 def _input_first_chunk(chunk: str) -> ParsedInstance:
+    """'Input: x / Output: y'; an unlabelled chunk is all output (the task needs no input),
+    while an input whose output never came keeps an empty output for the filters to reject."""
     output_match = _OUTPUT_LABEL.search(chunk)
     if output_match is None:
-        return ParsedInstance(input="", output=_strip_input_label(chunk).strip())
+        if _LEADING_INPUT_LABEL.match(chunk):
+            return ParsedInstance(input=_strip_input_label(chunk).strip(), output="")
+        return ParsedInstance(input="", output=chunk.strip())
     raw_input = _strip_input_label(chunk[: output_match.start()])
     output = chunk[output_match.end() :]
-    cut = _INPUT_LABEL.search(output)  # the model ran on into another example
-    if cut is not None:
-        output = output[: cut.start()]
+    run_on = _RUN_ON_INPUT.search(output)
+    if run_on is not None:
+        output = output[: run_on.start()]
     return ParsedInstance(input=raw_input.strip(), output=output.strip())
 
 
@@ -71,17 +76,17 @@ def _strip_input_label(text: str) -> str:
 
 
 def _output_first_chunk(chunk: str) -> ParsedInstance:
-    label, _, rest = chunk.strip().partition("\n")
+    """The label is the rest of the "Class label:" line (maybe empty); the lines after it are
+    the input, field name included, as the model wrote it."""
+    label, _, rest = chunk.lstrip(" \t").partition("\n")
     return ParsedInstance(input=rest.strip(), output=label.strip())
 
 
 def parse_instances(text: str, *, is_classification: bool) -> list[ParsedInstance]:
-    """Instances from an instance-generation response, in order; nothing is dropped here."""
+    """Instances from an instance-generation response, in order; only blank chunks are skipped,
+    everything else (empty fields included) goes to the filters, which record why it fails."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if is_classification:
         chunks = _CLASS_LABEL.split(text)[1:]
         return [_output_first_chunk(c) for c in chunks if c.strip()]
-    chunks = _EXAMPLE_SPLIT.split(text)
-    if len(chunks) > 1 and not chunks[0].strip():
-        chunks = chunks[1:]
-    return [_input_first_chunk(c) for c in chunks if c.strip()]
+    return [_input_first_chunk(c) for c in _EXAMPLE_SPLIT.split(text) if c.strip()]

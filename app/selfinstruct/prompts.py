@@ -254,6 +254,25 @@ OUTPUT_FIRST_EXAMPLES: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] 
             ("Fear", "Strange noises in the attic again. I can't sleep."),
         ),
     ),
+    (
+        "Is the recipe vegetarian?",
+        "Ingredients",
+        (
+            ("Yes", "lentils, onion, garlic, cumin, tomatoes, olive oil"),
+            ("No", "rice, chicken thighs, saffron, peas, stock"),
+        ),
+    ),
+    (
+        "Does the conclusion follow from the premises?",
+        "Argument",
+        (
+            (
+                "Valid",
+                "All metals conduct electricity. Copper is a metal. So copper conducts electricity.",
+            ),
+            ("Invalid", "Some birds cannot fly. Penguins are birds. So penguins can fly."),
+        ),
+    ),
 )
 
 

@@ -24,9 +24,13 @@ def sample_prompt_instructions(
     machine: int,
 ) -> list[str]:
     """`machine` instructions from the machine pool (fewer while it is small), the rest from the
-    seeds, all without replacement, shuffled so the model sees no fixed order."""
-    from_machine = rng.sample(list(machine_instructions), min(machine, len(machine_instructions)))
-    seed_count = min(total - len(from_machine), len(seed_instructions))
-    shown = from_machine + rng.sample(list(seed_instructions), seed_count)
+    seeds, all without replacement, shuffled so the model sees no fixed order.
+
+    random.sample picks k items without copying the pool, so a large machine pool stays cheap.
+    """
+    machine_count = min(machine, total, len(machine_instructions))
+    from_machine = rng.sample(machine_instructions, machine_count)
+    seed_count = min(total - machine_count, len(seed_instructions))
+    shown = from_machine + rng.sample(seed_instructions, seed_count)
     rng.shuffle(shown)
     return shown

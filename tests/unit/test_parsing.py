@@ -111,3 +111,97 @@ def test_output_first_labels_only() -> None:
         ParsedInstance("", "Yes"),
         ParsedInstance("", "No"),
     ]
+
+
+def test_chat_style_restated_first_number() -> None:
+    text = "9. Alpha task here.\n10. Beta task here."
+    assert parse_instruction_completion(text, first_number=9) == [
+        "Alpha task here.",
+        "Beta task here.",
+    ]
+
+
+def test_case_is_kept_and_inner_colons_survive() -> None:
+    text = " classify the tweet as POSITIVE or negative:\n10. Convert 10:30 pm to 24-hour time."
+    assert parse_instruction_completion(text, first_number=9) == [
+        "classify the tweet as POSITIVE or negative:",
+        "Convert 10:30 pm to 24-hour time.",
+    ]
+
+
+def test_multi_line_item_is_joined() -> None:
+    text = " Rewrite the sentence\n   in the passive voice.\n10. Name a river in Asia."
+    assert parse_instruction_completion(text, first_number=9) == [
+        "Rewrite the sentence in the passive voice.",
+        "Name a river in Asia.",
+    ]
+
+
+def test_numbered_examples_with_labels_and_windows_newlines() -> None:
+    text = (
+        "Example 1:\r\nInput: The cat sat.\r\nOutput: Le chat s'est assis.\r\n"
+        "Example 2.\r\nInput 2: Good night.\r\nOutput 2: Bonne nuit.\r\n"
+    )
+    assert parse_instances(text, is_classification=False) == [
+        ParsedInstance("The cat sat.", "Le chat s'est assis."),
+        ParsedInstance("Good night.", "Bonne nuit."),
+    ]
+
+
+def test_leading_text_before_the_first_example_is_an_instance() -> None:
+    text = "Output: A first answer.\nExample 2\nInput: q\nOutput: a"
+    assert parse_instances(text, is_classification=False) == [
+        ParsedInstance("", "A first answer."),
+        ParsedInstance("q", "a"),
+    ]
+
+
+def test_mentioning_an_example_inside_an_output_does_not_split() -> None:
+    text = "Example 1\nInput: 4, 9\nOutput: 13, as in example 2. of the book"
+    assert parse_instances(text, is_classification=False) == [
+        ParsedInstance("4, 9", "13, as in example 2. of the book")
+    ]
+
+
+def test_multi_line_output_is_kept_with_its_inner_input_word() -> None:
+    text = "Example 1\nInput: def f(x): return x\nOutput: It returns its\nargument, the input: unchanged."
+    assert parse_instances(text, is_classification=False) == [
+        ParsedInstance("def f(x): return x", "It returns its\nargument, the input: unchanged.")
+    ]
+
+
+def test_input_without_output_keeps_an_empty_output() -> None:
+    text = "Example 1\nInput: a\nOutput: b\nExample 2\nInput: c\n"
+    assert parse_instances(text, is_classification=False) == [
+        ParsedInstance("a", "b"),
+        ParsedInstance("c", ""),
+    ]
+
+
+def test_empty_response_has_no_instances() -> None:
+    assert parse_instances("", is_classification=False) == []
+    assert parse_instances("  \n", is_classification=True) == []
+
+
+def test_output_first_empty_label_keeps_its_input() -> None:
+    text = "Class label:\nReview: Fine.\nclass label:  Negative \r\nReview: Awful.\r\n"
+    assert parse_instances(text, is_classification=True) == [
+        ParsedInstance("Review: Fine.", ""),
+        ParsedInstance("Review: Awful.", "Negative"),
+    ]
+
+
+def test_output_first_multi_line_input() -> None:
+    text = "Class label: Yes\nCode:\ndef f():\n    return 1 / 0\n\nClass label: No\nCode: x = 1"
+    assert parse_instances(text, is_classification=True) == [
+        ParsedInstance("Code:\ndef f():\n    return 1 / 0", "Yes"),
+        ParsedInstance("Code: x = 1", "No"),
+    ]
+
+
+def test_task_label_after_the_number_is_dropped() -> None:
+    text = " Task: Alpha task here.\n10. Task: Beta task here."
+    assert parse_instruction_completion(text, first_number=9) == [
+        "Alpha task here.",
+        "Beta task here.",
+    ]
