@@ -44,8 +44,16 @@ class Settings(BaseSettings):
         8, description="Times a pipeline task is retried while the LLM backend is unavailable."
     )
     task_retry_backoff_s: float = Field(
-        2.0, description="First retry delay; it doubles per retry, capped at 60 s."
+        2.0, description="First retry delay; it doubles per retry, capped at 60 s, plus jitter."
     )
+    llm_unreachable_timeout_s: float = Field(
+        900.0, description="A job fails when every LLM request has failed for this long."
+    )
+    job_lease_s: float = Field(
+        600.0,
+        description="A running job untouched this long is stalled: its next step is sent again.",
+    )
+    sweep_interval_s: float = Field(15.0, description="How often workers look for stalled jobs.")
     instructions_per_instance_task: int = Field(
         5, description="Accepted instructions handled by one instance-generation task."
     )

@@ -75,10 +75,24 @@ class InstancesState(StrEnum):
     FAILED = "failed"
 
 
+class ApiKey(Base):
+    """A bearer token for the API. Only its SHA-256 is stored; the token is shown once."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
 class SeedSet(Base):
     __tablename__ = "seed_sets"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    owner_key_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     content_hash: Mapped[str] = mapped_column(String(64))
     task_count: Mapped[int] = mapped_column(Integer)
@@ -112,6 +126,7 @@ class Job(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     seed_set_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("seed_sets.id"), index=True)
+    owner_key_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
     num_instructions: Mapped[int] = mapped_column(Integer)
     options: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -125,6 +140,11 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # A step of the job touched it last at this time; the sweeper re-sends work for jobs whose
+    # heartbeat is older than the lease (a killed worker, a lost broker message).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Since when every LLM request of the job has failed; cleared by the next success.
+    llm_unavailable_since: Mapped[datetime | None] = mapped_column()
 
 
 class Instruction(Base):

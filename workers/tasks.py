@@ -1,20 +1,32 @@
-"""Celery tasks: ids in, one pipeline call, follow-up work enqueued after the commit."""
+"""Celery tasks: ids in, one pipeline call, follow-up work enqueued after the commit.
+
+Retries: an unreachable LLM is retried with exponential backoff and jitter until the job's outage
+limit (`llm_unreachable_timeout_s`) or the retry count runs out; a lost database connection is
+retried the same way. Anything else is a bug and fails loudly in the worker log; the sweeper
+then re-sends the step when the job's lease runs out.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
+import threading
 import uuid
 
 from celery import Task
+from celery.signals import worker_ready, worker_shutdown
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.config import get_settings
 from app.llm.base import LLMPermanentError, LLMTransientError
-from app.services import pipeline
+from app.services import pipeline, sweeper
 from app.services.llm import llm_for
 from app.services.queue import enqueue_instances, enqueue_round
 from workers.celery_app import INSTANCES_TASK, ROUND_TASK, celery_app
 
 log = logging.getLogger(__name__)
+
+DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 
 def _max_retries() -> int:
@@ -22,7 +34,9 @@ def _max_retries() -> int:
 
 
 def _backoff(retries: int) -> float:
-    return min(60.0, get_settings().task_retry_backoff_s * 2**retries)
+    """Exponential, capped at 60 s, with full jitter on top so retries of many tasks spread out."""
+    base = min(60.0, get_settings().task_retry_backoff_s * 2**retries)
+    return base + random.uniform(0, base)
 
 
 @celery_app.task(name=ROUND_TASK, bind=True, max_retries=None)
@@ -34,6 +48,8 @@ def run_round(self: Task, job_id: str, round_no: int) -> None:
         pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")
         return
     except LLMTransientError as exc:
+        if pipeline.note_llm_outage(jid, str(exc)):
+            return
         if self.request.retries >= _max_retries():
             pipeline.fail_job(
                 jid,
@@ -41,6 +57,8 @@ def run_round(self: Task, job_id: str, round_no: int) -> None:
             )
             return
         raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
+    except DATABASE_ERRORS as exc:
+        raise self.retry(exc=exc, countdown=_backoff(min(self.request.retries, 4))) from exc
     for batch in result.instance_batches:
         enqueue_instances(jid, batch)
     if result.next_round is not None:
@@ -58,8 +76,55 @@ def generate_instances(self: Task, job_id: str, instruction_ids: list[str]) -> N
         pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")
         return
     except LLMTransientError as exc:
+        if pipeline.note_llm_outage(jid, str(exc)):
+            return
         if self.request.retries < _max_retries():
             raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
         log.warning("job %s: giving up on instances of %d instructions: %s", jid, len(ids), exc)
         pipeline.mark_instances_failed(jid, ids)
+    except DATABASE_ERRORS as exc:
+        raise self.retry(exc=exc, countdown=_backoff(min(self.request.retries, 4))) from exc
     pipeline.finalize_if_complete(jid)
+
+
+# --- the sweeper: one thread in each worker's main process --------------------------------------
+
+
+def sweep_once() -> int:
+    """Send again the next step of every stalled job; returns how many jobs were re-sent."""
+    resends = sweeper.stalled_jobs()
+    for resend in resends:
+        log.warning(
+            "job %s stalled: re-sending round %s and %d instance batches",
+            resend.job_id,
+            resend.round_no,
+            len(resend.instance_batches),
+        )
+        for batch in resend.instance_batches:
+            enqueue_instances(resend.job_id, batch)
+        if resend.round_no is not None:
+            enqueue_round(resend.job_id, resend.round_no)
+    return len(resends)
+
+
+_stop_sweeping = threading.Event()
+
+
+def _sweep_forever() -> None:
+    interval = get_settings().sweep_interval_s
+    while not _stop_sweeping.wait(interval):
+        try:
+            sweep_once()
+        except Exception:  # a database or broker outage: try again next interval
+            log.exception("sweep failed")
+
+
+@worker_ready.connect
+def _start_sweeper(**_: object) -> None:
+    _stop_sweeping.clear()
+    threading.Thread(target=_sweep_forever, name="selfinstruct-sweeper", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: object) -> None:
+    _stop_sweeping.set()

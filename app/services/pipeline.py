@@ -134,15 +134,19 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
         if job is None or JobStatus(job.status).finished:
             return RoundResult(finished=True)
         if job.rounds_completed >= round_no:
-            # A redelivery after the commit: only the follow-up may be missing.
-            return _after_round(job, round_no)
+            # A redelivery after the commit. Sending the follow-up again could start a second
+            # chain of rounds; if the follow-up was lost, the sweeper sends it (see sweeper.py).
+            return RoundResult()
         if job.rounds_completed != round_no - 1:
             log.warning("job %s: round %s arrived out of order; ignored", job_id, round_no)
             return RoundResult()
         if job.status == JobStatus.QUEUED:
             job.status = JobStatus.RUNNING
             job.started_at = datetime.now(UTC)
+        job.heartbeat_at = datetime.now(UTC)
         options = GenerationOptions.model_validate(job.options)
+        if _stop_for_budget(session, job, options):
+            return RoundResult()
         seeds = load_seed_tasks(session, job.seed_set_id)
         seed_texts = [s.instruction for s in seeds]
         state = _job_index(session, job, seed_texts)
@@ -210,6 +214,9 @@ def _commit_round(
         session.add_all(rows)
         session.add_all(r.row(job_id) for r in records)
         new_accepted = [row for row in rows if row.accepted]
+        job.heartbeat_at = datetime.now(UTC)
+        if any(r.response is not None for r in records):
+            job.llm_unavailable_since = None
         job.rounds_completed = round_no
         job.rounds_without_progress = 0 if new_accepted else job.rounds_without_progress + 1
         accepted_total = session.scalar(
@@ -299,6 +306,10 @@ def generate_instances(
         if job is None or JobStatus(job.status).finished:
             return True
         options = GenerationOptions.model_validate(job.options)
+        job.heartbeat_at = datetime.now(UTC)
+        if _stop_for_budget(session, job, options):
+            _give_up_instances(session, job_id, instruction_ids)
+            return True
         pending = session.execute(
             select(Instruction.id, Instruction.text).where(
                 Instruction.id.in_(list(instruction_ids)),
@@ -395,8 +406,12 @@ def _generate(
 
 def _commit_instances(job_id: uuid.UUID, results: Sequence[_InstanceResult]) -> None:
     with session_scope() as session:
-        if session.get(Job, job_id) is None:
+        job = session.get(Job, job_id)
+        if job is None:
             return
+        job.heartbeat_at = datetime.now(UTC)
+        if any(rec.response is not None for r in results for rec in r.records):
+            job.llm_unavailable_since = None
         for result in results:
             session.add_all(r.row(job_id) for r in result.records)
             if not result.complete:
@@ -432,15 +447,85 @@ def _commit_instances(job_id: uuid.UUID, results: Sequence[_InstanceResult]) -> 
 def mark_instances_failed(job_id: uuid.UUID, instruction_ids: Sequence[uuid.UUID]) -> None:
     """Give up on instructions whose instances could not be generated after all retries."""
     with session_scope() as session:
-        session.execute(
-            update(Instruction)
-            .where(
-                Instruction.job_id == job_id,
-                Instruction.id.in_(list(instruction_ids)),
-                Instruction.instances_state == InstancesState.PENDING,
-            )
-            .values(instances_state=InstancesState.FAILED)
+        _give_up_instances(session, job_id, instruction_ids)
+
+
+def _give_up_instances(
+    session: Session, job_id: uuid.UUID, instruction_ids: Sequence[uuid.UUID]
+) -> None:
+    session.execute(
+        update(Instruction)
+        .where(
+            Instruction.job_id == job_id,
+            Instruction.id.in_(list(instruction_ids)),
+            Instruction.instances_state == InstancesState.PENDING,
         )
+        .values(instances_state=InstancesState.FAILED)
+    )
+
+
+# --- budgets and outages ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Usage:
+    requests: int
+    errors: int
+    tokens: int
+
+
+def job_usage(session: Session, job_id: uuid.UUID) -> Usage:
+    requests, errors, tokens = session.execute(
+        select(
+            func.count(),
+            func.count().filter(LLMCall.ok.is_(False)),
+            func.coalesce(func.sum(LLMCall.prompt_tokens + LLMCall.completion_tokens), 0),
+        ).where(LLMCall.job_id == job_id)
+    ).one()
+    return Usage(int(requests), int(errors), int(tokens))
+
+
+def _stop_for_budget(session: Session, job: Job, options: GenerationOptions) -> bool:
+    """Stop the job when a budget is used up: cleanly for tokens and requests (the job
+    succeeds with what it has), as a failure for the error budget."""
+    usage = job_usage(session, job.id)
+    if usage.errors >= options.max_llm_errors:
+        _fail(job, f"error budget used up: {usage.errors} failed LLM requests")
+        return True
+    reason = None
+    if options.max_total_tokens is not None and usage.tokens >= options.max_total_tokens:
+        reason = "token_budget"
+    elif options.max_llm_requests is not None and usage.requests >= options.max_llm_requests:
+        reason = "request_budget"
+    if reason is None:
+        return False
+    job.stopped_reason = job.stopped_reason or reason
+    job.instructions_complete = True
+    return True
+
+
+def note_llm_outage(job_id: uuid.UUID, message: str) -> bool:
+    """Record that a step found the LLM unreachable; fail the job (and return True) once every
+    request has failed for longer than the configured time."""
+    timeout = get_settings().llm_unreachable_timeout_s
+    now = datetime.now(UTC)
+    with session_scope() as session:
+        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+        if job is None or JobStatus(job.status).finished:
+            return True
+        job.heartbeat_at = now
+        if job.llm_unavailable_since is None:
+            job.llm_unavailable_since = now
+            return False
+        if (now - job.llm_unavailable_since).total_seconds() < timeout:
+            return False
+        _fail(
+            job,
+            f"LLM backend unreachable for {timeout:.0f} s (every request failed); last error: "
+            f"{message}",
+        )
+    forget_job_index(job_id)
+    return True
 
 
 def finalize_if_complete(job_id: uuid.UUID) -> bool:
