@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,9 +35,17 @@ class Settings(BaseSettings):
     model: str | None = Field(None, description="Default model (SELFINSTRUCT_MODEL).")
     data_dir: Path = Field(default_factory=_default_data_dir)
 
+    auth: Literal["auto", "required", "off"] = Field(
+        "auto",
+        description="API keys: auto = required unless embedded; off is refused off loopback.",
+    )
+    max_active_jobs_per_key: int = Field(20, description="Queued or running jobs per API key.")
+    max_jobs_per_minute_per_key: int = Field(60, description="Job creations per key per minute.")
+
     host: str = "127.0.0.1"
     port: int = 8000
     api_url: str | None = Field(None, description="Where the CLI client finds the API.")
+    api_key: SecretStr | None = Field(None, description="The CLI client's API key.")
 
     llm_timeout_s: float = 120.0
     llm_max_retries: int = 4
@@ -65,6 +74,10 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """No external database or broker configured: run on SQLite and a server-less broker."""
         return self.database_url is None and self.celery_broker_url is None
+
+    @property
+    def keys_required(self) -> bool:
+        return self.auth == "required" or (self.auth == "auto" and not self.embedded)
 
     @property
     def resolved_database_url(self) -> str:

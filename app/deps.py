@@ -6,9 +6,13 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.config import get_settings
 from app.db import session_scope
+from app.errors import Unauthorized
+from app.services.keys import ANYONE, Caller, authenticate
 
 
 def get_session() -> Iterator[Session]:
@@ -18,3 +22,24 @@ def get_session() -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from `selfinstruct keys create`.")
+
+
+def get_caller(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """The key behind the request; every seed set and job query is scoped to it."""
+    if not get_settings().keys_required and credentials is None:
+        return ANYONE
+    if credentials is None:
+        raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
+    key = authenticate(session, credentials.credentials)
+    if key is None:
+        raise Unauthorized("unknown or revoked API key")
+    return Caller(key.id)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -46,6 +46,14 @@ class ServiceUnavailable(AppError):
     status_code = 503
 
 
+class Unauthorized(AppError):
+    status_code = 401
+
+
+class TooManyRequests(AppError):
+    status_code = 429
+
+
 def _body(name: str, detail: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return ErrorBody(error=name, detail=detail, errors=errors).model_dump(exclude_none=True)
 
@@ -58,8 +66,11 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
         return JSONResponse(
-            _body(type(exc).__name__, exc.detail, exc.errors), status_code=exc.status_code
+            _body(type(exc).__name__, exc.detail, exc.errors),
+            status_code=exc.status_code,
+            headers=headers,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -80,6 +91,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing, unknown or revoked API key"},
     404: {"model": ErrorBody, "description": "Not found"},
     422: {"model": ErrorBody, "description": "Invalid input"},
 }

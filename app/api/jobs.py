@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from app.api.seed_sets import seed_errors
-from app.deps import SessionDep
+from app.deps import CallerDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidInput, ServiceUnavailable
 from app.schemas import JobCreate, JobPage, JobRead
 from app.selfinstruct.seeds import SeedFileError, validate_seed_tasks
@@ -25,9 +25,15 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobRead,
-    responses={**ERROR_RESPONSES, 503: {"description": "Task broker unavailable"}},
+    responses={
+        **ERROR_RESPONSES,
+        429: {"description": "Too many active or recent jobs for this key"},
+        503: {"description": "Task broker unavailable"},
+    },
 )
-def create_job(body: JobCreate, session: SessionDep, response: Response) -> JobRead:
+def create_job(
+    body: JobCreate, session: SessionDep, caller: CallerDep, response: Response
+) -> JobRead:
     """Start a Self-Instruct job; poll the `Location` for its progress."""
     seed_set_id = body.seed_set_id
     if body.seed_tasks is not None:
@@ -35,13 +41,14 @@ def create_job(body: JobCreate, session: SessionDep, response: Response) -> JobR
             tasks = validate_seed_tasks(body.seed_tasks)
         except SeedFileError as exc:
             raise InvalidInput(f"seed_tasks: {exc}", errors=seed_errors(exc)) from exc
-        seed_set_id = create_seed_set(session, name="inline", tasks=tasks).id
+        seed_set_id = create_seed_set(session, name="inline", tasks=tasks, caller=caller).id
     assert seed_set_id is not None
     job = job_service.create_job(
         session,
         seed_set_id=seed_set_id,
         num_instructions=body.num_instructions,
         options=body.options,
+        caller=caller,
     )
     session.commit()  # the worker must find the job before it gets the message
     try:
@@ -57,11 +64,12 @@ def create_job(body: JobCreate, session: SessionDep, response: Response) -> JobR
 @router.get("", response_model=JobPage)
 def list_jobs(
     session: SessionDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> JobPage:
     """Jobs, newest first."""
-    jobs, total = job_service.list_jobs(session, limit=limit, offset=offset)
+    jobs, total = job_service.list_jobs(session, limit=limit, offset=offset, caller=caller)
     return JobPage(
         items=[job_service.job_read(session, j) for j in jobs],
         total=total,
@@ -71,8 +79,8 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=ERROR_RESPONSES)
-def read_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
-    return job_service.job_read(session, job_service.get_job(session, job_id))
+def read_job(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> JobRead:
+    return job_service.job_read(session, job_service.get_job(session, job_id, caller))
 
 
 @router.post(
@@ -80,9 +88,9 @@ def read_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
     response_model=JobRead,
     responses={**ERROR_RESPONSES, 409: {"description": "Already finished"}},
 )
-def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
+def cancel_job(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> JobRead:
     """Stop a job; what it has generated so far stays downloadable."""
-    job = job_service.cancel_job(session, job_id)
+    job = job_service.cancel_job(session, job_id, caller)
     return job_service.job_read(session, job)
 
 
@@ -97,11 +105,12 @@ def cancel_job(job_id: uuid.UUID, session: SessionDep) -> JobRead:
 def download_examples(
     job_id: uuid.UUID,
     session: SessionDep,
+    caller: CallerDep,
     include: Annotated[Literal["accepted", "rejected"], Query()] = "accepted",
 ) -> StreamingResponse:
     """Accepted examples (also while the job runs); `include=rejected` appends the rejected
     instructions and instances with their reason codes."""
-    job = job_service.get_job(session, job_id)
+    job = job_service.get_job(session, job_id, caller)
     return StreamingResponse(
         examples_jsonl(job.id, include_rejected=include == "rejected"),
         media_type="application/x-ndjson",

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile, status
 
 from app.config import get_settings
-from app.deps import SessionDep
+from app.deps import CallerDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidInput, PayloadTooLarge
 from app.schemas import SeedSetRead
 from app.selfinstruct.seeds import SeedFileError, parse_seed_jsonl
@@ -29,6 +29,7 @@ def seed_errors(exc: SeedFileError) -> list[dict[str, object]]:
 )
 async def upload_seed_set(
     session: SessionDep,
+    caller: CallerDep,
     file: Annotated[UploadFile, File(description="JSONL, one seed task per line")],
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> SeedSetRead:
@@ -46,10 +47,12 @@ async def upload_seed_set(
         )
     except SeedFileError as exc:
         raise InvalidInput(f"file: {exc}", errors=seed_errors(exc)) from exc
-    seed_set = create_seed_set(session, name=name or file.filename or "seed tasks", tasks=tasks)
+    seed_set = create_seed_set(
+        session, name=name or file.filename or "seed tasks", tasks=tasks, caller=caller
+    )
     return seed_set_read(session, seed_set)
 
 
 @router.get("/{seed_set_id}", response_model=SeedSetRead, responses=ERROR_RESPONSES)
-def read_seed_set(seed_set_id: uuid.UUID, session: SessionDep) -> SeedSetRead:
-    return seed_set_read(session, get_seed_set(session, seed_set_id))
+def read_seed_set(seed_set_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> SeedSetRead:
+    return seed_set_read(session, get_seed_set(session, seed_set_id, caller))

@@ -24,7 +24,9 @@ ApiUrl = Annotated[
 
 
 def _client(api_url: str | None) -> APIClient:
-    return APIClient(api_url or get_settings().resolved_api_url)
+    settings = get_settings()
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    return APIClient(api_url or settings.resolved_api_url, api_key=key)
 
 
 def _fail(exc: APIError) -> typer.Exit:

@@ -13,7 +13,7 @@ from rich.console import Console
 from app.cli import cli
 from app.cli.progress import wait_for_job
 from app.client import APIClient, APIError
-from app.config import get_settings
+from app.config import Settings, get_settings
 
 console = Console(stderr=True)
 
@@ -42,7 +42,7 @@ def demo(
     with (
         EmbeddedStack(settings, console_echo=console.print) as stack,
         BackgroundAPIServer() as api,
-        APIClient(api.url) as client,
+        APIClient(api.url, api_key=_demo_key(settings)) as client,
     ):
         try:
             seed_set = client.upload_seed_set(seed_file, name=seed_file.name)
@@ -64,6 +64,17 @@ def demo(
     _summary(job, lines, output)
     if job["status"] != "succeeded":
         raise typer.Exit(code=1)
+
+
+def _demo_key(settings: Settings) -> str | None:
+    """With keys required (a configured database), the demo makes a key of its own."""
+    if not settings.keys_required:
+        return None
+    from app.db import session_scope
+    from app.services.keys import create_key
+
+    with session_scope() as session:
+        return create_key(session, "selfinstruct demo")[1]
 
 
 def _summary(job: dict, lines: int, output: Path) -> None:  # type: ignore[type-arg]

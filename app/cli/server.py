@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from app.cli import cli
-from app.config import get_settings
+from app.config import Settings, get_settings
 
 
 @cli.command()
@@ -41,6 +41,7 @@ def serve(
     port = port or settings.port
     if embedded is None:
         embedded = settings.embedded
+    _check_auth(settings, host)
     if not embedded:
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port)
         return
@@ -61,3 +62,22 @@ def worker(
     celery_app.worker_main(
         ["worker", f"--loglevel={loglevel}", "-Q", QUEUE, f"--concurrency={concurrency}"]
     )
+
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def _check_auth(settings: Settings, host: str) -> None:
+    """Without API keys, anyone who can connect sees every job: allowed on loopback only."""
+    if settings.keys_required:
+        typer.echo("API keys required (create one with `selfinstruct keys create --name NAME`)")
+        return
+    if host not in LOOPBACK:
+        typer.echo(
+            f"error: API keys are off (SELFINSTRUCT_AUTH={settings.auth}, "
+            f"{'embedded' if settings.embedded else 'configured'}) and --host {host} is not "
+            "loopback; set SELFINSTRUCT_AUTH=required or bind to 127.0.0.1",
+            err=True,
+        )
+        raise typer.Exit(code=2)
+    typer.echo(f"API keys are off: the API listens on loopback only ({host})")

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from app.errors import Conflict, InvalidInput, NotFound
+from app.config import get_settings
+from app.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from app.models import Instance, InstancesState, Instruction, Job, JobStatus, LLMCall
 from app.schemas import JobRead, Progress
 from app.selfinstruct.options import GenerationOptions
+from app.services.keys import ANYONE, Caller
 from app.services.seed_sets import get_seed_set, load_seed_tasks
 
 
 def create_job(
-    session: Session, *, seed_set_id: uuid.UUID, num_instructions: int, options: GenerationOptions
+    session: Session,
+    *,
+    seed_set_id: uuid.UUID,
+    num_instructions: int,
+    options: GenerationOptions,
+    caller: Caller = ANYONE,
 ) -> Job:
-    get_seed_set(session, seed_set_id)
+    get_seed_set(session, seed_set_id, caller)
+    _check_rate_limits(session, caller)
     tasks = load_seed_tasks(session, seed_set_id)
     if options.classification_only and not any(t.is_classification for t in tasks):
         raise InvalidInput("options.classification_only: the seed set has no classification tasks")
@@ -29,6 +37,7 @@ def create_job(
         options=options.model_dump(mode="json"),
         rng_seed=options.seed if options.seed is not None else secrets.randbelow(2**31),
         status=JobStatus.QUEUED,
+        owner_key_id=caller.key_id,
     )
     session.add(job)
     session.flush()
@@ -42,24 +51,60 @@ def fail_unqueued(session: Session, job: Job, message: str) -> None:
     session.flush()
 
 
-def get_job(session: Session, job_id: uuid.UUID) -> Job:
+def _check_rate_limits(session: Session, caller: Caller) -> None:
+    """Per key: how many jobs may be active at once, and how many may start per minute."""
+    settings = get_settings()
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            caller.scope(Job.owner_key_id),
+            Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+        )
+    )
+    if (active or 0) >= settings.max_active_jobs_per_key:
+        raise TooManyRequests(
+            f"{active} jobs are queued or running for this key (limit "
+            f"{settings.max_active_jobs_per_key}); wait for one to finish or cancel one"
+        )
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    recent = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(caller.scope(Job.owner_key_id), Job.created_at >= since)
+    )
+    if (recent or 0) >= settings.max_jobs_per_minute_per_key:
+        raise TooManyRequests(
+            f"more than {settings.max_jobs_per_minute_per_key} jobs started in the last minute "
+            "for this key; try again shortly"
+        )
+
+
+def get_job(session: Session, job_id: uuid.UUID, caller: Caller = ANYONE) -> Job:
     job = session.get(Job, job_id)
-    if job is None:
+    if job is None or not caller.owns(job.owner_key_id):
         raise NotFound(f"job {job_id} not found")
     return job
 
 
-def list_jobs(session: Session, *, limit: int, offset: int) -> tuple[list[Job], int]:
-    total = session.scalar(select(func.count()).select_from(Job)) or 0
+def list_jobs(
+    session: Session, *, limit: int, offset: int, caller: Caller = ANYONE
+) -> tuple[list[Job], int]:
+    mine = caller.scope(Job.owner_key_id)
+    total = session.scalar(select(func.count()).select_from(Job).where(mine)) or 0
     jobs = session.scalars(
-        select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit).offset(offset)
+        select(Job)
+        .where(mine)
+        .order_by(Job.created_at.desc(), Job.id.desc())
+        .limit(limit)
+        .offset(offset)
     ).all()
     return list(jobs), total
 
 
-def cancel_job(session: Session, job_id: uuid.UUID) -> Job:
+def cancel_job(session: Session, job_id: uuid.UUID, caller: Caller = ANYONE) -> Job:
     job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-    if job is None:
+    if job is None or not caller.owns(job.owner_key_id):
         raise NotFound(f"job {job_id} not found")
     if JobStatus(job.status).finished:
         if job.status == JobStatus.CANCELLED:

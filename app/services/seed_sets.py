@@ -13,10 +13,18 @@ from app.models import SeedSet, SeedTaskRow
 from app.schemas import SeedSetRead
 from app.selfinstruct.seeds import seed_set_hash
 from app.selfinstruct.types import SeedInstance, SeedTask
+from app.services.keys import ANYONE, Caller
 
 
-def create_seed_set(session: Session, *, name: str, tasks: Sequence[SeedTask]) -> SeedSet:
-    seed_set = SeedSet(name=name, content_hash=seed_set_hash(tasks), task_count=len(tasks))
+def create_seed_set(
+    session: Session, *, name: str, tasks: Sequence[SeedTask], caller: Caller = ANYONE
+) -> SeedSet:
+    seed_set = SeedSet(
+        name=name,
+        content_hash=seed_set_hash(tasks),
+        task_count=len(tasks),
+        owner_key_id=caller.key_id,
+    )
     seed_set.tasks = [
         SeedTaskRow(
             position=position,
@@ -33,9 +41,10 @@ def create_seed_set(session: Session, *, name: str, tasks: Sequence[SeedTask]) -
     return seed_set
 
 
-def get_seed_set(session: Session, seed_set_id: uuid.UUID) -> SeedSet:
+def get_seed_set(session: Session, seed_set_id: uuid.UUID, caller: Caller = ANYONE) -> SeedSet:
+    """The seed set if the caller owns it; another key's set is indistinguishable from none."""
     seed_set = session.get(SeedSet, seed_set_id)
-    if seed_set is None:
+    if seed_set is None or not caller.owns(seed_set.owner_key_id):
         raise NotFound(f"seed set {seed_set_id} not found")
     return seed_set
 

@@ -57,7 +57,7 @@ def stack(
 
 @pytest.fixture(scope="module")
 def api(stack: ServiceStack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.url, timeout=30) as client:
+    with stack.client(stack.create_key("integration tests")) as client:
         yield client
 
 

@@ -55,7 +55,7 @@ def fault_stack(
 
 @pytest.fixture(scope="module")
 def client(fault_stack: ServiceStack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=fault_stack.url, timeout=30) as c:
+    with fault_stack.client(fault_stack.create_key("fault tests")) as c:
         yield c
 
 

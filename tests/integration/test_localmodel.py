@@ -1,25 +1,29 @@
-"""The real local model: the bundled GGUF served by llama-cpp-python, and the demo end to end on it.
+"""The real local model: the bundled GGUF assembled once and served by llama-cpp-python.
 
-Slow (the model generates at tens of tokens per second on 2 cores) but never skipped in CI:
+Slow (seconds per call on 2 cores) but never silently skipped in CI:
 SELFINSTRUCT_REQUIRE_LOCAL_MODEL=1 turns a missing `local` extra into a failure.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import openai
 import pytest
 
-from app.localmodel import LocalModelServer, LocalModelUnavailable, check_installed, ensure_model
+from app.localmodel import (
+    LocalModelServer,
+    LocalModelUnavailable,
+    check_installed,
+    ensure_model,
+)
 
 pytestmark = [pytest.mark.localmodel, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,119 +31,146 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data directory holding the assembled model, shared by the tests of this run."""
+    """A data directory holding the assembled model, shared by the tests (and CI runs, through
+    SELFINSTRUCT_TEST_MODEL_CACHE) so the parts are joined once."""
     try:
         check_installed()
     except LocalModelUnavailable as exc:
         if os.environ.get("SELFINSTRUCT_REQUIRE_LOCAL_MODEL") == "1":
             pytest.fail(str(exc))
         pytest.skip(str(exc))
-    cache = Path(
-        os.environ.get("SELFINSTRUCT_TEST_MODEL_CACHE") or tmp_path_factory.mktemp("model")
-    )
+    configured = os.environ.get("SELFINSTRUCT_TEST_MODEL_CACHE")
+    cache = Path(configured) if configured else tmp_path_factory.mktemp("model-cache")
     ensure_model(cache)
     return cache
 
 
-def data_dir_with_model(cache: Path, data_dir: Path) -> Path:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "models").symlink_to(cache / "models", target_is_directory=True)
-    return data_dir
+@pytest.fixture
+def data_dir(model_cache: Path, tmp_path: Path) -> Path:
+    """A fresh data directory whose models/ is the shared cache."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "models").symlink_to(model_cache / "models", target_is_directory=True)
+    return data
 
 
 @pytest.fixture
-def local_server(model_cache: Path, tmp_path: Path) -> Iterator[LocalModelServer]:
-    with LocalModelServer(data_dir_with_model(model_cache, tmp_path / "data")) as server:
-        yield server
+def server(data_dir: Path) -> Iterator[LocalModelServer]:
+    with LocalModelServer(data_dir) as running:
+        yield running
 
 
-def test_model_is_assembled_once_and_verified(model_cache: Path) -> None:
+def wait_until_gone(pid: int, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            if ") Z " in Path(f"/proc/{pid}/stat").read_text():
+                return True  # a zombie: it has exited and waits for its new parent to reap it
+        except OSError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None)
+    with pytest.raises(LocalModelUnavailable) as raised:
+        check_installed()
+    assert "pip install -e '.[local]'" in str(raised.value)
+    assert "pip install 'selfinstruct[local]'" in str(raised.value)
+
+
+def test_model_is_assembled_once_then_reused(model_cache: Path) -> None:
     path = ensure_model(model_cache)
-    stamp_before = path.with_suffix(".verified").read_text()
-    assert ensure_model(model_cache) == path and path.stat().st_size > 100_000_000
-    assert path.with_suffix(".verified").read_text() == stamp_before
+    mtime_before = path.stat().st_mtime_ns
+    assert ensure_model(model_cache) == path
+    assert path.stat().st_mtime_ns == mtime_before, "a verified model must not be rebuilt"
+    assert path.stat().st_size > 100_000_000
     assert not list(path.parent.glob("*.partial-*"))
 
 
-def test_server_answers_completions_and_stops(local_server: LocalModelServer) -> None:
-    client = openai.OpenAI(base_url=local_server.base_url, api_key="none", timeout=120)
-    reply = client.completions.create(
-        model=local_server.model,
-        prompt="Come up with a series of tasks:\n1. Name three primary colors.\n2.",
-        max_tokens=24,
-        temperature=0,
-        stop=["\n\n"],
-    )
-    assert reply.choices[0].text.strip()
-    assert reply.usage is not None and reply.usage.completion_tokens > 0
-    process = local_server._process
-    local_server.stop()
-    assert process is not None and process.poll() is not None
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(f"{local_server.base_url}/models", timeout=2)
+def test_server_completes_through_openai_and_is_gone_after_exit(data_dir: Path) -> None:
+    import openai
 
-
-def test_demo_generates_real_examples_with_the_local_model(
-    model_cache: Path, tmp_path: Path
-) -> None:
-    """The README's first command, minus the virtualenv: nothing configured, the local model."""
-    data_dir = data_dir_with_model(model_cache, tmp_path / "data")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY")
-    }
-    env["SELFINSTRUCT_DATA_DIR"] = str(data_dir)
-    output = tmp_path / "examples.jsonl"
-    result = subprocess.run(
-        [sys.executable, "-m", "app", "demo", "-n", "6", "-o", str(output)],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "local model" in result.stderr and "succeeded" in result.stderr
-    examples = [json.loads(line) for line in output.read_text().splitlines()]
-    assert examples, "the local model produced no accepted example"
-    for example in examples:
-        assert example["instruction"].strip() and example["output"].strip()
-        assert example["input"].strip() != example["output"].strip()
-    instructions = {e["instruction"] for e in examples}
-    assert len(instructions) <= 6
-    log = (data_dir / "logs" / "local-model.log").read_text()
-    assert "POST /v1/completions" in log
-    # The model server and the worker are gone when the command returns.
-    leftover = subprocess.run(["pgrep", "-f", str(data_dir)], capture_output=True, text=True)
-    assert leftover.stdout.strip() == "", leftover.stdout
-
-
-def test_ctrl_c_stops_the_model_server_and_worker(model_cache: Path, tmp_path: Path) -> None:
-    data_dir = data_dir_with_model(model_cache, tmp_path / "data")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY")
-    }
-    env["SELFINSTRUCT_DATA_DIR"] = str(data_dir)
-    log = tmp_path / "demo.log"
-    with log.open("wb") as sink:
-        demo = subprocess.Popen(
-            [sys.executable, "-m", "app", "demo", "-n", "500", "-o", str(tmp_path / "x.jsonl")],
-            env=env,
-            cwd=REPO_ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
+    with LocalModelServer(data_dir) as server:
+        assert server.base_url.startswith("http://127.0.0.1:") and server.base_url.endswith("/v1")
+        pid = server.pid
+        client = openai.OpenAI(base_url=server.base_url, api_key="unused", timeout=120)
+        reply = client.completions.create(
+            model=server.model,
+            prompt="Come up with a series of tasks:\n1. Name three primary colors.\n2.",
+            max_tokens=24,
+            temperature=0,
+            stop=["\n\n"],
         )
-        deadline = time.monotonic() + 180
-        while "seed set:" not in log.read_text() and time.monotonic() < deadline:
-            assert demo.poll() is None, log.read_text()
-            time.sleep(0.5)
-        time.sleep(3)  # the job is running: the model is busy
-        demo.send_signal(signal.SIGINT)
-        assert demo.wait(timeout=60) != 0
-    leftover = subprocess.run(["pgrep", "-f", str(data_dir)], capture_output=True, text=True)
-    assert leftover.stdout.strip() == "", log.read_text()[-3000:]
-    assert "Traceback" not in log.read_text()
+        assert reply.choices[0].text.strip()
+        assert reply.usage is not None
+        assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+    assert pid is not None and wait_until_gone(pid)
+    assert not server.running()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{server.base_url}/models", timeout=2, trust_env=False)
+    assert (data_dir / "logs" / "local-model.log").exists()
+
+
+def test_a_running_server_refuses_a_second_start(server: LocalModelServer) -> None:
+    with pytest.raises(RuntimeError, match="already started"):
+        server.start()
+    assert server.running()
+
+
+def test_an_exception_in_the_block_stops_the_server(data_dir: Path) -> None:
+    pid = None
+    with pytest.raises(ValueError, match="boom"), LocalModelServer(data_dir) as server:
+        pid = server.pid
+        raise ValueError("boom")
+    assert pid is not None and wait_until_gone(pid)
+
+
+def test_a_server_that_dies_reports_its_log(data_dir: Path) -> None:
+    class CrashingServer(LocalModelServer):
+        def command(self, model_path: Path) -> list[str]:
+            return [sys.executable, "-c", "print('no model today'); raise SystemExit(3)"]
+
+    with pytest.raises(LocalModelUnavailable, match=r"(?s)exited with code 3.*no model today"):
+        CrashingServer(data_dir).start()
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from app.localmodel import LocalModelServer
+
+    with LocalModelServer(Path(sys.argv[1])) as server:
+        print(server.pid, flush=True)
+        time.sleep(600)
+    """
+)
+
+
+@pytest.mark.parametrize("parent_signal", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
+def test_the_server_does_not_outlive_its_parent(data_dir: Path, parent_signal: int) -> None:
+    """Ctrl-C unwinds through __exit__; a SIGKILL skips every handler, the death signal covers it."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(data_dir)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        server_pid = int(parent.stdout.readline() or "0")
+        assert server_pid, parent.stderr.read() if parent.stderr else ""
+        parent.send_signal(parent_signal)
+        parent.wait(timeout=60)
+        assert wait_until_gone(server_pid), "the model server outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

@@ -68,6 +68,23 @@ class ServiceStack:
         self.workers.append(proc)
         return proc
 
+    def create_key(self, name: str) -> str:
+        """A new API key through the CLI, as an operator would make one."""
+        result = subprocess.run(
+            [sys.executable, "-m", "app", "keys", "create", "--name", name],
+            env=self.env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        return result.stdout.strip().splitlines()[-1]
+
+    def client(self, key: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        return httpx.Client(base_url=self.url, timeout=30, headers=headers)
+
     def kill_worker(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
