@@ -7,13 +7,27 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "selfinstruct"
+
+
+DEFAULT_BACKEND = "default"
+
+
+class BackendConfig(BaseModel):
+    """An LLM server jobs may use, by name. Jobs choose a name, never a URL."""
+
+    base_url: str
+    api_key: SecretStr = SecretStr("not-needed")
+    models: list[str] = Field(
+        default_factory=list, description="Models jobs may ask for; empty: any (server default)."
+    )
+    default_model: str | None = None
 
 
 class Settings(BaseSettings):
@@ -33,6 +47,10 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("OPENAI_API_KEY", "SELFINSTRUCT_OPENAI_API_KEY"),
     )
     model: str | None = Field(None, description="Default model (SELFINSTRUCT_MODEL).")
+    backends: dict[str, BackendConfig] = Field(
+        default_factory=dict,
+        description='More LLM servers by name, as JSON: {"name": {"base_url", "api_key", "models"}}.',
+    )
     data_dir: Path = Field(default_factory=_default_data_dir)
 
     auth: Literal["auto", "required", "off"] = Field(
@@ -74,6 +92,23 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """No external database or broker configured: run on SQLite and a server-less broker."""
         return self.database_url is None and self.celery_broker_url is None
+
+    def backend(self, name: str | None) -> BackendConfig | None:
+        """A configured backend; "default" is OPENAI_BASE_URL with OPENAI_API_KEY."""
+        name = name or DEFAULT_BACKEND
+        if name in self.backends:
+            return self.backends[name]
+        if name == DEFAULT_BACKEND and self.openai_base_url:
+            return BackendConfig(
+                base_url=self.openai_base_url,
+                api_key=self.openai_api_key,
+                default_model=self.model,
+            )
+        return None
+
+    def backend_names(self) -> list[str]:
+        names = [DEFAULT_BACKEND] if self.openai_base_url else []
+        return names + sorted(n for n in self.backends if n != DEFAULT_BACKEND)
 
     @property
     def keys_required(self) -> bool:

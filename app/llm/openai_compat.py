@@ -160,13 +160,17 @@ def _redact(message: str, api_key: str) -> str:
 
 
 def build_llm_client(settings: Settings, options: GenerationOptions) -> LLMClient:
-    """The client a job uses: the job's model and endpoint over the configured server."""
-    if not settings.openai_base_url:
+    """The client a job uses: its backend (by name, from the server's configuration), model and
+    endpoint."""
+    backend = settings.backend(options.backend)
+    if backend is None:
+        if options.backend:
+            raise LLMPermanentError(f"no LLM backend named {options.backend!r} is configured")
         raise LLMPermanentError("no LLM backend configured: set OPENAI_BASE_URL")
     return OpenAICompatClient(
-        base_url=settings.openai_base_url,
-        api_key=settings.openai_api_key.get_secret_value(),
-        model=options.model or settings.model,
+        base_url=backend.base_url,
+        api_key=backend.api_key.get_secret_value(),
+        model=options.model or backend.default_model,
         endpoint=options.endpoint,
         timeout_s=settings.llm_timeout_s,
         max_retries=settings.llm_max_retries,

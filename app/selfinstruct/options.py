@@ -21,7 +21,15 @@ class GenerationOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="Model name; the server default when omitted.")
+    backend: str | None = Field(
+        None,
+        max_length=100,
+        description="Name of an LLM backend configured on the server (GET /v1/backends); "
+        "the default backend when omitted.",
+    )
+    model: str | None = Field(
+        None, max_length=200, description="Model name; the backend's default when omitted."
+    )
     endpoint: Literal["completions", "chat"] = Field(
         "completions",
         description="completions (the paper's) or chat (prompt sent as one user message).",

@@ -27,6 +27,7 @@ def create_job(
     caller: Caller = ANYONE,
 ) -> Job:
     get_seed_set(session, seed_set_id, caller)
+    _check_backend(options)
     _check_rate_limits(session, caller)
     tasks = load_seed_tasks(session, seed_set_id)
     if options.classification_only and not any(t.is_classification for t in tasks):
@@ -49,6 +50,25 @@ def fail_unqueued(session: Session, job: Job, message: str) -> None:
     job.error = message
     job.finished_at = datetime.now(UTC)
     session.flush()
+
+
+def _check_backend(options: GenerationOptions) -> None:
+    """The job's backend must be configured on this server, and its model allowed there."""
+    settings = get_settings()
+    if settings.embedded and settings.openai_base_url is None and options.backend is None:
+        return  # the embedded local model starts with the stack
+    backend = settings.backend(options.backend)
+    if backend is None:
+        names = ", ".join(settings.backend_names()) or "none"
+        raise InvalidInput(
+            f"options.backend: no backend named {options.backend or 'default'!r} "
+            f"(configured: {names})"
+        )
+    if backend.models and options.model is not None and options.model not in backend.models:
+        raise InvalidInput(
+            f"options.model: {options.model!r} is not allowed on backend "
+            f"{options.backend or 'default'!r} (allowed: {', '.join(backend.models)})"
+        )
 
 
 def _check_rate_limits(session: Session, caller: Caller) -> None:

@@ -11,13 +11,13 @@ from app.selfinstruct.options import GenerationOptions
 
 
 @lru_cache(maxsize=32)
-def _client(model: str | None, endpoint: str) -> LLMClient:
-    options = GenerationOptions(model=model, endpoint=endpoint)  # type: ignore[arg-type]
+def _client(backend: str | None, model: str | None, endpoint: str) -> LLMClient:
+    options = GenerationOptions(backend=backend, model=model, endpoint=endpoint)  # type: ignore[arg-type]
     return build_llm_client(get_settings(), options)
 
 
 def llm_for(options: GenerationOptions) -> LLMClient:
-    return _client(options.model, options.endpoint)
+    return _client(options.backend, options.model, options.endpoint)
 
 
 def reset_llm_clients() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from app.migrate import upgrade_database
 from tests.support import services
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.stack import ServiceStack
+
+SECOND_KEY = "sk-second-backend-secret"
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,15 @@ def stack(
         "OPENAI_BASE_URL": fake_llm.base_url,
         "OPENAI_API_KEY": "test-key",
         "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
+        "SELFINSTRUCT_BACKENDS": json.dumps(
+            {
+                "second": {
+                    "base_url": fake_llm.base_url,
+                    "api_key": SECOND_KEY,
+                    "models": ["fake-model"],
+                }
+            }
+        ),
     }
     with ServiceStack(env, tmp / "logs") as running:
         running.start_api()

@@ -13,7 +13,7 @@ from rouge_score import rouge_scorer
 from sqlalchemy import create_engine, select
 
 from app.models import Instance, Instruction
-from tests.integration.conftest import upload
+from tests.integration.conftest import SECOND_KEY, upload
 from tests.support.stack import ServiceStack, wait_for_status
 
 pytestmark = pytest.mark.integration
@@ -218,3 +218,38 @@ def test_health_and_openapi(api: httpx.Client) -> None:
     spec = api.get("/openapi.json").json()
     assert "/v1/jobs" in spec["paths"] and "/v1/seed-sets" in spec["paths"]
     assert api.get("/docs").status_code == 200
+
+
+def test_backends_are_chosen_by_name_and_keys_never_leak(
+    api: httpx.Client, stack: ServiceStack, default_seeds: Path
+) -> None:
+    listed = api.get("/v1/backends").json()
+    assert listed == [
+        {"name": "default", "models": []},
+        {"name": "second", "models": ["fake-model"]},
+    ]
+    assert SECOND_KEY not in json.dumps(listed) and "127.0.0.1" not in json.dumps(listed)
+    seed_set = upload(api, default_seeds)
+    for options, field in [
+        ({"backend": "nowhere"}, "options.backend"),
+        ({"backend": "second", "model": "gpt-5"}, "options.model"),
+        ({"base_url": "http://169.254.169.254/"}, "options.base_url"),
+    ]:
+        response = api.post(
+            "/v1/jobs",
+            json={"seed_set_id": seed_set["id"], "num_instructions": 2, "options": options},
+        )
+        assert response.status_code == 422, response.text
+        assert field in response.json()["detail"]
+    job = _start(
+        api,
+        {
+            "seed_set_id": seed_set["id"],
+            "num_instructions": 3,
+            "options": {"backend": "second", "model": "fake-model"},
+        },
+    )
+    job = wait_for_status(api, job["id"], timeout_s=120)
+    assert job["status"] == "succeeded", stack.logs()
+    assert SECOND_KEY not in json.dumps(job)
+    assert SECOND_KEY not in stack.logs()
