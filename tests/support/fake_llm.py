@@ -55,6 +55,8 @@ class FakeLLMConfig:
     model: str = "fake-model"
     require_api_key: str | None = None
     omit_usage: bool = False  # some servers send no usage block
+    slow_rate: float = 0.0  # occasional slow answers...
+    slow_s: float = 0.0  # ...taking this long
 
 
 # --- vocabulary ------------------------------------------------------------------------------------
@@ -521,6 +523,8 @@ class FakeLLMServer:
             status = 429
         if status is None:
             return None
+        with self._lock:
+            self.counts["fault_429" if status == 429 else "fault_5xx"] += 1
         if status == 429:
             return _error(429, "Rate limit reached, retry later", {"retry-after": "0"})
         return _error(status, f"upstream failure ({status})")
@@ -531,6 +535,10 @@ class FakeLLMServer:
         rng = self._rng_for(prompt)
         if self.config.latency_s:
             time.sleep(self.config.latency_s * (0.5 + rng.random()))
+        if rng.random() < self.config.slow_rate:
+            with self._lock:
+                self.counts["fault_slow"] += 1
+            time.sleep(self.config.slow_s)
         fault = self._http_fault(rng)
         if fault is not None:
             return fault
@@ -538,8 +546,12 @@ class FakeLLMServer:
         with self._lock:
             self.counts[kind] += 1
         if rng.random() < self.config.empty_choices_rate:
+            with self._lock:
+                self.counts["fault_empty_choices"] += 1
             return []
         if rng.random() < self.config.garbage_rate:
+            with self._lock:
+                self.counts["fault_garbage"] += 1
             text = garbage(rng)
         else:
             text = answer_for(prompt, kind, rng)
