@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 from rouge_score import rouge_scorer
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 
-from app.models import Instance, Instruction
+from app.models import Instance, Instruction, SeedSet
 from tests.integration.conftest import SECOND_KEY, upload
 from tests.support.stack import ServiceStack, wait_for_status
 
@@ -172,20 +172,41 @@ def test_jobs_are_listed_newest_first(api: httpx.Client) -> None:
         (b'{"instruction": "Do a thing well."}\nnot json\n', 2, None),
         (b'["a list"]\n', 1, None),
         (b'{"instruction": "Fine task here.", "instances": [{"input": "x"}]}\n', 1, "instances"),
+        (b'{"instruction": "Fine task here."}\n{"instruction": "caf\xe9 \xff"}\n', 2, None),
+        (
+            b'{"id": "a", "instruction": "One task here."}\n{"id": "a", "instruction": "Two tasks."}\n',
+            2,
+            "id",
+        ),
+        (b'{"instruction": "   "}\n', 1, "instruction"),
+        (b'{"instruction": "Fine task here.", "colour": "red"}\n', 1, "colour"),
+        (
+            b'{"instruction": "Fine task here.", "is_classification": "yes"}\n',
+            1,
+            "is_classification",
+        ),
+        (b"", 0, None),
     ],
 )
 def test_bad_seed_upload_names_line_and_field(
-    api: httpx.Client, content: bytes, line: int, field: str | None
+    api: httpx.Client, pg_url: str, content: bytes, line: int, field: str | None
 ) -> None:
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        before = conn.scalar(select(func.count()).select_from(SeedSet))
     response = api.post("/v1/seed-sets", files={"file": ("seeds.jsonl", content)})
     assert response.status_code == 422, response.text
     body = response.json()
     assert body["error"] == "InvalidInput"
-    first = body["errors"][0]
-    assert first["line"] == line
-    if field:
-        assert first["field"].startswith(field)
-    assert f"line {line}" in body["detail"]
+    if line:
+        first = body["errors"][0]
+        assert first["line"] == line
+        if field:
+            assert (first["field"] or "").startswith(field), body
+        assert f"line {line}" in body["detail"]
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(SeedSet)) == before  # nothing stored
+    engine.dispose()
 
 
 def test_bad_job_requests_are_clear_4xx(api: httpx.Client) -> None:
@@ -207,6 +228,17 @@ def test_bad_job_requests_are_clear_4xx(api: httpx.Client) -> None:
     assert unknown_set.status_code == 404
     assert api.get("/v1/jobs/00000000-0000-0000-0000-000000000000").status_code == 404
     assert api.get("/v1/jobs/not-a-uuid").status_code == 422
+    too_many = api.post(
+        "/v1/jobs",
+        json={
+            "seed_tasks": [{"instruction": "Say hello nicely."}],
+            "num_instructions": 5,
+            "options": {"max_instances_per_task": 1000, "surprise": 1},
+        },
+    )
+    assert too_many.status_code == 422
+    detail = too_many.json()["detail"]
+    assert "max_instances_per_task" in detail and "surprise" in detail
     assert (
         api.get("/v1/jobs/00000000-0000-0000-0000-000000000000/examples.jsonl").status_code == 404
     )
