@@ -78,7 +78,12 @@ class APIClient:
 
     def iter_examples(self, job_id: str, *, include_rejected: bool = False) -> Iterator[bytes]:
         params = {"include": "rejected"} if include_rejected else None
-        url = f"/v1/jobs/{job_id}/examples.jsonl"
+        return self._stream(f"/v1/jobs/{job_id}/examples.jsonl", params)
+
+    def iter_export(self, job_id: str, params: dict[str, str]) -> Iterator[bytes]:
+        return self._stream(f"/v1/jobs/{job_id}/export", params)
+
+    def _stream(self, url: str, params: dict[str, str] | None) -> Iterator[bytes]:
         try:
             with self._http.stream("GET", url, params=params) as response:
                 if response.status_code >= 400:
@@ -88,12 +93,26 @@ class APIClient:
         except httpx.HTTPError as exc:
             raise APIError(0, f"cannot reach the API at {self.base_url}: {exc}") from exc
 
-    def download(self, job_id: str, path: Path, *, include_rejected: bool = False) -> int:
-        """Write the job's JSONL to `path` (atomically); returns the number of lines."""
+    def download(
+        self,
+        job_id: str,
+        path: Path,
+        *,
+        include_rejected: bool = False,
+        export: dict[str, str] | None = None,
+    ) -> int:
+        """Write the job's examples to `path` (atomically); returns the number of lines.
+
+        `export` selects a training format (the /export endpoint's query parameters)."""
         tmp = path.with_name(path.name + ".part")
         lines = 0
+        chunks = (
+            self.iter_export(job_id, export)
+            if export
+            else self.iter_examples(job_id, include_rejected=include_rejected)
+        )
         with tmp.open("wb") as fh:
-            for chunk in self.iter_examples(job_id, include_rejected=include_rejected):
+            for chunk in chunks:
                 lines += chunk.count(b"\n")
                 fh.write(chunk)
         tmp.replace(path)

@@ -12,9 +12,10 @@ from app.api.seed_sets import seed_errors
 from app.deps import CallerDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidInput, ServiceUnavailable
 from app.schemas import JobCreate, JobPage, JobRead
+from app.selfinstruct.formats import ExportFormat
 from app.selfinstruct.seeds import SeedFileError, validate_seed_tasks
 from app.services import jobs as job_service
-from app.services.export import examples_jsonl
+from app.services.export import Container, examples_jsonl, export_stream
 from app.services.queue import enqueue_round
 from app.services.seed_sets import create_seed_set
 
@@ -115,4 +116,43 @@ def download_examples(
         examples_jsonl(job.id, include_rejected=include == "rejected"),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="{job.id}.jsonl"'},
+    )
+
+
+_MEDIA = {
+    "jsonl": ("application/x-ndjson", "jsonl"),
+    "json": ("application/json", "json"),
+    "parquet": ("application/vnd.apache.parquet", "parquet"),
+}
+
+
+@router.get(
+    "/{job_id}/export",
+    response_class=StreamingResponse,
+    responses={
+        **ERROR_RESPONSES,
+        200: {
+            "content": {media: {} for media, _ in _MEDIA.values()},
+            "description": "The job's examples in a training format",
+        },
+    },
+)
+def export_examples(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    caller: CallerDep,
+    format: Annotated[ExportFormat, Query(description="Record layout.")] = ExportFormat.ALPACA,
+    container: Annotated[Container, Query(description="File type.")] = "jsonl",
+    system_prompt: Annotated[
+        str | None, Query(max_length=4000, description="System message for chat formats.")
+    ] = None,
+) -> StreamingResponse:
+    """Accepted examples as Alpaca, OpenAI chat fine-tuning, ShareGPT, prompt/completion pairs
+    (varied templates, deduplicated) or the raw record; as JSONL, a JSON array, or Parquet."""
+    job = job_service.get_job(session, job_id, caller)
+    media, extension = _MEDIA[container]
+    return StreamingResponse(
+        export_stream(job.id, format, container, system_prompt=system_prompt),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{job.id}.{format}.{extension}"'},
     )

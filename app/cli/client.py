@@ -14,6 +14,7 @@ from app.cli import cli
 from app.cli.progress import describe, wait_for_job
 from app.client import APIClient, APIError
 from app.config import get_settings
+from app.selfinstruct.formats import ExportFormat
 
 console = Console(stderr=True)
 
@@ -114,12 +115,29 @@ def download(
     job_id: str,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSONL.")],
     include_rejected: Annotated[bool, typer.Option(help="Append rejected items.")] = False,
+    format: Annotated[
+        ExportFormat | None,
+        typer.Option("--format", "-f", help="Training format (default: the raw records)."),
+    ] = None,
+    container: Annotated[
+        str, typer.Option(help="With --format: jsonl, json or parquet.")
+    ] = "jsonl",
+    system_prompt: Annotated[
+        str | None, typer.Option(help="With --format: system message for chat formats.")
+    ] = None,
     api_url: ApiUrl = None,
 ) -> None:
-    """Download a job's examples as JSONL (partial results while it runs)."""
+    """Download a job's examples (partial results while it runs), raw or in a training format."""
+    export = None
+    if format is not None:
+        export = {"format": format.value, "container": container}
+        if system_prompt:
+            export["system_prompt"] = system_prompt
     with _client(api_url) as client:
         try:
-            lines = client.download(job_id, output, include_rejected=include_rejected)
+            lines = client.download(
+                job_id, output, include_rejected=include_rejected, export=export
+            )
         except APIError as exc:
             raise _fail(exc) from exc
     console.print(f"wrote {lines} lines to {output}")

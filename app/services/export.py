@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from sqlalchemy import select
 
 from app.db import session_scope
 from app.models import Instance, Instruction
+from app.selfinstruct.formats import ExportFormat, convert
 
 _BATCH = 500
 
@@ -100,3 +105,92 @@ def examples_jsonl(job_id: uuid.UUID, *, include_rejected: bool = False) -> Iter
     if include_rejected:
         for record in iter_rejected(job_id):
             yield _line(record)
+
+
+# --- training formats ------------------------------------------------------------------------------
+
+Container = Literal["jsonl", "json", "parquet"]
+
+_PARQUET_SCHEMAS: dict[ExportFormat, pa.Schema] = {
+    ExportFormat.RAW: pa.schema(
+        [
+            ("id", pa.string()),
+            ("instruction_id", pa.string()),
+            ("job_id", pa.string()),
+            ("instruction", pa.string()),
+            ("input", pa.string()),
+            ("output", pa.string()),
+            ("is_classification", pa.bool_()),
+        ]
+    ),
+    ExportFormat.ALPACA: pa.schema(
+        [("instruction", pa.string()), ("input", pa.string()), ("output", pa.string())]
+    ),
+    ExportFormat.OPENAI_CHAT: pa.schema(
+        [("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))]
+    ),
+    ExportFormat.SHAREGPT: pa.schema(
+        [("conversations", pa.list_(pa.struct([("from", pa.string()), ("value", pa.string())])))]
+    ),
+    ExportFormat.PROMPT_COMPLETION: pa.schema(
+        [("prompt", pa.string()), ("completion", pa.string())]
+    ),
+}
+
+
+def iter_records(
+    job_id: uuid.UUID, fmt: ExportFormat, *, system_prompt: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """The job's examples in a training format; prompt/completion pairs that render the same
+    text are written once, as the paper does before fine-tuning."""
+    seen: set[bytes] = set()
+    for example in iter_examples(job_id):
+        record = convert(example, fmt, system_prompt=system_prompt)
+        if fmt == ExportFormat.PROMPT_COMPLETION:
+            key = hashlib.blake2b(
+                json.dumps(record, sort_keys=True).encode(), digest_size=16
+            ).digest()
+            if key in seen:
+                continue
+            seen.add(key)
+        yield record
+
+
+def export_stream(
+    job_id: uuid.UUID,
+    fmt: ExportFormat,
+    container: Container,
+    *,
+    system_prompt: str | None = None,
+) -> Iterator[bytes]:
+    records = iter_records(job_id, fmt, system_prompt=system_prompt)
+    if container == "jsonl":
+        yield from (_line(r) for r in records)
+    elif container == "json":
+        yield from _json_array(records)
+    else:
+        yield from _parquet(records, _PARQUET_SCHEMAS[fmt])
+
+
+def _json_array(records: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+    yield b"["
+    for n, record in enumerate(records):
+        yield (",\n" if n else "\n").encode() + json.dumps(record, ensure_ascii=False).encode()
+    yield b"\n]\n"
+
+
+def _parquet(records: Iterator[dict[str, Any]], schema: pa.Schema) -> Iterator[bytes]:
+    """Parquet needs its footer last, so row groups go to a spooled file (in memory while small),
+    then the file is streamed out in chunks."""
+    with tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024) as sink:
+        with pq.ParquetWriter(sink, schema) as writer:
+            batch: list[dict[str, Any]] = []
+            for record in records:
+                batch.append(record)
+                if len(batch) >= _BATCH * 4:
+                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                    batch = []
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+        sink.seek(0)
+        while chunk := sink.read(1024 * 1024):
+            yield chunk

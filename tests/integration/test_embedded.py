@@ -143,6 +143,22 @@ def test_cli_drives_a_running_server(
     assert downloaded.returncode == 0
     assert again.read_text() == output.read_text()
 
+    chat = tmp_path / "chat.jsonl"
+    exported = selfinstruct(
+        "download",
+        job_id,
+        "-o",
+        str(chat),
+        "--format",
+        "openai_chat",
+        "--system-prompt",
+        "Hi.",
+        env=env,
+    )
+    assert exported.returncode == 0, exported.stderr
+    first = json.loads(chat.read_text().splitlines()[0])
+    assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
+
     started = selfinstruct("submit", str(default_seeds), "-n", "500", env=env)
     other = started.stdout.split()[0]
     cancelled = selfinstruct("cancel", other, env=env)
