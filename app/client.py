@@ -46,10 +46,14 @@ class APIClient:
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/healthz").json()
 
-    def upload_seed_set(self, path: Path, *, name: str | None = None) -> dict[str, Any]:
+    def upload_seed_set(
+        self, path: Path, *, name: str | None = None, seed_format: str | None = None
+    ) -> dict[str, Any]:
         with path.open("rb") as fh:
             files = {"file": (path.name, fh, "application/x-ndjson")}
-            data = {"name": name} if name else None
+            data = {"name": name} if name else {}
+            if seed_format:
+                data["format"] = seed_format
             return self._request("POST", "/v1/seed-sets", files=files, data=data).json()
 
     def create_job(

@@ -117,6 +117,7 @@ class SeedTaskRow(Base):
     instruction: Mapped[str] = mapped_column(Text)
     instances: Mapped[list[dict[str, str]]] = mapped_column(JSON)
     is_classification: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     seed_set: Mapped[SeedSet] = relationship(back_populates="tasks")
 

@@ -11,6 +11,7 @@ from app.config import get_settings
 from app.deps import CallerDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidInput, PayloadTooLarge
 from app.schemas import SeedSetRead
+from app.selfinstruct.seed_formats import SeedFormat, to_seed_jsonl
 from app.selfinstruct.seeds import SeedFileError, parse_seed_jsonl
 from app.services.seed_sets import create_seed_set, get_seed_set, seed_set_read
 
@@ -32,15 +33,20 @@ async def upload_seed_set(
     caller: CallerDep,
     file: Annotated[UploadFile, File(description="JSONL, one seed task per line")],
     name: Annotated[str | None, Form(max_length=200)] = None,
+    format: Annotated[
+        SeedFormat,
+        Form(description="self_instruct (JSONL), natural_instructions, alpaca, or lines."),
+    ] = SeedFormat.SELF_INSTRUCT,
 ) -> SeedSetRead:
-    """Upload seed tasks as JSONL in the Self-Instruct seed format (the paper's file loads as is)."""
+    """Upload seed tasks: JSONL in the Self-Instruct seed format (the paper's file loads as is),
+    a Natural Instructions task file, Alpaca JSON, or one instruction per line."""
     settings = get_settings()
     data = await file.read(settings.max_seed_upload_bytes + 1)
     if len(data) > settings.max_seed_upload_bytes:
         raise PayloadTooLarge(f"file: larger than {settings.max_seed_upload_bytes} bytes")
     try:
         tasks = parse_seed_jsonl(
-            data,
+            to_seed_jsonl(data, format),
             max_bytes=settings.max_seed_upload_bytes,
             max_line_bytes=settings.max_seed_line_bytes,
             max_tasks=settings.max_seed_tasks,

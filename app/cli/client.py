@@ -15,6 +15,7 @@ from app.cli.progress import describe, wait_for_job
 from app.client import APIClient, APIError
 from app.config import get_settings
 from app.selfinstruct.formats import ExportFormat
+from app.selfinstruct.seed_formats import SeedFormat
 
 console = Console(stderr=True)
 
@@ -42,6 +43,10 @@ def submit(
     options: Annotated[
         str | None, typer.Option(help="Generation options as JSON, e.g. '{\"seed\": 1}'.")
     ] = None,
+    seed_format: Annotated[
+        SeedFormat,
+        typer.Option("--seed-format", help="Format of SEEDS."),
+    ] = SeedFormat.SELF_INSTRUCT,
     wait: Annotated[bool, typer.Option(help="Follow progress until the job finishes.")] = False,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="With --wait: download here.")
@@ -56,7 +61,7 @@ def submit(
         raise typer.Exit(code=2) from exc
     with _client(api_url) as client:
         try:
-            seed_set = client.upload_seed_set(seeds)
+            seed_set = client.upload_seed_set(seeds, seed_format=seed_format.value)
             job = client.create_job(
                 seed_set_id=seed_set["id"], num_instructions=num_instructions, options=parsed
             )

@@ -111,6 +111,11 @@ class SeedTaskModel(BaseModel):
     is_classification: StrictBool = Field(
         False, description="Whether the output is one of a finite set of labels."
     )
+    source: dict[str, Any] | None = Field(
+        None,
+        description="Where the task came from, kept as is (for example a Natural Instructions "
+        "task's negative examples and explanations).",
+    )
 
     def to_seed_task(self, *, position: int | None = None) -> SeedTask:
         """The core dataclass; `position` (0-based, in the set) names a task that has no id."""
@@ -121,6 +126,7 @@ class SeedTaskModel(BaseModel):
             instruction=self.instruction,
             instances=tuple(SeedInstance(i.input, i.output) for i in self.instances),
             is_classification=self.is_classification,
+            source=self.source,
         )
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +23,7 @@ class SeedTask:
     instruction: str
     instances: tuple[SeedInstance, ...]
     is_classification: bool
+    source: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 class InstructionReason(StrEnum):

@@ -33,6 +33,7 @@ def create_seed_set(
             instruction=task.instruction,
             instances=[{"input": i.input, "output": i.output} for i in task.instances],
             is_classification=task.is_classification,
+            source=dict(task.source) if task.source is not None else None,
         )
         for position, task in enumerate(tasks)
     ]

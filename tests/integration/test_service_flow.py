@@ -285,3 +285,37 @@ def test_backends_are_chosen_by_name_and_keys_never_leak(
     assert job["status"] == "succeeded", stack.logs()
     assert SECOND_KEY not in json.dumps(job)
     assert SECOND_KEY not in stack.logs()
+
+
+def test_natural_instructions_task_file_drives_a_job(
+    api: httpx.Client, stack: ServiceStack
+) -> None:
+    task = {
+        "Categories": ["Question Answering"],
+        "Definition": ["Answer the question about the passage in one short sentence."],
+        "Positive Examples": [
+            {
+                "input": "Passage: The sky is blue. Question: What colour is the sky?",
+                "output": "Blue.",
+                "explanation": "Stated.",
+            }
+        ],
+        "Negative Examples": [],
+        "Instances": [],
+    }
+    response = api.post(
+        "/v1/seed-sets",
+        files={"file": ("task123_qa.json", json.dumps(task).encode(), "application/json")},
+        data={"format": "natural_instructions"},
+    )
+    assert response.status_code == 201, response.text
+    seed_set = response.json()
+    assert seed_set["task_count"] == 1
+    job = _start(api, {"seed_set_id": seed_set["id"], "num_instructions": 3})
+    assert wait_for_status(api, job["id"], timeout_s=120)["status"] == "succeeded", stack.logs()
+    bad = api.post(
+        "/v1/seed-sets",
+        files={"file": ("x.json", b'{"nothing": 1}', "application/json")},
+        data={"format": "natural_instructions"},
+    )
+    assert bad.status_code == 422 and "Definition" in bad.json()["detail"]

@@ -1,0 +1,130 @@
+"""Other seed formats, converted to Self-Instruct seed lines before the usual validation.
+
+- natural_instructions: a Natural Instructions / Super-NaturalInstructions task file (one JSON
+  object, or JSONL of them): Definition -> instruction, Positive Examples -> instances; the
+  negative examples, explanations and categories are kept in the task's `source`.
+- alpaca: a JSON array (or JSONL) of {instruction, input, output}: one task per record.
+- lines: plain text, one instruction per line.
+
+Conversion keeps one output line per input record, so a validation error's line number is the
+record's position (1-based) in the upload.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+from app.selfinstruct.seeds import MAX_INSTANCES_PER_SEED, SeedError, SeedFileError
+
+
+class SeedFormat(StrEnum):
+    SELF_INSTRUCT = "self_instruct"
+    NATURAL_INSTRUCTIONS = "natural_instructions"
+    ALPACA = "alpaca"
+    LINES = "lines"
+
+
+# NI category names that mean a finite label set.
+_CLASSIFICATION_CATEGORIES = ("classification", "categorization", "detection", "sentiment")
+
+
+def to_seed_jsonl(data: bytes, fmt: SeedFormat) -> bytes:
+    """The upload as Self-Instruct seed JSONL; raises SeedFileError for unreadable input."""
+    if fmt == SeedFormat.SELF_INSTRUCT:
+        return data
+    text = _decode(data)
+    if fmt == SeedFormat.LINES:
+        lines = [line.strip() for line in text.splitlines()]
+        return _jsonl({"instruction": line} if line else None for line in lines)
+    records = _records(text)
+    convert = _from_natural_instructions if fmt == SeedFormat.NATURAL_INSTRUCTIONS else _from_alpaca
+    return _jsonl(convert(r, n) for n, r in enumerate(records, start=1))
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SeedFileError(
+            [SeedError(None, None, f"invalid UTF-8 at byte {exc.start + 1}")]
+        ) from exc
+
+
+def _records(text: str) -> list[Any]:
+    """One JSON document (an object, or an array of them) or JSONL."""
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None
+    else:
+        return whole if isinstance(whole, list) else [whole]
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise SeedFileError(
+                [SeedError(number, None, f"invalid JSON: {exc.msg} at column {exc.colno}")]
+            ) from exc
+    return records
+
+
+def _jsonl(records: Any) -> bytes:
+    return "".join(
+        (json.dumps(r, ensure_ascii=False) if r is not None else "") + "\n" for r in records
+    ).encode()
+
+
+def _require_object(record: Any, number: int) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise SeedFileError([SeedError(number, None, "expected a JSON object")])
+    return record
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return value if isinstance(value, str) else ""
+
+
+def _from_alpaca(record: Any, number: int) -> dict[str, Any]:
+    item = _require_object(record, number)
+    task: dict[str, Any] = {"instruction": item.get("instruction")}
+    if "output" in item:
+        task["instances"] = [{"input": item.get("input") or "", "output": item.get("output")}]
+    return task
+
+
+def _from_natural_instructions(record: Any, number: int) -> dict[str, Any]:
+    item = _require_object(record, number)
+    if "Definition" not in item:
+        raise SeedFileError(
+            [SeedError(number, "Definition", "missing (not a Natural Instructions task)")]
+        )
+    positives = [e for e in item.get("Positive Examples") or [] if isinstance(e, dict)]
+    categories = [str(c) for c in item.get("Categories") or []]
+    task: dict[str, Any] = {
+        "instruction": _text(item["Definition"]).strip(),
+        "instances": [
+            {"input": _text(e.get("input")), "output": _text(e.get("output"))}
+            for e in positives[:MAX_INSTANCES_PER_SEED]
+        ],
+        "is_classification": any(
+            word in c.lower() for c in categories for word in _CLASSIFICATION_CATEGORIES
+        ),
+        "source": {
+            "format": "natural_instructions",
+            "categories": categories,
+            "explanations": [_text(e.get("explanation")) for e in positives],
+            "negative_examples": [
+                e for e in item.get("Negative Examples") or [] if isinstance(e, dict)
+            ],
+        },
+    }
+    if isinstance(item.get("name"), str):
+        task["name"] = item["name"][:200]
+    return task
