@@ -12,7 +12,7 @@ cli = typer.Typer(
 )
 
 # Each module adds its commands to `cli` on import.
-from app.cli import client, dedupe, demo, keys, server  # noqa: E402,F401
+from app.cli import client, dedupe, demo, keys, mix, server  # noqa: E402,F401
 
 
 def main() -> None:
