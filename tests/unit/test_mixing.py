@@ -136,3 +136,49 @@ def test_mix_command_writes_mixture_and_manifest(tmp_path) -> None:  # type: ign
     bad = tmp_path / "bad.yaml"
     bad.write_text("sources: []\n")
     assert CliRunner().invoke(cli, ["mix", str(bad)]).exit_code == 2
+
+
+def test_mix_command_two_stages_with_chat_and_replay(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    (tmp_path / "tasks.jsonl").write_text(
+        "".join(
+            json.dumps({"instruction": f"Task {i}", "input": "", "output": "o " * (i + 1)}) + "\n"
+            for i in range(40)
+        )
+    )
+    (tmp_path / "chat.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": "hi " * (i + 1)},
+                        {"role": "assistant", "content": "hello"},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(30)
+        )
+    )
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "seed: 1\nformat: alpaca\n"
+        "sources:\n  - {name: tasks, path: tasks.jsonl}\n  - {name: dialogues, path: chat.jsonl, kind: chat}\n"
+        "stage2: {sources: [dialogues], replay_fraction: 0.25, easy_to_hard: true}\n"
+    )
+    out = tmp_path / "train.jsonl"
+    result = CliRunner().invoke(cli, ["mix", str(recipe), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    stage1 = [json.loads(x) for x in out.read_text().splitlines()]
+    stage2 = [json.loads(x) for x in (tmp_path / "train.stage2.jsonl").read_text().splitlines()]
+    assert len(stage1) == 40 and all("instruction" in r for r in stage1)
+    assert len(stage2) == 40 and sum("messages" in r for r in stage2) == 30  # 10 replayed = 25 %
+    manifest = json.loads((tmp_path / "train.jsonl.manifest.json").read_text())
+    assert manifest["stage2"]["replayed"] == 10
+    lengths = [len(json.dumps(r).split()) for r in stage2]
+    assert lengths == sorted(lengths)
