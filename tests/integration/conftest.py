@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 import redis
 
+from app.localmodel import LocalModelUnavailable, check_installed, ensure_model
 from app.migrate import upgrade_database
 from tests.support import services
 from tests.support.fake_llm import FakeLLMServer
@@ -80,3 +82,31 @@ def upload(api: httpx.Client, path: Path) -> dict:  # type: ignore[type-arg]
         )
     assert response.status_code == 201, response.text
     return response.json()
+
+
+# --- the real local model ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory holding the assembled model, shared by the tests (and CI runs, through
+    SELFINSTRUCT_TEST_MODEL_CACHE) so the parts are joined once."""
+    try:
+        check_installed()
+    except LocalModelUnavailable as exc:
+        if os.environ.get("SELFINSTRUCT_REQUIRE_LOCAL_MODEL") == "1":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    configured = os.environ.get("SELFINSTRUCT_TEST_MODEL_CACHE")
+    cache = Path(configured) if configured else tmp_path_factory.mktemp("model-cache")
+    ensure_model(cache)
+    return cache
+
+
+@pytest.fixture
+def data_dir(model_cache: Path, tmp_path: Path) -> Path:
+    """A fresh data directory whose models/ is the shared cache."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "models").symlink_to(model_cache / "models", target_is_directory=True)
+    return data

@@ -16,45 +16,24 @@ from pathlib import Path
 
 import pytest
 
-from app.localmodel import LocalModelUnavailable, check_installed, ensure_model
-
 pytestmark = [pytest.mark.localmodel, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data directory holding the assembled model, shared by the tests of this run."""
-    try:
-        check_installed()
-    except LocalModelUnavailable as exc:
-        if os.environ.get("SELFINSTRUCT_REQUIRE_LOCAL_MODEL") == "1":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    cache = Path(
-        os.environ.get("SELFINSTRUCT_TEST_MODEL_CACHE") or tmp_path_factory.mktemp("model")
-    )
-    ensure_model(cache)
-    return cache
-
-
-def data_dir_with_model(cache: Path, data_dir: Path) -> Path:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "models").symlink_to(cache / "models", target_is_directory=True)
-    return data_dir
-
-
-def test_demo_generates_real_examples_with_the_local_model(
-    model_cache: Path, tmp_path: Path
-) -> None:
-    """The README's first command, minus the virtualenv: nothing configured, the local model."""
-    data_dir = data_dir_with_model(model_cache, tmp_path / "data")
+def embedded_env(data_dir: Path) -> dict[str, str]:
+    """Nothing configured but the data directory: the embedded stack and the local model."""
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY")
     }
     env["SELFINSTRUCT_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def test_demo_generates_real_examples_with_the_local_model(data_dir: Path, tmp_path: Path) -> None:
+    """The README's first command, minus the virtualenv: nothing configured, the local model."""
+    env = embedded_env(data_dir)
     output = tmp_path / "examples.jsonl"
     result = subprocess.run(
         [sys.executable, "-m", "app", "demo", "-n", "6", "-o", str(output)],
@@ -81,14 +60,8 @@ def test_demo_generates_real_examples_with_the_local_model(
     assert leftover.stdout.strip() == "", leftover.stdout
 
 
-def test_ctrl_c_stops_the_model_server_and_worker(model_cache: Path, tmp_path: Path) -> None:
-    data_dir = data_dir_with_model(model_cache, tmp_path / "data")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY")
-    }
-    env["SELFINSTRUCT_DATA_DIR"] = str(data_dir)
+def test_ctrl_c_stops_the_model_server_and_worker(data_dir: Path, tmp_path: Path) -> None:
+    env = embedded_env(data_dir)
     log = tmp_path / "demo.log"
     with log.open("wb") as sink:
         demo = subprocess.Popen(

@@ -29,31 +29,6 @@ pytestmark = [pytest.mark.localmodel, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data directory holding the assembled model, shared by the tests (and CI runs, through
-    SELFINSTRUCT_TEST_MODEL_CACHE) so the parts are joined once."""
-    try:
-        check_installed()
-    except LocalModelUnavailable as exc:
-        if os.environ.get("SELFINSTRUCT_REQUIRE_LOCAL_MODEL") == "1":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    configured = os.environ.get("SELFINSTRUCT_TEST_MODEL_CACHE")
-    cache = Path(configured) if configured else tmp_path_factory.mktemp("model-cache")
-    ensure_model(cache)
-    return cache
-
-
-@pytest.fixture
-def data_dir(model_cache: Path, tmp_path: Path) -> Path:
-    """A fresh data directory whose models/ is the shared cache."""
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "models").symlink_to(model_cache / "models", target_is_directory=True)
-    return data
-
-
 @pytest.fixture
 def server(data_dir: Path) -> Iterator[LocalModelServer]:
     with LocalModelServer(data_dir) as running:
