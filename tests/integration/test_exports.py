@@ -9,21 +9,14 @@ import httpx
 import pytest
 
 from tests.integration.conftest import upload
+from tests.integration.test_service_flow import EXAMPLE_FIELDS
 from tests.support.stack import wait_for_status
 
 pytestmark = pytest.mark.integration
 
 FORMATS = ("raw", "alpaca", "openai_chat", "sharegpt", "prompt_completion")
 COLUMNS = {
-    "raw": {
-        "id",
-        "instruction_id",
-        "job_id",
-        "instruction",
-        "input",
-        "output",
-        "is_classification",
-    },
+    "raw": EXAMPLE_FIELDS,
     "alpaca": {"instruction", "input", "output"},
     "openai_chat": {"messages"},
     "sharegpt": {"conversations"},
