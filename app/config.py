@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     max_seed_upload_bytes: int = 10 * 1024 * 1024
     max_seed_line_bytes: int = 256 * 1024
     max_seed_tasks: int = 10_000
+    max_dataset_upload_bytes: int = Field(
+        200 * 1024 * 1024, description="Largest dataset upload for mixtures."
+    )
+    max_dataset_records: int = Field(1_000_000, description="Most records in one dataset.")
 
     @property
     def embedded(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import backends, health, jobs, seed_sets
+from app.api import backends, datasets, health, jobs, mixtures, seed_sets
 from app.errors import install_error_handlers
 
 
@@ -18,6 +18,8 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(seed_sets.router)
     app.include_router(jobs.router)
+    app.include_router(datasets.router)
+    app.include_router(mixtures.router)
     app.include_router(backends.router)
     app.include_router(health.router)
     return app

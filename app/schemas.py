@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.selfinstruct.options import GenerationOptions
+from app.selfinstruct.recipes import Recipe
 from app.selfinstruct.seeds import SeedTaskModel
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -83,3 +84,28 @@ class Health(BaseModel):
     status: Literal["ok", "degraded"]
     database: bool
     broker: bool
+
+
+class DatasetRead(BaseModel):
+    id: uuid.UUID
+    name: str
+    kind: Literal["instructions", "chat", "text"]
+    record_count: int
+    content_hash: str
+    created_at: datetime
+
+
+MixtureStatusName = Literal["queued", "running", "succeeded", "failed"]
+
+
+class MixtureRead(BaseModel):
+    id: uuid.UUID
+    status: MixtureStatusName
+    recipe: Recipe
+    manifest: dict[str, Any] | None = Field(
+        None, description="Counts per source, stage and task, the seed and the recipe."
+    )
+    stages: int = Field(0, description="Stages to download: /v1/mixtures/{id}/stages/{n}.")
+    error: str | None = None
+    created_at: datetime
+    finished_at: datetime | None = None

@@ -10,6 +10,7 @@ from app.db import reset_engine
 
 ROUND_TASK = "selfinstruct.run_round"
 INSTANCES_TASK = "selfinstruct.generate_instances"
+MIXTURE_TASK = "selfinstruct.build_mixture"
 QUEUE = "selfinstruct"
 
 

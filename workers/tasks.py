@@ -19,10 +19,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.config import get_settings
 from app.llm.base import LLMPermanentError, LLMTransientError
-from app.services import pipeline, sweeper
+from app.services import mixtures, pipeline, sweeper
 from app.services.llm import llm_for
 from app.services.queue import enqueue_instances, enqueue_round
-from workers.celery_app import INSTANCES_TASK, ROUND_TASK, celery_app
+from workers.celery_app import INSTANCES_TASK, MIXTURE_TASK, ROUND_TASK, celery_app
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,21 @@ def generate_instances(self: Task, job_id: str, instruction_ids: list[str]) -> N
     except DATABASE_ERRORS as exc:
         raise self.retry(exc=exc, countdown=_backoff(min(self.request.retries, 4))) from exc
     pipeline.finalize_if_complete(jid)
+
+
+@celery_app.task(name=MIXTURE_TASK, bind=True, max_retries=None)
+def build_mixture(self: Task, mixture_id: str) -> None:
+    mid = uuid.UUID(mixture_id)
+    try:
+        mixtures.build(mid, llm_for)
+    except DATABASE_ERRORS as exc:
+        if self.request.retries >= _max_retries():
+            mixtures.fail(mid, f"database unavailable: {exc}")
+            return
+        raise self.retry(exc=exc, countdown=_backoff(min(self.request.retries, 4))) from exc
+    except Exception as exc:  # a bug: say so on the mixture rather than leave it running
+        log.exception("mixture %s failed", mid)
+        mixtures.fail(mid, f"internal error: {type(exc).__name__}: {exc}")
 
 
 # --- the sweeper: one thread in each worker's main process --------------------------------------

@@ -119,7 +119,7 @@ def download_examples(
     )
 
 
-_MEDIA = {
+MEDIA_TYPES = {
     "jsonl": ("application/x-ndjson", "jsonl"),
     "json": ("application/json", "json"),
     "parquet": ("application/vnd.apache.parquet", "parquet"),
@@ -132,7 +132,7 @@ _MEDIA = {
     responses={
         **ERROR_RESPONSES,
         200: {
-            "content": {media: {} for media, _ in _MEDIA.values()},
+            "content": {media: {} for media, _ in MEDIA_TYPES.values()},
             "description": "The job's examples in a training format",
         },
     },
@@ -150,7 +150,7 @@ def export_examples(
     """Accepted examples as Alpaca, OpenAI chat fine-tuning, ShareGPT, prompt/completion pairs
     (varied templates, deduplicated) or the raw record; as JSONL, a JSON array, or Parquet."""
     job = job_service.get_job(session, job_id, caller)
-    media, extension = _MEDIA[container]
+    media, extension = MEDIA_TYPES[container]
     return StreamingResponse(
         export_stream(job.id, format, container, system_prompt=system_prompt),
         media_type=media,

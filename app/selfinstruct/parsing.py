@@ -90,3 +90,12 @@ def parse_instances(text: str, *, is_classification: bool) -> list[ParsedInstanc
         chunks = _CLASS_LABEL.split(text)[1:]
         return [_output_first_chunk(c) for c in chunks if c.strip()]
     return [_input_first_chunk(c) for c in _EXAMPLE_SPLIT.split(text) if c.strip()]
+
+
+def parse_inversion_completion(text: str) -> str | None:
+    """The reverse task's instruction: the first line of the answer, if it looks like one."""
+    first = text.strip().split("\n", 1)[0].strip()
+    first = re.sub(r"(?i)^reverse task\s*:\s*", "", first).strip()
+    if len(first.split()) < 3 or first.lower().startswith("task:"):
+        return None
+    return first

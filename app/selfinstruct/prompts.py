@@ -331,3 +331,33 @@ def build_instance_prompt(instruction: str, *, is_classification: bool) -> str:
     so the labels are not all the same, as the paper found input-first biased them."""
     prefix = _OUTPUT_FIRST_PREFIX if is_classification else _INPUT_FIRST_PREFIX
     return f"{prefix}\n\nTask: {normalize_instruction(instruction)}\n"
+
+
+# --- inversion: an LLM writes the instruction of the task that goes the other way -------------
+
+INVERSION_HEADER = (
+    "Each task below is followed by the reverse task: given the original output, produce the "
+    "original input."
+)
+# Our own demonstrations: question answering becomes question generation, and so on.
+INVERSION_EXAMPLES: tuple[tuple[str, str], ...] = (
+    (
+        "Answer the question about the passage.",
+        "Write a question about the passage whose answer is the given text.",
+    ),
+    (
+        "Translate the sentence into French.",
+        "Translate the French sentence back into English.",
+    ),
+    (
+        "Summarize the article in one sentence.",
+        "Write a short article that the given one-sentence summary could describe.",
+    ),
+)
+
+
+def build_inversion_prompt(instruction: str) -> str:
+    """Completion-style few-shot prompt; the model continues after the last "Reverse task:"."""
+    blocks = [f"Task: {task}\nReverse task: {reverse}" for task, reverse in INVERSION_EXAMPLES]
+    blocks.append(f"Task: {' '.join(instruction.split())}\nReverse task:")
+    return INVERSION_HEADER + "\n\n" + "\n\n".join(blocks)

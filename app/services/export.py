@@ -6,7 +6,7 @@ import hashlib
 import json
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -194,3 +194,29 @@ def _parquet(records: Iterator[dict[str, Any]], schema: pa.Schema) -> Iterator[b
         sink.seek(0)
         while chunk := sink.read(1024 * 1024):
             yield chunk
+
+
+def records_stream(
+    records: Callable[[], Iterator[dict[str, Any]]], container: Container
+) -> Iterator[bytes]:
+    """Records of any shape (a mixture can hold tasks, dialogues and plain text side by side).
+    For Parquet, a first pass unifies the schema of every batch, so no column is lost."""
+    if container == "jsonl":
+        yield from (_line(r) for r in records())
+    elif container == "json":
+        yield from _json_array(records())
+    else:
+        schemas = [pa.Table.from_pylist(batch).schema for batch in _batches(records())]
+        schema = pa.unify_schemas(schemas) if schemas else pa.schema([])
+        yield from _parquet(records(), schema)
+
+
+def _batches(records: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) >= _BATCH * 4:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -27,7 +27,7 @@ def create_job(
     caller: Caller = ANYONE,
 ) -> Job:
     get_seed_set(session, seed_set_id, caller)
-    _check_backend(options)
+    check_backend(options)
     _check_rate_limits(session, caller)
     tasks = load_seed_tasks(session, seed_set_id)
     if options.classification_only and not any(t.is_classification for t in tasks):
@@ -52,7 +52,7 @@ def fail_unqueued(session: Session, job: Job, message: str) -> None:
     session.flush()
 
 
-def _check_backend(options: GenerationOptions) -> None:
+def check_backend(options: GenerationOptions, field: str = "options") -> None:
     """The job's backend must be configured on this server, and its model allowed there."""
     settings = get_settings()
     if settings.embedded and settings.openai_base_url is None and options.backend is None:
@@ -61,12 +61,12 @@ def _check_backend(options: GenerationOptions) -> None:
     if backend is None:
         names = ", ".join(settings.backend_names()) or "none"
         raise InvalidInput(
-            f"options.backend: no backend named {options.backend or 'default'!r} "
+            f"{field}.backend: no backend named {options.backend or 'default'!r} "
             f"(configured: {names})"
         )
     if backend.models and options.model is not None and options.model not in backend.models:
         raise InvalidInput(
-            f"options.model: {options.model!r} is not allowed on backend "
+            f"{field}.model: {options.model!r} is not allowed on backend "
             f"{options.backend or 'default'!r} (allowed: {', '.join(backend.models)})"
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from workers.celery_app import INSTANCES_TASK, ROUND_TASK, celery_app
+from workers.celery_app import INSTANCES_TASK, MIXTURE_TASK, ROUND_TASK, celery_app
 
 
 def enqueue_round(job_id: uuid.UUID, round_no: int) -> None:
@@ -14,3 +14,7 @@ def enqueue_round(job_id: uuid.UUID, round_no: int) -> None:
 
 def enqueue_instances(job_id: uuid.UUID, instruction_ids: Sequence[uuid.UUID]) -> None:
     celery_app.send_task(INSTANCES_TASK, args=[str(job_id), [str(i) for i in instruction_ids]])
+
+
+def enqueue_mixture(mixture_id: uuid.UUID) -> None:
+    celery_app.send_task(MIXTURE_TASK, args=[str(mixture_id)])

@@ -31,6 +31,7 @@ from app.selfinstruct.prompts import (
     CLASSIFY_QUESTION,
     INPUT_FIRST_HEADER,
     INSTRUCTION_HEADER,
+    INVERSION_HEADER,
     OUTPUT_FIRST_HEADER,
 )
 
@@ -39,6 +40,7 @@ KINDS = (
     "classify",
     "instances_input_first",
     "instances_output_first",
+    "inversion",
     "unknown",
 )
 
@@ -397,7 +399,18 @@ def truncate(text: str, rng: random.Random) -> str:
     return " ".join(pieces[: rng.randint(1, max(1, len(pieces) - 1))])
 
 
+def inversion_answer(task: str, rng: random.Random) -> str:
+    """The reverse task on one line, as a base model writes it; now and then a useless stub."""
+    if rng.random() < 0.15:
+        return " ?\n"
+    subject = task.rstrip(".").split(" ", 1)[-1].lower() if task else "the task"
+    opener = rng.choice(("Given the result,", "Starting from the answer,", "From the output,"))
+    return f" {opener} write the input for: {subject}.\nTask: something else"
+
+
 def prompt_kind(prompt: str) -> str:
+    if prompt.startswith(INVERSION_HEADER):
+        return "inversion"
     if prompt.startswith(CLASSIFY_HEADER) or prompt.rstrip().endswith(CLASSIFY_QUESTION):
         return "classify"
     if prompt.startswith(OUTPUT_FIRST_HEADER):
@@ -419,6 +432,8 @@ def answer_for(prompt: str, kind: str, rng: random.Random) -> str:
         return input_first_answer(_task_of(prompt), rng)
     if kind == "instances_output_first":
         return output_first_answer(_task_of(prompt), rng)
+    if kind == "inversion":
+        return inversion_answer(_task_of(prompt), rng)
     return " I am not sure what you mean."
 
 

@@ -122,12 +122,15 @@ class ServiceStack:
         self.stop()
 
 
-def wait_for_status(client: httpx.Client, job_id: str, *, timeout_s: float = 120) -> dict:  # type: ignore[type-arg]
+def wait_for_status(
+    client: httpx.Client, job_id: str, *, timeout_s: float = 120, resource: str = "jobs"
+) -> dict:  # type: ignore[type-arg]
+    """Poll a job (or a mixture, with resource="mixtures") until it has finished."""
     deadline = time.monotonic() + timeout_s
     job: dict = {}  # type: ignore[type-arg]
     while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
+        job = client.get(f"/v1/{resource}/{job_id}").json()
         if job["status"] in ("succeeded", "failed", "cancelled"):
             return job
         time.sleep(0.3)
-    raise TimeoutError(f"job {job_id} still {job.get('status')} after {timeout_s}s: {job}")
+    raise TimeoutError(f"{resource} {job_id} still {job.get('status')} after {timeout_s}s: {job}")

@@ -128,8 +128,10 @@ def test_mix_command_writes_mixture_and_manifest(tmp_path) -> None:  # type: ign
     # generated: 100 examples, capped to 5 per task (50), then source cap 30; other: 20.
     assert manifest["counts_per_source"] == {"generated": 30, "other": 20}
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert manifest["total"] == len(lines) == 50 + manifest["plain_text"]
-    assert manifest["plain_text"] == round(50 * 0.1 / 0.9)
+    plain = manifest["stages"][0]["plain_text"]
+    assert manifest["total"] == len(lines) == 50 + plain
+    assert plain == round(50 * 0.1 / 0.9)
+    assert sum(r["messages"][0]["role"] == "assistant" for r in lines) == plain
     again = tmp_path / "again.jsonl"
     CliRunner().invoke(cli, ["mix", str(recipe), "-o", str(again)])
     assert again.read_text() == out.read_text()
@@ -179,6 +181,7 @@ def test_mix_command_two_stages_with_chat_and_replay(tmp_path) -> None:  # type:
     assert len(stage1) == 40 and all("instruction" in r for r in stage1)
     assert len(stage2) == 40 and sum("messages" in r for r in stage2) == 30  # 10 replayed = 25 %
     manifest = json.loads((tmp_path / "train.jsonl.manifest.json").read_text())
-    assert manifest["stage2"]["replayed"] == 10
+    assert manifest["stages"][1]["replayed"] == 10
+    assert manifest["stages"][1]["path"] == "train.stage2.jsonl"
     lengths = [len(json.dumps(r).split()) for r in stage2]
     assert lengths == sorted(lengths)

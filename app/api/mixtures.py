@@ -1,0 +1,87 @@
+"""Mixtures: a recipe in, a worker builds it, stages and a manifest out."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response, status
+from fastapi.responses import StreamingResponse
+
+from app.api.jobs import MEDIA_TYPES
+from app.deps import CallerDep, SessionDep
+from app.errors import ERROR_RESPONSES, Conflict, NotFound, ServiceUnavailable
+from app.models import MixtureStatus
+from app.schemas import MixtureRead
+from app.selfinstruct.recipes import Recipe
+from app.services import mixtures as mixture_service
+from app.services.export import Container
+from app.services.queue import enqueue_mixture
+
+router = APIRouter(prefix="/v1/mixtures", tags=["mixtures"])
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=MixtureRead,
+    responses={**ERROR_RESPONSES, 503: {"description": "Task broker unavailable"}},
+)
+def create_mixture(
+    recipe: Recipe, session: SessionDep, caller: CallerDep, response: Response
+) -> MixtureRead:
+    """Build a training mixture from jobs and uploaded datasets; poll the `Location`."""
+    mixture = mixture_service.create_mixture(session, recipe, caller)
+    session.commit()
+    try:
+        enqueue_mixture(mixture.id)
+    except Exception as exc:
+        mixture_service.fail(mixture.id, f"could not reach the task broker: {exc}")
+        raise ServiceUnavailable(
+            "the task broker is unavailable; the mixture was not built"
+        ) from exc
+    response.headers["Location"] = f"/v1/mixtures/{mixture.id}"
+    return mixture_service.mixture_read(session, mixture)
+
+
+@router.get("/{mixture_id}", response_model=MixtureRead, responses=ERROR_RESPONSES)
+def read_mixture(mixture_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> MixtureRead:
+    return mixture_service.mixture_read(
+        session, mixture_service.get_mixture(session, mixture_id, caller)
+    )
+
+
+@router.get(
+    "/{mixture_id}/stages/{stage}",
+    response_class=StreamingResponse,
+    responses={
+        **ERROR_RESPONSES,
+        409: {"description": "Not built yet"},
+        200: {
+            "content": {media: {} for media, _ in MEDIA_TYPES.values()},
+            "description": "The records of one stage, in the recipe's format",
+        },
+    },
+)
+def download_stage(
+    mixture_id: uuid.UUID,
+    session: SessionDep,
+    caller: CallerDep,
+    stage: Annotated[int, Path(ge=1, le=100)],
+    container: Annotated[Container, Query(description="File type.")] = "jsonl",
+) -> StreamingResponse:
+    """One stage of a built mixture (stage 1, and stage 2 when the recipe has one)."""
+    mixture = mixture_service.get_mixture(session, mixture_id, caller)
+    if mixture.status != MixtureStatus.SUCCEEDED:
+        raise Conflict(f"mixture {mixture_id} is {mixture.status}, not built")
+    stages = mixture_service.mixture_read(session, mixture).stages
+    if stage > stages:
+        raise NotFound(f"mixture {mixture_id} has {stages} stage(s)")
+    media, extension = MEDIA_TYPES[container]
+    return StreamingResponse(
+        mixture_service.stage_stream(mixture.id, stage, container),
+        media_type=media,
+        headers={
+            "Content-Disposition": f'attachment; filename="{mixture.id}.stage{stage}.{extension}"'
+        },
+    )

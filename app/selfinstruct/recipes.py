@@ -1,0 +1,392 @@
+"""Mixture recipes: what to mix and how, and the pure function that builds the mixture.
+
+The CLI (sources from files) and the API (sources from jobs and uploaded datasets) both load
+records, then call `build_mixture`; neither does any mixing of its own. An optional callable
+writes inverted instructions with an LLM, so this module stays free of I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.selfinstruct.formats import ExportFormat, convert
+from app.selfinstruct.mixing import cap_per_key, invert, mix, two_stages, with_plain_text
+from app.selfinstruct.options import GenerationOptions
+
+SourceKind = Literal["instructions", "chat", "text"]
+Record = dict[str, Any]
+# Given an example, the instruction of the task that goes the other way (or None to fall back
+# to a template).
+InverseWriter = Callable[[Mapping[str, Any]], str | None]
+
+
+class SourceSpec(BaseModel):
+    """One source: a file (CLI), a job's accepted examples, or an uploaded dataset (API)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")
+    kind: SourceKind | None = Field(
+        None,
+        description="instructions, chat (multi-turn dialogues) or text (plain documents); "
+        "defaults to the job's or dataset's kind, or instructions for a file.",
+    )
+    path: str | None = Field(None, max_length=1000, description="A JSONL file (CLI only).")
+    job_id: uuid.UUID | None = Field(None, description="A job's accepted examples.")
+    dataset_id: uuid.UUID | None = Field(None, description="A dataset from POST /v1/datasets.")
+
+    @model_validator(mode="after")
+    def _exactly_one_origin(self) -> SourceSpec:
+        given = [f for f in ("path", "job_id", "dataset_id") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of path, job_id or dataset_id")
+        if self.job_id is not None and self.kind not in (None, "instructions"):
+            raise ValueError("a job's examples are of kind instructions")
+        return self
+
+
+class Stage2(BaseModel):
+    """A second training stage: its own sources plus a replay of stage-1 examples."""
+
+    model_config = ConfigDict(extra="forbid")
+    sources: list[str] = Field(min_length=1, description="Names of sources used in stage 2 only.")
+    replay_fraction: float = Field(0.0, ge=0, lt=1, description="Share of stage 2 replayed.")
+    easy_to_hard: bool = Field(False, description="Order each stage by `difficulty`, easy first.")
+    difficulty: str = Field(
+        "length",
+        min_length=1,
+        max_length=100,
+        description="`length` (words in the record) or the name of a numeric field of the source "
+        "records, such as a score from a judge; records without it go last.",
+    )
+
+
+class Recipe(BaseModel):
+    """What to mix and how; every choice is recorded in the manifest."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    format: ExportFormat = ExportFormat.ALPACA
+    system_prompt: str | None = Field(None, max_length=4000)
+    sources: list[SourceSpec] = Field(min_length=1, max_length=100)
+    total: int | None = Field(None, ge=1, le=100_000_000)
+    cap: int | None = Field(None, ge=1, description="Per-source cap K.")
+    temperature: float = Field(1.0, gt=0, le=1e9)
+    weights: dict[str, float] | None = None
+    per_instruction_cap: int | None = Field(None, ge=1)
+    invert_fraction: float = Field(0.0, ge=0, le=1, description="Share of examples to invert.")
+    invert_cap: int | None = Field(None, ge=0, description="At most this many inverted examples.")
+    invert_writer: Literal["template", "llm"] = Field(
+        "template", description="Who writes an inverted task's instruction."
+    )
+    llm: GenerationOptions = Field(
+        default_factory=GenerationOptions,
+        description="Backend, model, endpoint and temperature for invert_writer: llm.",
+    )
+    plain_text_ratio: float = Field(0.0, ge=0, lt=1)
+    stage2: Stage2 | None = None
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> Recipe:
+        names = [s.name for s in self.sources]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"sources: duplicate name(s) {duplicated}")
+        for label, wanted in (
+            ("weights", set(self.weights or {})),
+            ("stage2.sources", set(self.stage2.sources if self.stage2 else [])),
+        ):
+            unknown = wanted - set(names)
+            if unknown:
+                raise ValueError(f"{label}: unknown source(s) {sorted(unknown)}")
+        if self.weights is not None and any(w < 0 for w in self.weights.values()):
+            raise ValueError("weights: must not be negative")
+        return self
+
+
+@dataclass
+class Entry:
+    """A record of the mixture with where it came from (kept out of the record itself)."""
+
+    source: str
+    record: Record
+    inverted: bool = False
+    plain_text: bool = False
+
+
+@dataclass
+class Mixture:
+    stages: list[list[Entry]]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+class RecipeError(ValueError):
+    """The recipe does not fit the records it was given (e.g. a source of the wrong kind)."""
+
+
+def validate_record(record: Any, kind: SourceKind) -> str | None:
+    """Why a record cannot be a `kind` source record, or None when it can."""
+    if not isinstance(record, dict):
+        return "expected a JSON object"
+    if kind == "instructions":
+        for name in ("instruction", "output"):
+            if not isinstance(record.get(name), str) or not record[name].strip():
+                return f"'{name}' must be a non-empty string"
+        if not isinstance(record.get("input", ""), str | None):
+            return "'input' must be a string"
+    elif kind == "chat":
+        messages = record.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return "needs a non-empty 'messages' list"
+        for n, message in enumerate(messages):
+            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+                return f"messages[{n}]: needs a string 'content'"
+            if message.get("role") not in ("system", "user", "assistant"):
+                return f"messages[{n}]: 'role' must be system, user or assistant"
+    elif not isinstance(record.get("text"), str) or not record["text"].strip():
+        return "'text' must be a non-empty string"
+    return None
+
+
+_SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant"}
+
+
+def normalise_record(record: Any, kind: SourceKind) -> Any:
+    """Accept ShareGPT `conversations` for chat sources by turning them into OpenAI messages."""
+    if kind == "chat" and isinstance(record, dict) and "messages" not in record:
+        turns = record.get("conversations")
+        if isinstance(turns, list) and all(isinstance(t, dict) for t in turns):
+            messages = [
+                {
+                    "role": _SHAREGPT_ROLES.get(str(t.get("from")), t.get("from")),
+                    "content": t.get("value"),
+                }
+                for t in turns
+            ]
+            return {
+                **{k: v for k, v in record.items() if k != "conversations"},
+                "messages": messages,
+            }
+    return record
+
+
+@dataclass(frozen=True)
+class LineError:
+    line: int
+    message: str
+
+
+class DatasetFileError(ValueError):
+    """A dataset file with bad lines; every bad line (up to a limit) is reported."""
+
+    def __init__(self, errors: Sequence[LineError]) -> None:
+        self.errors = list(errors)
+        first = self.errors[0]
+        more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+        super().__init__(f"line {first.line}: {first.message}{more}")
+
+
+def parse_dataset(
+    data: bytes, kind: SourceKind, *, max_records: int = 1_000_000, max_errors: int = 20
+) -> list[Record]:
+    """JSONL records of a kind; a text dataset may also hold one plain document per line."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetFileError([LineError(1, f"not UTF-8 text ({exc.reason})")]) from exc
+    records: list[Record] = []
+    errors: list[LineError] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if kind == "text" and not line.lstrip().startswith("{"):
+            records.append({"text": line})
+            continue
+        try:
+            record = normalise_record(json.loads(line), kind)
+        except json.JSONDecodeError as exc:
+            errors.append(LineError(number, f"invalid JSON ({exc.msg})"))
+        else:
+            problem = validate_record(record, kind)
+            if problem:
+                errors.append(LineError(number, problem))
+            else:
+                records.append(record)
+        if len(errors) >= max_errors:
+            break
+        if len(records) > max_records:
+            errors.append(LineError(number, f"more than {max_records} records"))
+            break
+    if errors:
+        raise DatasetFileError(errors)
+    if not records:
+        raise DatasetFileError([LineError(1, "no records")])
+    return records
+
+
+def render_plain_text(text: str, fmt: ExportFormat) -> Record:
+    """A pre-training document in the shape of the chosen format, so one loader reads both."""
+    if fmt == ExportFormat.ALPACA:
+        return {"instruction": "", "input": "", "output": text}
+    if fmt == ExportFormat.PROMPT_COMPLETION:
+        return {"prompt": "", "completion": text}
+    if fmt == ExportFormat.OPENAI_CHAT:
+        return {"messages": [{"role": "assistant", "content": text}]}
+    if fmt == ExportFormat.SHAREGPT:
+        return {"conversations": [{"from": "gpt", "value": text}]}
+    return {"text": text, "plain_text": True}
+
+
+def render_chat(record: Mapping[str, Any], fmt: ExportFormat) -> Record:
+    """A dialogue in the chosen format: ShareGPT turns or OpenAI messages (the others keep the
+    OpenAI layout, which has no single-turn equivalent)."""
+    messages = [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
+    if fmt == ExportFormat.SHAREGPT:
+        speaker = {"system": "system", "user": "human", "assistant": "gpt"}
+        return {
+            "conversations": [{"from": speaker[m["role"]], "value": m["content"]} for m in messages]
+        }
+    return {"messages": messages}
+
+
+def _difficulty(stage2: Stage2) -> Callable[[Entry], float]:
+    if stage2.difficulty == "length":
+        return lambda e: float(len(json.dumps(e.record, ensure_ascii=False).split()))
+
+    def score(entry: Entry) -> float:
+        value = entry.record.get(stage2.difficulty)
+        return float(value) if isinstance(value, int | float) else float("inf")
+
+    return score
+
+
+def build_mixture(
+    recipe: Recipe,
+    loaded: Mapping[str, Sequence[Record]],
+    kinds: Mapping[str, SourceKind],
+    *,
+    write_inverse: InverseWriter | None = None,
+) -> Mixture:
+    """Stage 1: mixable sources by their rates (after the per-instruction cap), inverted tasks,
+    plain text at its ratio. Stage 2 (optional): its own sources plus a replay of stage 1."""
+    rng = random.Random(recipe.seed)
+    later = set(recipe.stage2.sources) if recipe.stage2 else set()
+    now = {n: list(r) for n, r in loaded.items() if n not in later}
+    mixable = {n: r for n, r in now.items() if kinds[n] != "text"}
+    texts = [r for n, records in now.items() if kinds[n] == "text" for r in records]
+    if recipe.per_instruction_cap:
+        cap = recipe.per_instruction_cap
+        for name, records in mixable.items():
+            if kinds[name] == "instructions":
+                mixable[name] = cap_per_key(records, lambda x: x["instruction"], cap, rng)
+    if not mixable and not texts:
+        raise RecipeError("stage 1 has no sources (all of them are in stage2.sources)")
+    chosen, counts = mix(
+        mixable,
+        rng,
+        total=recipe.total,
+        cap=recipe.cap,
+        temperature=recipe.temperature,
+        weights=recipe.weights,
+    )
+    entries = [Entry(name, _render(recipe, kinds[name], r)) for name, r in chosen]
+    inverted, by_llm = _inversions(recipe, chosen, kinds, rng, write_inverse)
+    entries += inverted
+    text_entries = [
+        Entry(n, render_plain_text(r["text"], recipe.format), plain_text=True)
+        for n, records in now.items()
+        if kinds[n] == "text"
+        for r in records
+    ]
+    first = with_plain_text(entries, text_entries, recipe.plain_text_ratio, rng)
+    stages = [first]
+    if recipe.stage2 is not None:
+        second = [
+            Entry(name, _render(recipe, kinds[name], r), plain_text=kinds[name] == "text")
+            for name in recipe.stage2.sources
+            for r in loaded[name]
+        ]
+        difficulty = _difficulty(recipe.stage2) if recipe.stage2.easy_to_hard else None
+        stages = list(
+            two_stages(first, second, recipe.stage2.replay_fraction, rng, difficulty=difficulty)
+        )
+    manifest = _manifest(recipe, stages, counts, chosen, kinds, by_llm)
+    return Mixture(stages=stages, manifest=manifest)
+
+
+def _render(recipe: Recipe, kind: SourceKind, record: Mapping[str, Any]) -> Record:
+    if kind == "instructions":
+        return convert(record, recipe.format, system_prompt=recipe.system_prompt)
+    if kind == "chat":
+        return render_chat(record, recipe.format)
+    return render_plain_text(record["text"], recipe.format)
+
+
+def _inversions(
+    recipe: Recipe,
+    chosen: Sequence[tuple[str, Record]],
+    kinds: Mapping[str, SourceKind],
+    rng: random.Random,
+    write_inverse: InverseWriter | None,
+) -> tuple[list[Entry], int]:
+    limit = recipe.invert_cap if recipe.invert_cap is not None else len(chosen)
+    entries: list[Entry] = []
+    by_llm = 0
+    for name, record in chosen:
+        if len(entries) >= limit:
+            break
+        if kinds[name] != "instructions" or rng.random() >= recipe.invert_fraction:
+            continue
+        turned = invert(record, rng)
+        if turned is None:
+            continue
+        if recipe.invert_writer == "llm" and write_inverse is not None:
+            written = write_inverse(record)
+            if written:
+                turned["instruction"] = written
+                turned["inverted_by"] = "llm"
+                by_llm += 1
+        rendered = _render(recipe, "instructions", turned)
+        entries.append(Entry(name, rendered, inverted=True))
+    return entries, by_llm
+
+
+def _manifest(
+    recipe: Recipe,
+    stages: Sequence[Sequence[Entry]],
+    counts: Mapping[str, int],
+    chosen: Sequence[tuple[str, Record]],
+    kinds: Mapping[str, SourceKind],
+    by_llm: int,
+) -> dict[str, Any]:
+    def summary(stage: Sequence[Entry]) -> dict[str, Any]:
+        return {
+            "total": len(stage),
+            "per_source": dict(sorted(Counter(e.source for e in stage).items())),
+            "inverted": sum(e.inverted for e in stage),
+            "plain_text": sum(e.plain_text for e in stage),
+        }
+
+    per_task = Counter(r["instruction"] for n, r in chosen if kinds[n] == "instructions")
+    stage_summaries = [summary(s) for s in stages]
+    if recipe.stage2 is not None:
+        own = set(recipe.stage2.sources)
+        stage_summaries[1]["replayed"] = sum(e.source not in own for e in stages[1])
+    return {
+        "seed": recipe.seed,
+        "recipe": json.loads(recipe.model_dump_json()),
+        "counts_per_source": dict(sorted(counts.items())),
+        "stages": stage_summaries,
+        "inverted": sum(e.inverted for s in stages[:1] for e in s),
+        "inverted_by_llm": by_llm,
+        "tasks": len(per_task),
+        "counts_per_task": dict(per_task.most_common()),
+        "total": sum(len(s) for s in stages),
+    }
