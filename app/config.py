@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         description="A running job untouched this long is stalled: its next step is sent again.",
     )
     sweep_interval_s: float = Field(15.0, description="How often workers look for stalled jobs.")
+    llm_concurrency: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="LLM requests one instance-generation task keeps in flight; with "
+        "instructions_per_instance_task at least as large, a worker process sustains this many.",
+    )
     instructions_per_instance_task: int = Field(
         5, description="Accepted instructions handled by one instance-generation task."
     )

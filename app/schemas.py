@@ -56,6 +56,9 @@ class Progress(BaseModel):
     llm_errors: int
     prompt_tokens: int
     completion_tokens: int
+    tokens_per_accepted_instruction: float | None = Field(
+        None, description="Prompt + completion tokens spent per accepted instruction so far."
+    )
 
 
 class JobRead(BaseModel):

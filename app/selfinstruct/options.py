@@ -39,6 +39,17 @@ class GenerationOptions(BaseModel):
         False, description="Generate classification tasks only, from the classification seeds."
     )
 
+    mode: Literal["paper", "batched"] = Field(
+        "paper",
+        description="paper: the three steps of Self-Instruct; batched: each request asks for "
+        "tasks_per_request complete tasks (instruction, input, output) at once, Alpaca-style.",
+    )
+    tasks_per_request: int = Field(20, ge=2, le=50, description="Batched mode: tasks asked for.")
+    batched_examples: int = Field(
+        3, ge=1, le=10, description="Batched mode: seed tasks shown per request."
+    )
+    batched_max_tokens: int = Field(3072, ge=64, le=32768, description="Batched mode: max_tokens.")
+
     # Step 1: instruction bootstrap.
     prompt_instructions: int = Field(8, ge=2, le=32, description="Instructions shown per prompt.")
     machine_instructions_per_prompt: int = Field(

@@ -38,6 +38,7 @@ class InstructionReason(StrEnum):
     NEAR_DUPLICATE = "near_duplicate"
     TRUNCATED_RESPONSE = "truncated_response"
     OVER_TARGET = "over_target"
+    INVALID_INSTANCE = "invalid_instance"  # batched mode: the task's own instance failed
 
 
 class InstanceReason(StrEnum):
@@ -89,6 +90,7 @@ class CandidateDecision:
     reason: InstructionReason | None
     max_rouge: float | None = None
     nearest: str | None = None
+    instance: InstanceDecision | None = None  # batched mode: the instance written with it
 
     @property
     def accepted(self) -> bool:

@@ -166,9 +166,11 @@ def job_progress(session: Session, job: Job) -> Progress:
             func.coalesce(func.sum(LLMCall.completion_tokens), 0),
         ).where(LLMCall.job_id == job.id)
     ).one()
+    accepted = sum(n for ok, _, n in instr if ok)
+    tokens = int(calls[2]) + int(calls[3])
     return Progress(
         rounds_completed=job.rounds_completed,
-        instructions_accepted=sum(n for ok, _, n in instr if ok),
+        instructions_accepted=accepted,
         instructions_rejected={str(r): n for ok, r, n in instr if not ok},
         instructions_with_instances=with_instances or 0,
         instances_accepted=sum(n for ok, _, n in inst if ok),
@@ -177,6 +179,7 @@ def job_progress(session: Session, job: Job) -> Progress:
         llm_errors=int(calls[1]),
         prompt_tokens=int(calls[2]),
         completion_tokens=int(calls[3]),
+        tokens_per_accepted_instruction=round(tokens / accepted, 1) if accepted else None,
     )
 
 

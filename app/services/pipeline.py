@@ -23,6 +23,7 @@ from app.config import get_settings
 from app.db import session_scope
 from app.llm.base import LLMClient, LLMError, LLMRequest, LLMResponse, LLMTransientError
 from app.models import Instance, InstancesState, Instruction, Job, JobStatus, LLMCall
+from app.selfinstruct.batched import accept_batched_round, batched_stop, plan_batched_round
 from app.selfinstruct.options import (
     CLASSIFY_STOP,
     INSTANCE_STOP,
@@ -152,20 +153,29 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
         state = _job_index(session, job, seed_texts)
         remaining = job.num_instructions - len(state.machine_texts)
         rng = random.Random(f"{job.rng_seed}:{round_no}")
-        prompts = plan_round(
-            prompt_seed_instructions(seeds, options), state.machine_texts, options, rng
-        )
+        batched = options.mode == "batched"
+        if batched:
+            shown = (
+                [s for s in seeds if s.is_classification] if options.classification_only else seeds
+            )
+            prompts = plan_batched_round(shown, options, rng)
+        else:
+            prompts = plan_round(
+                prompt_seed_instructions(seeds, options), state.machine_texts, options, rng
+            )
 
     llm = llm_factory(options)
     requests = [
         LLMRequest(
             prompt=p,
-            max_tokens=options.max_tokens,
+            max_tokens=options.batched_max_tokens if batched else options.max_tokens,
             temperature=options.temperature,
             top_p=options.top_p,
             presence_penalty=options.presence_penalty,
             frequency_penalty=options.frequency_penalty,
-            stop=INSTRUCTION_STOP,
+            stop=batched_stop(options.batched_examples, options.tasks_per_request)
+            if batched
+            else INSTRUCTION_STOP,
         )
         for p in prompts
     ]
@@ -177,7 +187,8 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
         raise LLMTransientError(records[0].error or "no LLM response in this round")
 
     completions = [Completion(r.response.text, r.response.finish_reason) for r in answered]  # type: ignore[union-attr]
-    outcome = accept_round(completions, state.index, options, remaining=remaining)
+    accept = accept_batched_round if batched else accept_round
+    outcome = accept(completions, state.index, options, remaining=remaining)
     try:
         return _commit_round(job_id, round_no, outcome.decisions, records, options)
     except BaseException:
@@ -207,11 +218,25 @@ def _commit_round(
                 reason=None if d.reason is None else str(d.reason),
                 max_rouge=d.max_rouge,
                 nearest=d.nearest,
-                instances_state=InstancesState.PENDING if d.accepted else None,
+                instances_state=_instances_state(d),
             )
             for slot, d in enumerate(decisions)
         ]
         session.add_all(rows)
+        session.flush()
+        session.add_all(
+            Instance(
+                job_id=job_id,
+                instruction_id=row.id,
+                position=0,
+                input=d.instance.instance.input,
+                output=d.instance.instance.output,
+                accepted=d.instance.accepted,
+                reason=None if d.instance.reason is None else str(d.instance.reason),
+            )
+            for row, d in zip(rows, decisions, strict=True)
+            if d.instance is not None
+        )
         session.add_all(r.row(job_id) for r in records)
         new_accepted = [row for row in rows if row.accepted]
         job.heartbeat_at = datetime.now(UTC)
@@ -239,8 +264,16 @@ def _commit_round(
             cached.rounds_completed = round_no
             cached.machine_texts.extend(r.text for r in new_accepted)
         result = _after_round(job, round_no)
-        result.instance_batches = _batches([r.id for r in new_accepted])
+        pending = [r.id for r in new_accepted if r.instances_state == InstancesState.PENDING]
+        result.instance_batches = _batches(pending)
         return result
+
+
+def _instances_state(decision: CandidateDecision) -> InstancesState | None:
+    """Accepted instructions wait for steps 2 and 3, unless they came with their instance."""
+    if not decision.accepted:
+        return None
+    return InstancesState.DONE if decision.instance is not None else InstancesState.PENDING
 
 
 def _batches(ids: list[uuid.UUID]) -> list[list[uuid.UUID]]:
@@ -338,7 +371,7 @@ def _classify_and_generate(
     Calls sharing a few-shot prefix go out together, so servers that reuse an evaluated prompt
     prefix (llama.cpp, vLLM's prefix caching) evaluate the long shared part once, not per call.
     """
-    workers = min(len(pending), options.requests_per_round)
+    workers = min(len(pending), get_settings().llm_concurrency)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(lambda row: _classify(llm, row[0], row[1], options), pending))
         texts = dict(pending)

@@ -319,3 +319,24 @@ def test_natural_instructions_task_file_drives_a_job(
         data={"format": "natural_instructions"},
     )
     assert bad.status_code == 422 and "Definition" in bad.json()["detail"]
+
+
+def test_batched_mode_stores_tasks_with_their_instance_and_reports_token_cost(
+    api: httpx.Client, default_seeds: Path
+) -> None:
+    seed_set = upload(api, default_seeds)
+    options = {"seed": 8, "mode": "batched", "requests_per_round": 2}
+    job = _start(api, {"seed_set_id": seed_set["id"], "num_instructions": 25, "options": options})
+    job = wait_for_status(api, job["id"], timeout_s=120)
+    assert job["status"] == "succeeded", job
+    progress = job["progress"]
+    assert progress["instructions_accepted"] == 25
+    assert progress["instructions_with_instances"] == 25
+    # Each accepted task came with exactly one accepted instance, and no step 2 or 3 request.
+    examples = _lines(api, job["id"])
+    assert len(examples) == 25 == len({e["instruction_id"] for e in examples})
+    assert progress["llm_requests"] == 2 * progress["rounds_completed"]
+    rejected = progress["instructions_rejected"]
+    assert rejected.get("invalid_instance", 0) + rejected.get("near_duplicate", 0) > 0
+    spent = progress["prompt_tokens"] + progress["completion_tokens"]
+    assert progress["tokens_per_accepted_instruction"] == round(spent / 25, 1)

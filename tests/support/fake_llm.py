@@ -25,6 +25,7 @@ import uvicorn
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from app.selfinstruct.batched import BATCHED_RULES
 from app.selfinstruct.prompts import (
     CLASSIFICATION_INSTRUCTION_HEADER,
     CLASSIFY_HEADER,
@@ -41,6 +42,7 @@ KINDS = (
     "instances_input_first",
     "instances_output_first",
     "inversion",
+    "batched",
     "unknown",
 )
 
@@ -399,6 +401,35 @@ def truncate(text: str, rng: random.Random) -> str:
     return " ".join(pieces[: rng.randint(1, max(1, len(pieces) - 1))])
 
 
+def batched_answer(prompt: str, rng: random.Random) -> str:
+    """Alpaca-style tasks after the prompt's "N. Instruction:", with the usual faults: near
+    copies of a shown task, blacklisted words, empty outputs, and a few unreadable blocks."""
+    shown = [
+        line.split("Instruction:", 1)[1].strip()
+        for line in prompt.splitlines()
+        if ". Instruction:" in line and line.split("Instruction:", 1)[1].strip()
+    ]
+    number = len(shown) + 1
+    blocks = []
+    for _ in range(rng.randint(8, 20)):
+        items = instruction_items(prompt, rng)
+        instruction = shown and rng.random() < 0.05 and _near_duplicate(rng.choice(shown), rng)
+        instruction = instruction or items[0]
+        needs_input = any(h in instruction.lower() for h in NEEDS_INPUT_HINTS)
+        given = rng.choice(SENTENCES) if needs_input else "<noinput>"
+        output = "" if rng.random() < 0.04 else _related_output(instruction, rng)
+        if rng.random() < 0.03:
+            blocks.append(f"{number}. {instruction}")  # lost its labels
+        else:
+            blocks.append(
+                f"{number}. Instruction: {instruction}\n{number}. Input:\n{given}\n"
+                f"{number}. Output:\n{output}"
+            )
+        number += 1
+    text = "\n###\n".join(blocks)
+    return " " + text.split("Instruction:", 1)[1].lstrip() if "Instruction:" in text[:12] else text
+
+
 def inversion_answer(task: str, rng: random.Random) -> str:
     """The reverse task on one line, as a base model writes it; now and then a useless stub."""
     if rng.random() < 0.15:
@@ -411,6 +442,8 @@ def inversion_answer(task: str, rng: random.Random) -> str:
 def prompt_kind(prompt: str) -> str:
     if prompt.startswith(INVERSION_HEADER):
         return "inversion"
+    if BATCHED_RULES in prompt[:1000]:
+        return "batched"
     if prompt.startswith(CLASSIFY_HEADER) or prompt.rstrip().endswith(CLASSIFY_QUESTION):
         return "classify"
     if prompt.startswith(OUTPUT_FIRST_HEADER):
@@ -434,6 +467,8 @@ def answer_for(prompt: str, kind: str, rng: random.Random) -> str:
         return output_first_answer(_task_of(prompt), rng)
     if kind == "inversion":
         return inversion_answer(_task_of(prompt), rng)
+    if kind == "batched":
+        return batched_answer(prompt, rng)
     return " I am not sure what you mean."
 
 

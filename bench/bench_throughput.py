@@ -1,0 +1,341 @@
+"""Throughput benchmarks against an OpenAI-compatible server that answers after a fixed latency.
+
+    python bench/bench_throughput.py [--latency 0.2] [--sections concurrency,modes,workers]
+
+- concurrency: steps 2 and 3 of the pipeline (`_classify_and_generate`: our client, parsers and
+  filters) with C requests in flight, for C = 8, 32, 128; achieved requests/s against the ideal
+  C/L, and the CPU time of this process per accepted example.
+- modes: whole jobs driven in this process (real pipeline code, SQLite), paper mode against
+  batched mode: requests, prompt and completion tokens per accepted instruction, CPU per example.
+- workers: the real stack (PostgreSQL, Redis, API, Celery) with 1, 2 and 4 worker processes;
+  accepted examples per second of wall time. Needs TEST_DATABASE_URL and TEST_REDIS_URL
+  (`eval "$(bash scripts/test-services.sh)"`).
+
+The server answers with the test suite's simulated base model (varied, sometimes faulty text) and
+counts tokens as words; it sleeps exactly L per request, asynchronously, in its own process.
+"""
+
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+# --- the fixed-latency server (runs in its own process) -------------------------------------------
+
+
+def serve(port: int, latency_s: float) -> None:
+    import uvicorn
+    from fastapi import FastAPI, Request
+
+    from tests.support.fake_llm import answer_for, apply_limits, prompt_kind
+
+    app = FastAPI()
+    counter = {"n": 0}
+
+    def choice(body: dict[str, Any], prompt: str, chat: bool) -> dict[str, Any]:
+        counter["n"] += 1
+        rng = random.Random(f"{prompt}:{counter['n']}")
+        text = answer_for(prompt, prompt_kind(prompt), rng)
+        stop = body.get("stop") or []
+        text, finish = apply_limits(
+            text, [stop] if isinstance(stop, str) else stop, int(body.get("max_tokens") or 16)
+        )
+        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        if chat:
+            item = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+            }
+        else:
+            item = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        kind = "chat.completion" if chat else "text_completion"
+        return {
+            "id": "x",
+            "object": kind,
+            "created": 0,
+            "model": "bench",
+            "choices": [item],
+            "usage": usage,
+        }
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        await asyncio.sleep(latency_s)
+        return choice(body, body["prompt"], False)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        await asyncio.sleep(latency_s)
+        return choice(body, body["messages"][-1]["content"], True)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": "bench", "object": "model"}]}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=4096)
+
+
+class LatencyServer:
+    def __init__(self, latency_s: float) -> None:
+        from app.apiserver import free_port
+
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(self.port), "--latency", str(latency_s)],
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{self.base_url}/models", timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("latency server did not start")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+# --- concurrency --------------------------------------------------------------------------------
+
+
+def bench_concurrency(server: LatencyServer, latency_s: float, repeats: int) -> None:
+    from app.config import get_settings
+    from app.llm.openai_compat import OpenAICompatClient
+    from app.selfinstruct.options import GenerationOptions
+    from app.services import pipeline
+
+    print(f"\n### Requests in flight (L = {latency_s * 1000:.0f} ms)\n")
+    print(
+        "| C | requests | ideal C/L req/s | achieved req/s (median) | fraction of C/L | CPU ms per accepted example |"
+    )
+    print("|---|---|---|---|---|---|")
+    options = GenerationOptions()
+    rng = random.Random(1)
+    from tests.support.fake_llm import new_instruction
+
+    for concurrency in (8, 32, 128):
+        os.environ["SELFINSTRUCT_LLM_CONCURRENCY"] = str(concurrency)
+        get_settings.cache_clear()
+        client = OpenAICompatClient(
+            base_url=server.base_url,
+            api_key="x",
+            model="bench",
+            endpoint="completions",
+            max_retries=0,
+            timeout_s=60,
+        )
+        n = concurrency * 8
+        pending = [(uuid.uuid4(), new_instruction(rng, classification=False)) for _ in range(n)]
+        rates, cpus = [], []
+        for _ in range(repeats):
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            results = pipeline._classify_and_generate(client, pending, options)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            requests = sum(len(r.records) for r in results)
+            accepted = sum(1 for r in results for d in r.decisions if d.accepted)
+            rates.append(requests / wall)
+            cpus.append(cpu / max(1, accepted) * 1000)
+        ideal = concurrency / latency_s
+        rate = statistics.median(rates)
+        print(
+            f"| {concurrency} | {requests} | {ideal:.0f} | {rate:.0f} | {rate / ideal:.2f} | {statistics.median(cpus):.2f} |"
+        )
+
+
+# --- modes: whole jobs in this process -------------------------------------------------------------
+
+
+def _run_job(mode: str, target: int) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.data import load_default_seed_tasks
+    from app.db import session_scope
+    from app.selfinstruct.options import GenerationOptions
+    from app.services import jobs, pipeline
+    from app.services.llm import llm_for
+    from app.services.seed_sets import create_seed_set
+
+    with session_scope() as session:
+        seed_set = create_seed_set(session, name="bench", tasks=load_default_seed_tasks())
+        job = jobs.create_job(
+            session,
+            seed_set_id=seed_set.id,
+            num_instructions=target,
+            options=GenerationOptions(seed=5, mode=mode),  # type: ignore[arg-type]
+        )
+        job_id = job.id
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    round_no: int | None = 1
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = []
+        while round_no is not None:
+            result = pipeline.run_round(job_id, round_no, llm_for)
+            futures += [
+                pool.submit(pipeline.generate_instances, job_id, b, llm_for)
+                for b in result.instance_batches
+            ]
+            round_no = result.next_round
+        for future in futures:
+            future.result()
+    pipeline.finalize_if_complete(job_id)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    with session_scope() as session:
+        read = jobs.job_read(session, jobs.get_job(session, job_id))
+    progress = read.progress
+    return {
+        "status": read.status,
+        "wall": wall,
+        "cpu": cpu,
+        "accepted": progress.instructions_accepted,
+        "examples": progress.instances_accepted,
+        "requests": progress.llm_requests,
+        "prompt": progress.prompt_tokens,
+        "completion": progress.completion_tokens,
+    }
+
+
+def bench_modes(server: LatencyServer, target: int) -> None:
+    from app.config import get_settings
+    from app.db import reset_engine
+    from app.migrate import upgrade_database
+    from app.services.llm import reset_llm_clients
+
+    tmp = Path(tempfile.mkdtemp())
+    url = f"sqlite:///{tmp / 'bench.db'}"
+    os.environ.update(
+        {"DATABASE_URL": url, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "x"}
+    )
+    os.environ.pop("SELFINSTRUCT_LLM_CONCURRENCY", None)
+    get_settings.cache_clear()
+    reset_engine()
+    reset_llm_clients()
+    upgrade_database(url)
+    print(
+        f"\n### Paper mode against batched mode ({target} accepted instructions, SQLite, in process)\n"
+    )
+    print(
+        "| mode | requests | prompt tokens / accepted instruction | completion tokens / accepted instruction | examples | wall s | CPU ms per example |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for mode in ("paper", "batched"):
+        r = _run_job(mode, target)
+        assert r["status"] == "succeeded", r
+        print(
+            f"| {mode} | {r['requests']} | {r['prompt'] / r['accepted']:.0f} | {r['completion'] / r['accepted']:.0f} "
+            f"| {r['examples']} | {r['wall']:.1f} | {r['cpu'] / r['examples'] * 1000:.1f} |"
+        )
+
+
+# --- workers: the real stack ----------------------------------------------------------------------
+
+
+def bench_workers(server: LatencyServer, target: int) -> None:
+    from tests.support import services
+    from tests.support.stack import ServiceStack, wait_for_status
+
+    admin, redis_url = services.postgres_admin_url(), services.redis_url()
+    if admin is None or redis_url is None:
+        print("\n(workers: skipped, TEST_DATABASE_URL and TEST_REDIS_URL are not set)")
+        return
+    import redis
+
+    print(f"\n### Worker processes (real PostgreSQL and Redis; {target} instructions per job)\n")
+    print("| worker processes | wall s | examples | examples/s | speed-up |")
+    print("|---|---|---|---|---|")
+    base = None
+    seeds = ROOT / "app" / "data" / "seed_tasks.jsonl"
+    for count in (1, 2, 4):
+        name = services.unique_db_name()
+        url = services.create_database(admin, name)
+        redis.Redis.from_url(redis_url).flushdb()
+        from app.migrate import upgrade_database
+
+        upgrade_database(url)
+        env = {
+            "DATABASE_URL": url,
+            "CELERY_BROKER_URL": redis_url,
+            "OPENAI_BASE_URL": server.base_url,
+            "OPENAI_API_KEY": "x",
+            "SELFINSTRUCT_AUTH": "off",
+        }
+        with ServiceStack(env, Path(tempfile.mkdtemp()) / "logs") as stack:
+            stack.start_api()
+            for _ in range(count):
+                stack.start_worker(concurrency=1)
+            time.sleep(3)  # workers connect to the broker
+            with stack.client(None) as api:
+                with seeds.open("rb") as fh:
+                    seed_set = api.post("/v1/seed-sets", files={"file": ("s.jsonl", fh)}).json()
+                t0 = time.perf_counter()
+                job = api.post(
+                    "/v1/jobs",
+                    json={
+                        "seed_set_id": seed_set["id"],
+                        "num_instructions": target,
+                        "options": {"seed": 2},
+                    },
+                ).json()
+                job = wait_for_status(api, job["id"], timeout_s=1800)
+                wall = time.perf_counter() - t0
+        services.drop_database(admin, name)
+        examples = job["progress"]["instances_accepted"]
+        rate = examples / wall
+        base = base or rate
+        print(f"| {count} | {wall:.1f} | {examples} | {rate:.1f} | {rate / base:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--sections", default="concurrency,modes,workers")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--target", type=int, default=200, help="Instructions per job (modes).")
+    parser.add_argument("--workers-target", type=int, default=150)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.latency)
+        return
+    print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs")
+    server = LatencyServer(args.latency)
+    try:
+        sections = args.sections.split(",")
+        if "concurrency" in sections:
+            bench_concurrency(server, args.latency, args.repeats)
+        if "modes" in sections:
+            bench_modes(server, args.target)
+        if "workers" in sections:
+            bench_workers(server, args.workers_target)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
