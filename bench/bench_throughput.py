@@ -15,7 +15,6 @@ The server answers with the test suite's simulated base model (varied, sometimes
 counts tokens as words; it sleeps exactly L per request, asynchronously, in its own process.
 """
 
-
 import argparse
 import asyncio
 import os
