@@ -168,6 +168,37 @@ def bench_concurrency(server: LatencyServer, latency_s: float, repeats: int) -> 
         )
 
 
+def bench_client(server: LatencyServer, repeats: int) -> None:
+    """CPU per request of our client against a bare httpx POST of the same body (baseline)."""
+    from app.llm.base import LLMRequest
+    from app.llm.openai_compat import OpenAICompatClient
+
+    client = OpenAICompatClient(
+        base_url=server.base_url, api_key="x", model="bench", endpoint="completions", max_retries=0
+    )
+    request = LLMRequest(prompt="Task: Say hi.\nIs it classification?", max_tokens=3, stop=("\n",))
+    body = {"model": "bench", "prompt": request.prompt, "max_tokens": 3, "stop": ["\n"]}
+    bare = httpx.Client(base_url=server.base_url)
+
+    def ours() -> None:
+        client.complete(request)
+
+    def baseline() -> None:
+        bare.post("/completions", json=body).json()
+
+    print("\n### CPU per request, sequential (server in another process)\n")
+    print("| client | CPU ms per request (median) |")
+    print("|---|---|")
+    for name, call in (("httpx POST + json (baseline)", baseline), ("our OpenAI client", ours)):
+        samples = []
+        for _ in range(repeats):
+            cpu0 = time.process_time()
+            for _ in range(300):
+                call()
+            samples.append((time.process_time() - cpu0) / 300 * 1000)
+        print(f"| {name} | {statistics.median(samples):.2f} |")
+
+
 # --- modes: whole jobs in this process -------------------------------------------------------------
 
 
@@ -326,6 +357,8 @@ def main() -> None:
     server = LatencyServer(args.latency)
     try:
         sections = args.sections.split(",")
+        if "client" in sections:
+            bench_client(server, args.repeats)
         if "concurrency" in sections:
             bench_concurrency(server, args.latency, args.repeats)
         if "modes" in sections:
