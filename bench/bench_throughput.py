@@ -283,6 +283,98 @@ def bench_modes(server: LatencyServer, target: int) -> None:
         )
 
 
+def bench_export(examples: int) -> None:
+    """Peak memory while streaming a job's examples out, against the size of the data."""
+
+    from sqlalchemy import insert
+
+    from app.config import get_settings
+    from app.db import reset_engine, session_scope
+    from app.migrate import upgrade_database
+    from app.models import Instance, InstancesState, Instruction, Job, SeedSet
+
+    tmp = Path(tempfile.mkdtemp())
+    url = f"sqlite:///{tmp / 'export.db'}"
+    os.environ["DATABASE_URL"] = url
+    get_settings.cache_clear()
+    reset_engine()
+    upgrade_database(url)
+    job_id = uuid.uuid4()
+    rng = random.Random(0)
+    words = "the a model task answer input output list write explain short long".split()
+    with session_scope() as session:
+        seed_set = SeedSet(name="x", content_hash="0", task_count=0)
+        session.add(seed_set)
+        session.flush()
+        session.add(
+            Job(
+                id=job_id,
+                seed_set_id=seed_set.id,
+                num_instructions=examples,
+                options={},
+                rng_seed=0,
+            )
+        )
+        session.flush()
+        for start in range(0, examples, 5000):
+            ids = [uuid.uuid4() for _ in range(5000)]
+            session.execute(
+                insert(Instruction),
+                [
+                    {
+                        "id": i,
+                        "job_id": job_id,
+                        "round": start + n,
+                        "slot": 0,
+                        "accepted": True,
+                        "text": " ".join(rng.choices(words, k=12)),
+                        "instances_state": InstancesState.DONE,
+                    }
+                    for n, i in enumerate(ids)
+                ],
+            )
+            session.execute(
+                insert(Instance),
+                [
+                    {
+                        "job_id": job_id,
+                        "instruction_id": i,
+                        "position": 0,
+                        "accepted": True,
+                        "input": " ".join(rng.choices(words, k=30)),
+                        "output": " ".join(rng.choices(words, k=60)),
+                    }
+                    for i in ids
+                ],
+            )
+    print(f"\n### Streaming export of {examples:,} examples (SQLite)\n")
+    print("| format | container | bytes out | RSS after imports MB | peak RSS MB |")
+    print("|---|---|---|---|---|")
+    for fmt, container in (("raw", "jsonl"), ("openai_chat", "jsonl"), ("alpaca", "parquet")):
+        out = subprocess.run(
+            [sys.executable, __file__, "--export-one", url, str(job_id), fmt, container],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        size, base, peak = (int(x) for x in out[-3:])
+        print(f"| {fmt} | {container} | {size:,} | {base / 1024:.0f} | {peak / 1024:.0f} |")
+
+
+def export_one(url: str, job_id: str, fmt: str, container: str) -> None:
+    """In a fresh process, so its peak RSS is the export's alone."""
+    import resource
+
+    os.environ["DATABASE_URL"] = url
+    from app.selfinstruct.formats import ExportFormat
+    from app.services.export import export_stream
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    size = sum(len(c) for c in export_stream(uuid.UUID(job_id), ExportFormat(fmt), container))  # type: ignore[arg-type]
+    print(size, base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 # --- workers: the real stack ----------------------------------------------------------------------
 
 
@@ -348,8 +440,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--target", type=int, default=200, help="Instructions per job (modes).")
     parser.add_argument("--workers-target", type=int, default=150)
+    parser.add_argument("--export-examples", type=int, default=100_000)
+    parser.add_argument("--export-one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args, rest = parser.parse_known_args()
+    if args.export_one:
+        export_one(*rest)
+        return
     if args.serve:
         serve(args.serve, args.latency)
         return
@@ -363,6 +460,8 @@ def main() -> None:
             bench_concurrency(server, args.latency, args.repeats)
         if "modes" in sections:
             bench_modes(server, args.target)
+        if "export" in sections:
+            bench_export(args.export_examples)
         if "workers" in sections:
             bench_workers(server, args.workers_target)
     finally:
