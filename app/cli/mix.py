@@ -39,10 +39,10 @@ def _llm_writer() -> InverseWriter:
     from app.config import get_settings
     from app.llm.openai_compat import build_llm_client
     from app.selfinstruct.options import GenerationOptions
-    from app.services.mixtures import llm_inverse_writer
+    from app.services.mixtures import LLMInverseWriter
 
     options = GenerationOptions()
-    return llm_inverse_writer(build_llm_client(get_settings(), options), options)
+    return LLMInverseWriter(build_llm_client(get_settings(), options), options)
 
 
 @cli.command("mix")

@@ -63,10 +63,6 @@ class LLMInverseWriter:
         return parse_inversion_completion(response.text)
 
 
-def llm_inverse_writer(client: LLMClient, options: GenerationOptions) -> LLMInverseWriter:
-    return LLMInverseWriter(client, options)
-
-
 def resolve_sources(
     session: Session, recipe: Recipe, caller: Caller = ANYONE
 ) -> dict[str, SourceKind]:
