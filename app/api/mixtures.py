@@ -41,14 +41,12 @@ def create_mixture(
             "the task broker is unavailable; the mixture was not built"
         ) from exc
     response.headers["Location"] = f"/v1/mixtures/{mixture.id}"
-    return mixture_service.mixture_read(session, mixture)
+    return mixture_service.mixture_read(mixture)
 
 
 @router.get("/{mixture_id}", response_model=MixtureRead, responses=ERROR_RESPONSES)
 def read_mixture(mixture_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> MixtureRead:
-    return mixture_service.mixture_read(
-        session, mixture_service.get_mixture(session, mixture_id, caller)
-    )
+    return mixture_service.mixture_read(mixture_service.get_mixture(session, mixture_id, caller))
 
 
 @router.get(
@@ -74,7 +72,7 @@ def download_stage(
     mixture = mixture_service.get_mixture(session, mixture_id, caller)
     if mixture.status != MixtureStatus.SUCCEEDED:
         raise Conflict(f"mixture {mixture_id} is {mixture.status}, not built")
-    stages = mixture_service.mixture_read(session, mixture).stages
+    stages = mixture_service.stage_count(mixture)
     if stage > stages:
         raise NotFound(f"mixture {mixture_id} has {stages} stage(s)")
     media, extension = MEDIA_TYPES[container]

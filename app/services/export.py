@@ -164,12 +164,10 @@ def export_stream(
     system_prompt: str | None = None,
 ) -> Iterator[bytes]:
     records = iter_records(job_id, fmt, system_prompt=system_prompt)
-    if container == "jsonl":
-        yield from (_line(r) for r in records)
-    elif container == "json":
-        yield from _json_array(records)
+    if container == "parquet":
+        yield from _parquet(records, _PARQUET_SCHEMAS[fmt])  # known schema: one pass
     else:
-        yield from _parquet(records, _PARQUET_SCHEMAS[fmt])
+        yield from records_stream(lambda: records, container)
 
 
 def _json_array(records: Iterator[dict[str, Any]]) -> Iterator[bytes]:
@@ -184,13 +182,8 @@ def _parquet(records: Iterator[dict[str, Any]], schema: pa.Schema) -> Iterator[b
     then the file is streamed out in chunks."""
     with tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024) as sink:
         with pq.ParquetWriter(sink, schema) as writer:
-            batch: list[dict[str, Any]] = []
-            for record in records:
-                batch.append(record)
-                if len(batch) >= _BATCH * 4:
-                    writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                    batch = []
-            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+            for batch in _batches(records):
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
         sink.seek(0)
         while chunk := sink.read(1024 * 1024):
             yield chunk

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.db import session_scope
@@ -196,16 +196,18 @@ def fail(mixture_id: uuid.UUID, message: str) -> None:
             _finish(mixture, error=message)
 
 
-def mixture_read(session: Session, mixture: Mixture) -> MixtureRead:
-    stages = session.scalar(
-        select(func.max(MixtureRecord.stage)).where(MixtureRecord.mixture_id == mixture.id)
-    )
+def stage_count(mixture: Mixture) -> int:
+    """Stages are listed in the manifest, which is written with the records."""
+    return len(mixture.manifest["stages"]) if mixture.manifest else 0
+
+
+def mixture_read(mixture: Mixture) -> MixtureRead:
     return MixtureRead(
         id=mixture.id,
         status=mixture.status,  # type: ignore[arg-type]
         recipe=Recipe.model_validate(mixture.recipe),
         manifest=mixture.manifest,
-        stages=stages or 0,
+        stages=stage_count(mixture),
         error=mixture.error,
         created_at=mixture.created_at,
         finished_at=mixture.finished_at,
