@@ -39,15 +39,18 @@ sys.path.insert(0, str(ROOT))
 
 
 def serve(port: int, latency_s: float) -> None:
+    """A bare ASGI app rather than FastAPI: at 600 requests/s the server shares the 2 cores with
+    the client under test, so its own CPU per request must stay small."""
+    import json
+
     import uvicorn
-    from fastapi import FastAPI, Request
 
     from tests.support.fake_llm import answer_for, apply_limits, prompt_kind
 
-    app = FastAPI()
     counter = {"n": 0}
 
-    def choice(body: dict[str, Any], prompt: str, chat: bool) -> dict[str, Any]:
+    def reply(body: dict[str, Any], chat: bool) -> dict[str, Any]:
+        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
         counter["n"] += 1
         rng = random.Random(f"{prompt}:{counter['n']}")
         text = answer_for(prompt, prompt_kind(prompt), rng)
@@ -58,13 +61,10 @@ def serve(port: int, latency_s: float) -> None:
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if chat:
-            item = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish,
-            }
+            item: dict[str, Any] = {"message": {"role": "assistant", "content": text}}
         else:
-            item = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            item = {"text": text, "logprobs": None}
+        item.update(index=0, finish_reason=finish)
         kind = "chat.completion" if chat else "text_completion"
         return {
             "id": "x",
@@ -75,23 +75,35 @@ def serve(port: int, latency_s: float) -> None:
             "usage": usage,
         }
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> dict[str, Any]:
-        body = await request.json()
-        await asyncio.sleep(latency_s)
-        return choice(body, body["prompt"], False)
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        if path == "/v1/models":
+            answer: dict[str, Any] = {
+                "object": "list",
+                "data": [{"id": "bench", "object": "model"}],
+            }
+        else:
+            await asyncio.sleep(latency_s)
+            answer = reply(json.loads(b"".join(chunks)), chat=path.endswith("/chat/completions"))
+        data = json.dumps(answer).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(data)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> dict[str, Any]:
-        body = await request.json()
-        await asyncio.sleep(latency_s)
-        return choice(body, body["messages"][-1]["content"], True)
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": "bench", "object": "model"}]}
-
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=4096)
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", backlog=4096, access_log=False
+    )
 
 
 class LatencyServer:
@@ -116,6 +128,11 @@ class LatencyServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    def cpu_s(self) -> float:
+        """CPU time the server process has used so far (user + system)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
@@ -132,9 +149,10 @@ def bench_concurrency(server: LatencyServer, latency_s: float, repeats: int) -> 
 
     print(f"\n### Requests in flight (L = {latency_s * 1000:.0f} ms)\n")
     print(
-        "| C | requests | ideal C/L req/s | achieved req/s (median) | fraction of C/L | CPU ms per accepted example |"
+        "| C | requests | ideal C/L req/s | achieved req/s (median) | fraction of C/L "
+        "| CPU ms per accepted example | server CPU ms per request |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     options = GenerationOptions()
     rng = random.Random(1)
     from tests.support.fake_llm import new_instruction
@@ -152,24 +170,29 @@ def bench_concurrency(server: LatencyServer, latency_s: float, repeats: int) -> 
         )
         n = concurrency * 8
         pending = [(uuid.uuid4(), new_instruction(rng, classification=False)) for _ in range(n)]
-        rates, cpus = [], []
+        rates, cpus, server_cpus = [], [], []
         for _ in range(repeats):
-            cpu0, t0 = time.process_time(), time.perf_counter()
+            cpu0, t0, server0 = time.process_time(), time.perf_counter(), server.cpu_s()
             results = pipeline._classify_and_generate(client, pending, options)
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             requests = sum(len(r.records) for r in results)
             accepted = sum(1 for r in results for d in r.decisions if d.accepted)
             rates.append(requests / wall)
             cpus.append(cpu / max(1, accepted) * 1000)
+            server_cpus.append((server.cpu_s() - server0) / requests * 1000)
         ideal = concurrency / latency_s
         rate = statistics.median(rates)
         print(
-            f"| {concurrency} | {requests} | {ideal:.0f} | {rate:.0f} | {rate / ideal:.2f} | {statistics.median(cpus):.2f} |"
+            f"| {concurrency} | {requests} | {ideal:.0f} | {rate:.0f} | {rate / ideal:.2f} | {statistics.median(cpus):.2f} "
+            f"| {statistics.median(server_cpus):.2f} |"
         )
 
 
 def bench_client(server: LatencyServer, repeats: int) -> None:
-    """CPU per request of our client against a bare httpx POST of the same body (baseline)."""
+    """CPU per request: bare httpx and the openai SDK (the client we used before) as baselines,
+    then ours, one request at a time and 64 at once."""
+    import openai
+
     from app.llm.base import LLMRequest
     from app.llm.openai_compat import OpenAICompatClient
 
@@ -179,23 +202,24 @@ def bench_client(server: LatencyServer, repeats: int) -> None:
     request = LLMRequest(prompt="Task: Say hi.\nIs it classification?", max_tokens=3, stop=("\n",))
     body = {"model": "bench", "prompt": request.prompt, "max_tokens": 3, "stop": ["\n"]}
     bare = httpx.Client(base_url=server.base_url)
-
-    def ours() -> None:
-        client.complete(request)
-
-    def baseline() -> None:
-        bare.post("/completions", json=body).json()
-
-    print("\n### CPU per request, sequential (server in another process)\n")
+    sdk = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+    calls = {
+        "httpx POST + json (baseline)": lambda: bare.post("/completions", json=body).json(),
+        "openai SDK, sync (baseline)": lambda: sdk.completions.create(**body),
+        "ours, one at a time": lambda: client.complete(request),
+        "ours, 64 at once (per request)": lambda: client.complete_many([request] * 64, 64),
+    }
+    print("\n### CPU per request (server in another process)\n")
     print("| client | CPU ms per request (median) |")
     print("|---|---|")
-    for name, call in (("httpx POST + json (baseline)", baseline), ("our OpenAI client", ours)):
+    for name, call in calls.items():
+        per_call = 64 if "64 at once" in name else 1
         samples = []
         for _ in range(repeats):
             cpu0 = time.process_time()
-            for _ in range(300):
+            for _ in range(300 // per_call):
                 call()
-            samples.append((time.process_time() - cpu0) / 300 * 1000)
+            samples.append((time.process_time() - cpu0) / (300 // per_call * per_call) * 1000)
         print(f"| {name} | {statistics.median(samples):.2f} |")
 
 
@@ -455,7 +479,11 @@ def main() -> None:
     try:
         sections = args.sections.split(",")
         if "client" in sections:
-            bench_client(server, args.repeats)
+            instant = LatencyServer(0.0)  # CPU per request does not depend on the latency
+            try:
+                bench_client(instant, args.repeats)
+            finally:
+                instant.stop()
         if "concurrency" in sections:
             bench_concurrency(server, args.latency, args.repeats)
         if "modes" in sections:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +30,8 @@ class LLMResponse:
 class LLMError(Exception):
     """A request failed after the client's own retries."""
 
+    latency_s: float = 0.0  # time spent on the request, retries included
+
 
 class LLMTransientError(LLMError):
     """Worth retrying later: rate limits, 5xx, timeouts, refused connections, empty answers."""
@@ -40,3 +43,14 @@ class LLMPermanentError(LLMError):
 
 class LLMClient(Protocol):
     def complete(self, request: LLMRequest) -> LLMResponse: ...
+
+    async def acomplete(self, request: LLMRequest) -> LLMResponse:
+        """The same on the process's LLM loop (`app.llm.aio`); raises like `complete`."""
+        ...
+
+    def complete_many(
+        self, requests: Sequence[LLMRequest], concurrency: int
+    ) -> list[LLMResponse | LLMError]:
+        """Answers in request order, at most `concurrency` in flight; a failed request's slot
+        holds its error instead of raising, so one failure does not lose the others."""
+        ...

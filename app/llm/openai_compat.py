@@ -1,21 +1,44 @@
-"""Any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp server) through the `openai` SDK.
+"""Any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp server) over its HTTP API.
 
-The SDK does the bounded retries with backoff (honouring Retry-After on 429); what is left after
-them is sorted into transient (retry the task later) and permanent (fail the job) errors.
+Completions go out on aiohttp from one event loop per process (see `aio.py`), not through the
+`openai` SDK: measured in `bench/bench_throughput.py`, the SDK spends several times the CPU of
+the HTTP exchange itself on each request (parameter transforms, request and response models),
+and with 128 requests in flight against a 200 ms server that alone saturates a core. The two
+endpoints' wire format is small and stable, so we speak it directly; the SDK is used for the
+Batch API (`batch_api.py`), where requests are few and large.
+
+Retries (tenacity): timeouts, refused connections, 408/409/425/429 and 5xx, with exponential
+backoff and jitter, honouring Retry-After. What is left after them is sorted into transient
+(retry the task later) and permanent (fail the job) errors.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
+import json
+import random
 import re
-import threading
 import time
+import weakref
+from collections.abc import Sequence
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
-import openai
+import aiohttp
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+)
 
 from app.config import Settings
+from app.llm.aio import background_loop, run_sync
 from app.llm.base import (
     LLMClient,
+    LLMError,
     LLMPermanentError,
     LLMRequest,
     LLMResponse,
@@ -27,10 +50,59 @@ Endpoint = Literal["completions", "chat"]
 
 # Servers may echo (part of) the key in an error body, e.g. OpenAI's "Incorrect API key: sk-ab***".
 _KEY_LIKE = re.compile(r"\b(?:sk|pk|key)-[\w*.-]+")
+_RETRY_STATUSES = frozenset({408, 409, 425, 429})
+_MAX_RETRY_AFTER_S = 60.0
+_MAX_BACKOFF_S = 8.0
+
+
+class HTTPStatusError(Exception):
+    """A non-2xx answer, with what the retry policy and the error message need."""
+
+    def __init__(self, status: int, detail: str, retry_after: float | None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+        self.detail = detail
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in _RETRY_STATUSES or self.status >= 500
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, HTTPStatusError):
+        return exc.retryable
+    return isinstance(exc, TimeoutError | aiohttp.ClientError)
+
+
+def _wait(state: RetryCallState) -> float:
+    """Retry-After when the server gives one, else exponential backoff with jitter; the first
+    attempt was made before tenacity took over, hence the +1."""
+    exc = state.outcome.exception() if state.outcome else None
+    return _wait_after(exc, state.attempt_number + 1)
+
+
+def _wait_after(exc: BaseException | None, attempt: int) -> float:
+    if isinstance(exc, HTTPStatusError) and exc.retry_after is not None:
+        return exc.retry_after
+    return random.uniform(0, min(_MAX_BACKOFF_S, 0.5 * 2**attempt))  # full jitter
+
+
+class _Connection:
+    """A client's HTTP session and the loop it belongs to."""
+
+    def __init__(self) -> None:
+        self.session: aiohttp.ClientSession | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def close_soon(self) -> None:
+        session, loop, self.session = self.session, self.loop, None
+        if session is not None and loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(session.close(), loop)
 
 
 class OpenAICompatClient:
-    """Thread-safe: one instance is shared by a pool of request threads."""
+    """Safe to share between threads: every request runs on the process's LLM loop."""
 
     def __init__(
         self,
@@ -44,113 +116,243 @@ class OpenAICompatClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
         self._model = model
-        self._model_lock = threading.Lock()
+        self._model_task: asyncio.Future[str] | None = None
         self._api_key = api_key
-        self._client = openai.OpenAI(
-            base_url=self.base_url,
-            api_key=api_key or "not-needed",
-            timeout=timeout_s,
-            max_retries=max_retries,
-        )
+        self._http_state = _Connection()
+        # A client dropped without close() (e.g. by a test) still closes its connections.
+        weakref.finalize(self, self._http_state.close_soon)
+        _open_clients.add(self)
+
+    # --- public, synchronous ---------------------------------------------------------------------
 
     @property
     def model(self) -> str:
         """The configured model, or the first one the server lists (llama.cpp and vLLM serve one)."""
-        if self._model is None:
-            with self._model_lock:
-                if self._model is None:
-                    self._model = self._first_served_model()
+        return self._model or run_sync(self.resolve_model())
+
+    def complete(self, request: LLMRequest) -> LLMResponse:
+        return run_sync(self.acomplete(request))
+
+    def complete_many(
+        self, requests: Sequence[LLMRequest], concurrency: int
+    ) -> list[LLMResponse | LLMError]:
+        return run_sync(self.acomplete_many(requests, concurrency))
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        state = self._http_state
+        session, loop, state.session = state.session, state.loop, None
+        if session is not None and loop is background_loop():
+            asyncio.run_coroutine_threadsafe(session.close(), loop).result(timeout_s)
+
+    # --- async -----------------------------------------------------------------------------------
+
+    async def acomplete_many(
+        self, requests: Sequence[LLMRequest], concurrency: int
+    ) -> list[LLMResponse | LLMError]:
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(request: LLMRequest) -> LLMResponse | LLMError:
+            async with gate:
+                try:
+                    return await self.acomplete(request)
+                except LLMError as exc:
+                    return exc
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    async def acomplete(self, request: LLMRequest) -> LLMResponse:
+        started = time.perf_counter()
+        try:
+            body = self._body(request, await self.resolve_model())
+            path = "/chat/completions" if self.endpoint == "chat" else "/completions"
+            reply = await self._with_retries("POST", path, body)
+            text, finish_reason = self._first_choice(reply)
+        except LLMError as exc:
+            exc.latency_s = time.perf_counter() - started
+            raise
+        usage = reply.get("usage") or {}
+        return LLMResponse(
+            text=text,
+            finish_reason=finish_reason,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            latency_s=time.perf_counter() - started,
+        )
+
+    async def resolve_model(self) -> str:
+        """Concurrent first requests share one listing; a failed listing is tried again later."""
+        if self._model is not None:
+            return self._model
+        if (
+            self._model_task is None
+            or self._model_task.get_loop() is not asyncio.get_running_loop()
+        ):
+            self._model_task = asyncio.ensure_future(self._first_served_model())
+        task = self._model_task
+        try:
+            self._model = await asyncio.shield(task)
+        except LLMError:
+            if self._model_task is task:
+                self._model_task = None
+            raise
         return self._model
 
-    def _first_served_model(self) -> str:
-        try:
-            models = self._client.models.list()
-        except openai.OpenAIError as exc:
-            raise self._translate(exc) from exc
-        first = next(iter(models), None)
-        if first is None:
+    async def _first_served_model(self) -> str:
+        listing = await self._with_retries("GET", "/models", None)
+        models = listing.get("data") or []
+        if not models or not isinstance(models[0], dict) or not models[0].get("id"):
             raise LLMPermanentError(
                 f"{self.base_url} lists no models; set SELFINSTRUCT_MODEL or the job's model option"
             )
-        return first.id
+        return str(models[0]["id"])
 
-    def complete(self, request: LLMRequest) -> LLMResponse:
-        started = time.perf_counter()
-        sampling: dict[str, Any] = {
-            "model": self.model,
+    def _body(self, request: LLMRequest, model: str) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": model,
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,
             "presence_penalty": request.presence_penalty,
             "frequency_penalty": request.frequency_penalty,
-            "stop": list(request.stop) or None,
             "n": 1,
         }
-        try:
-            if self.endpoint == "chat":
-                reply = self._client.chat.completions.create(
-                    messages=[{"role": "user", "content": request.prompt}], **sampling
-                )
-            else:
-                reply = self._client.completions.create(prompt=request.prompt, **sampling)
-        except openai.OpenAIError as exc:
-            raise self._translate(exc) from exc
-        text, finish_reason = self._first_choice(reply)
-        usage = getattr(reply, "usage", None)
-        return LLMResponse(
-            text=text,
-            finish_reason=finish_reason,
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            latency_s=time.perf_counter() - started,
-        )
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if self.endpoint == "chat":
+            body["messages"] = [{"role": "user", "content": request.prompt}]
+        else:
+            body["prompt"] = request.prompt
+        return body
 
-    def _translate(self, exc: openai.OpenAIError) -> LLMTransientError | LLMPermanentError:
+    async def _with_retries(self, method: str, path: str, body: Any) -> dict[str, Any]:
+        payload = None if body is None else json.dumps(body).encode()
+        try:
+            try:  # the common case, without building a retry controller per request
+                return await self._send(method, path, payload)
+            except Exception as exc:
+                if not _retryable(exc) or self.max_retries < 1:
+                    raise
+                first_wait = _wait_after(exc, 1)
+            await asyncio.sleep(first_wait)
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(self.max_retries),
+                retry=retry_if_exception(_retryable),
+                wait=_wait,
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    return await self._send(method, path, payload)
+        except (TimeoutError, HTTPStatusError, aiohttp.ClientError, ValueError) as exc:
+            raise self._translate(exc) from exc
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _send(self, method: str, path: str, payload: bytes | None) -> dict[str, Any]:
+        session = await self._http()
+        async with session.request(method, self.base_url + path, data=payload) as response:
+            raw = await response.read()
+            if response.status >= 400:
+                raise HTTPStatusError(
+                    response.status,
+                    _short_detail(raw),
+                    _retry_after(response.headers.get("retry-after")),
+                )
+        reply = json.loads(raw)
+        if not isinstance(reply, dict):
+            raise ValueError("the answer is not a JSON object")
+        return reply
+
+    async def _http(self) -> aiohttp.ClientSession:
+        state, loop = self._http_state, asyncio.get_running_loop()
+        if state.session is None or state.loop is not loop or state.session.closed:
+            headers = {
+                "Authorization": f"Bearer {self._api_key or 'not-needed'}",
+                "Content-Type": "application/json",
+            }
+            state.session = aiohttp.ClientSession(
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                # Concurrency is bounded by the callers' semaphores, not by the pool.
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            )
+            state.loop = loop
+        return state.session
+
+    def _translate(self, exc: BaseException) -> LLMTransientError | LLMPermanentError:
         return _translate_error(exc, self.base_url, self._api_key)
 
-    def _first_choice(self, reply: Any) -> tuple[str, str | None]:
-        choices = getattr(reply, "choices", None) or []
-        if not choices:
+    def _first_choice(self, reply: dict[str, Any]) -> tuple[str, str | None]:
+        choices = reply.get("choices") or []
+        if not choices or not isinstance(choices[0], dict):
             raise LLMTransientError(f"{self.base_url} answered with no choices")
         choice = choices[0]
         if self.endpoint == "chat":
-            message = getattr(choice, "message", None)
-            text = getattr(message, "content", None)
+            text = (choice.get("message") or {}).get("content")
         else:
-            text = getattr(choice, "text", None)
+            text = choice.get("text")
         if not isinstance(text, str):
             raise LLMTransientError(f"{self.base_url} answered without text")
-        return text, getattr(choice, "finish_reason", None)
+        return text, choice.get("finish_reason")
+
+
+# Sessions are closed at exit, so aiohttp does not warn about unclosed connectors.
+_open_clients: weakref.WeakSet[OpenAICompatClient] = weakref.WeakSet()
+
+
+def close_all_clients() -> None:
+    for client in list(_open_clients):
+        with contextlib.suppress(Exception):  # closing at exit is best effort
+            client.close(timeout_s=1.0)
+
+
+atexit.register(close_all_clients)
 
 
 def _translate_error(
-    exc: openai.OpenAIError, base_url: str, api_key: str
+    exc: BaseException, base_url: str, api_key: str
 ) -> LLMTransientError | LLMPermanentError:
-    """Map what the SDK raised after its retries to retry-later or give-up; the server's own
-    words are scrubbed of anything that looks like the key."""
-    if isinstance(exc, openai.APITimeoutError):
+    """Map what is left after the retries to retry-later or give-up; the server's own words
+    are scrubbed of anything that looks like the key."""
+    if isinstance(exc, TimeoutError):
         return LLMTransientError(f"{base_url}: request timed out")
-    if isinstance(exc, openai.APIConnectionError):
-        cause = _redact(str(exc.__cause__ or exc), api_key)
-        return LLMTransientError(f"{base_url}: cannot connect ({cause})")
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        detail = _redact(_short_detail(exc), api_key)
-        message = f"{base_url}: HTTP {status}{': ' + detail if detail else ''}"
-        if status in (408, 409, 425, 429) or status >= 500:
-            return LLMTransientError(message)
-        return LLMPermanentError(message)
+    if isinstance(exc, aiohttp.ClientConnectionError):
+        return LLMTransientError(f"{base_url}: cannot connect ({_redact(str(exc), api_key)})")
+    if isinstance(exc, HTTPStatusError):
+        detail = _redact(exc.detail, api_key)
+        message = f"{base_url}: HTTP {exc.status}{': ' + detail if detail else ''}"
+        return LLMTransientError(message) if exc.retryable else LLMPermanentError(message)
+    if isinstance(exc, ValueError):
+        return LLMTransientError(f"{base_url}: the answer is not valid JSON")
     return LLMTransientError(f"{base_url}: {type(exc).__name__}")
 
 
-def _short_detail(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        message = error.get("message") if isinstance(error, dict) else error
-        return str(message)[:300] if message else ""
-    return str(exc.message)[:300]
+def _short_detail(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw[:300].decode("utf-8", "replace").strip()
+    error = body.get("error", body) if isinstance(body, dict) else body
+    message = error.get("message") if isinstance(error, dict) else error
+    return str(message)[:300] if message else ""
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (a number or an HTTP date); none above a minute."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    if seconds > _MAX_RETRY_AFTER_S:
+        return None
+    return max(0.0, seconds)
 
 
 def _redact(message: str, api_key: str) -> str:

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
 
 from app.config import get_settings
 from app.llm.base import LLMClient
 from app.llm.openai_compat import build_llm_client
 from app.selfinstruct.options import GenerationOptions
 
-
-@lru_cache(maxsize=32)
-def _client(backend: str | None, model: str | None, endpoint: str) -> LLMClient:
-    options = GenerationOptions(backend=backend, model=model, endpoint=endpoint)  # type: ignore[arg-type]
-    return build_llm_client(get_settings(), options)
+_clients: dict[tuple[str | None, str | None, str], LLMClient] = {}
+_lock = threading.Lock()
 
 
 def llm_for(options: GenerationOptions) -> LLMClient:
-    return _client(options.backend, options.model, options.endpoint)
+    key = (options.backend, options.model, options.endpoint)
+    with _lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = build_llm_client(get_settings(), options)
+        return client
 
 
 def reset_llm_clients() -> None:
-    _client.cache_clear()
+    """Forget (and close) every client, e.g. after the settings changed."""
+    with _lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()

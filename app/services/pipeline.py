@@ -7,12 +7,11 @@ short transactions around the slow LLM calls, never across them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import session_scope
+from app.llm.aio import run_sync
 from app.llm.base import LLMClient, LLMError, LLMRequest, LLMResponse, LLMTransientError
 from app.models import Instance, InstancesState, Instruction, Job, JobStatus, LLMCall
 from app.selfinstruct.batched import accept_batched_round, batched_stop, plan_batched_round
@@ -79,16 +79,23 @@ class _CallRecord:
         )
 
 
-def _call(llm: LLMClient, request: LLMRequest, purpose: str, round_no: int | None) -> _CallRecord:
-    started = time.perf_counter()
-    try:
-        return _CallRecord(purpose, round_no, llm.complete(request))
-    except LLMError as exc:
-        record = _CallRecord(purpose, round_no, None, error=str(exc)[:2000])
-        record.latency_s = time.perf_counter() - started
-        if not isinstance(exc, LLMTransientError):
-            raise
-        return record
+def _calls(
+    llm: LLMClient,
+    requests: Sequence[LLMRequest],
+    purpose: str,
+    round_no: int | None,
+    concurrency: int,
+) -> list[_CallRecord]:
+    """Send the requests together; transient failures become records, a permanent one raises."""
+    records = []
+    for answer in llm.complete_many(requests, concurrency):
+        if isinstance(answer, LLMResponse):
+            records.append(_CallRecord(purpose, round_no, answer))
+            continue
+        if not isinstance(answer, LLMTransientError):
+            raise answer
+        records.append(_CallRecord(purpose, round_no, None, str(answer)[:2000], answer.latency_s))
+    return records
 
 
 # --- the per-process ROUGE index cache ---------------------------------------------------------
@@ -179,8 +186,7 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
         )
         for p in prompts
     ]
-    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        records = list(pool.map(lambda r: _call(llm, r, "instructions", round_no), requests))
+    records = _calls(llm, requests, "instructions", round_no, len(requests))
     answered = [r for r in records if r.response is not None]
     if not answered:
         _record_calls(job_id, records)
@@ -366,73 +372,85 @@ def generate_instances(
 def _classify_and_generate(
     llm: LLMClient, pending: Sequence[tuple[uuid.UUID, str]], options: GenerationOptions
 ) -> list[_InstanceResult]:
-    """Step 2 for the whole batch, then step 3 grouped by prompt kind.
+    """Steps 2 and 3 for a batch, each instruction's instance request sent as soon as its
+    classification is back, at most `llm_concurrency` requests in flight.
 
-    Calls sharing a few-shot prefix go out together, so servers that reuse an evaluated prompt
-    prefix (llama.cpp, vLLM's prefix caching) evaluate the long shared part once, not per call.
+    Parsing and filtering run on the LLM loop between answers, so the CPU work overlaps the
+    requests in flight instead of leaving the backend idle between phases (measured in
+    bench/bench_throughput.py). Servers that cache prompt prefixes (vLLM, OpenAI, llama.cpp's
+    slot matching) still reuse the few-shot prefixes, which are shared by kind, not by order.
     """
-    workers = min(len(pending), get_settings().llm_concurrency)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda row: _classify(llm, row[0], row[1], options), pending))
-        texts = dict(pending)
-        ready = sorted(
-            (r for r in results if r.is_classification is not None),
-            key=lambda r: bool(r.is_classification),
-        )
-        list(pool.map(lambda r: _generate(llm, r, texts[r.instruction_id], options), ready))
-    return results
+    return run_sync(_classify_and_generate_async(llm, pending, options))
 
 
-def _classify(
-    llm: LLMClient, instruction_id: uuid.UUID, text: str, options: GenerationOptions
-) -> _InstanceResult:
-    if options.classification_only:
-        return _InstanceResult(instruction_id, True, [], [], complete=False)
-    record = _call(
-        llm,
-        LLMRequest(
-            prompt=build_classification_prompt(text),
-            max_tokens=3,
-            temperature=0.0,
-            top_p=0.0,
-            stop=CLASSIFY_STOP,
-        ),
-        "classify",
-        None,
+async def _classify_and_generate_async(
+    llm: LLMClient, pending: Sequence[tuple[uuid.UUID, str]], options: GenerationOptions
+) -> list[_InstanceResult]:
+    gate = asyncio.Semaphore(get_settings().llm_concurrency)
+
+    async def call(request: LLMRequest, purpose: str) -> _CallRecord:
+        async with gate:
+            try:
+                return _CallRecord(purpose, None, await llm.acomplete(request))
+            except LLMTransientError as exc:
+                return _CallRecord(purpose, None, None, str(exc)[:2000], exc.latency_s)
+
+    async def one(instruction_id: uuid.UUID, text: str) -> _InstanceResult:
+        if options.classification_only:
+            result = _InstanceResult(instruction_id, True, [], [], complete=False)
+        else:
+            record = await call(_classification_request(text), "classify")
+            verdict = (
+                None
+                if record.response is None
+                else parse_classification_answer(record.response.text)
+            )
+            result = _InstanceResult(instruction_id, verdict, [], [record], complete=False)
+        if result.is_classification is not None:
+            record = await call(_instance_request(text, result, options), "instances")
+            _judge(result, record, options)
+        return result
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(i, text)) for i, text in pending]
+    except* LLMError as failed:  # a permanent error: the job cannot go on
+        raise failed.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
+def _classification_request(text: str) -> LLMRequest:
+    return LLMRequest(
+        prompt=build_classification_prompt(text),
+        max_tokens=3,
+        temperature=0.0,
+        top_p=0.0,
+        stop=CLASSIFY_STOP,
     )
-    verdict = None if record.response is None else parse_classification_answer(record.response.text)
-    return _InstanceResult(instruction_id, verdict, [], [record], complete=False)
 
 
-def _generate(
-    llm: LLMClient, result: _InstanceResult, text: str, options: GenerationOptions
-) -> None:
-    """Step 3 for one classified instruction; fills `result` in place."""
+def _instance_request(text: str, result: _InstanceResult, options: GenerationOptions) -> LLMRequest:
     is_classification = bool(result.is_classification)
-    max_tokens = (
-        options.classification_instance_max_tokens
+    return LLMRequest(
+        prompt=build_instance_prompt(text, is_classification=is_classification),
+        max_tokens=options.classification_instance_max_tokens
         if is_classification
-        else options.instance_max_tokens
+        else options.instance_max_tokens,
+        temperature=options.instance_temperature,
+        top_p=options.instance_top_p,
+        presence_penalty=options.instance_presence_penalty,
+        stop=INSTANCE_STOP,
     )
-    record = _call(
-        llm,
-        LLMRequest(
-            prompt=build_instance_prompt(text, is_classification=is_classification),
-            max_tokens=max_tokens,
-            temperature=options.instance_temperature,
-            top_p=options.instance_top_p,
-            presence_penalty=options.instance_presence_penalty,
-            stop=INSTANCE_STOP,
-        ),
-        "instances",
-        None,
-    )
+
+
+def _judge(result: _InstanceResult, record: _CallRecord, options: GenerationOptions) -> None:
+    """Step 3's filters for one classified instruction; fills `result` in place."""
     result.records.append(record)
     if record.response is None:
         return
     completion = Completion(record.response.text, record.response.finish_reason)
     result.decisions = judge_instances(
-        completion, is_classification=is_classification, options=options
+        completion, is_classification=bool(result.is_classification), options=options
     )
     result.complete = True
 

@@ -496,6 +496,8 @@ class FakeLLMServer:
         self._lock = threading.Lock()
         self._served = 0
         self._scripted: list[int] = []
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most completion requests ever served at once
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", port))  # bound now: no race for a "free" port
@@ -516,6 +518,7 @@ class FakeLLMServer:
             self.requests.clear()
             self.counts.clear()
             self._scripted.clear()
+            self.max_in_flight = self.in_flight
 
     def serve_forever(self) -> None:
         """Serve in the calling thread until stopped."""
@@ -621,7 +624,13 @@ class FakeLLMServer:
     def _respond(self, body: dict[str, Any], prompt: str, *, chat: bool) -> Any:
         with self._lock:
             self.requests.append(body)
-        choices = self._choices(body, prompt, chat=chat)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            choices = self._choices(body, prompt, chat=chat)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
         if isinstance(choices, JSONResponse):
             return choices
         texts = [c["message"]["content"] if chat else c["text"] for c in choices]
@@ -655,7 +664,7 @@ class FakeLLMServer:
             if not self._authorised(request):
                 return _unauthorised(request)
             model = {"id": self.config.model, "object": "model", "created": 0, "owned_by": "tests"}
-            return {"object": "list", "data": [model]}
+            return {"object": "list", "data": [model] if self.config.model else []}
 
         @app.post("/v1/completions")
         def completions(request: Request, body: dict[str, Any] = Body(...)) -> Any:

@@ -12,8 +12,8 @@ import pytest
 from pydantic import SecretStr
 
 from app.config import Settings
-from app.llm.base import LLMPermanentError, LLMRequest, LLMTransientError
-from app.llm.openai_compat import OpenAICompatClient, build_llm_client
+from app.llm.base import LLMPermanentError, LLMRequest, LLMResponse, LLMTransientError
+from app.llm.openai_compat import OpenAICompatClient, _retry_after, build_llm_client
 from app.selfinstruct.options import INSTRUCTION_STOP, GenerationOptions
 from app.selfinstruct.parsing import parse_instruction_completion
 from app.selfinstruct.prompts import build_instruction_prompt
@@ -91,7 +91,7 @@ def test_server_listing_no_models_is_permanent(
     server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     llm = client_for(server)
-    monkeypatch.setattr(llm._client.models, "list", lambda: iter([]))
+    monkeypatch.setattr(server.config, "model", "")
     with pytest.raises(LLMPermanentError, match="lists no models"):
         llm.complete(LLMRequest(prompt="hi", max_tokens=4))
 
@@ -206,3 +206,48 @@ def test_build_llm_client_prefers_the_jobs_model(server: FakeLLMServer) -> None:
     assert server.requests[-1]["model"] == "job-model" and "messages" in server.requests[-1]
     build_llm_client(settings, GenerationOptions()).complete(LLMRequest(prompt="hi", max_tokens=4))
     assert server.requests[-1]["model"] == "server-default"
+
+
+def test_complete_many_keeps_order_and_bounds_requests_in_flight() -> None:
+    with FakeLLMServer(FakeLLMConfig(latency_s=0.05, truncate_rate=0.0)) as server:
+        llm = client_for(server, model="m")
+        prompts = [f"Task: say the number {n}.\nIs it classification?" for n in range(24)]
+        answers = llm.complete_many([LLMRequest(prompt=p, max_tokens=3) for p in prompts], 6)
+    assert all(not isinstance(a, Exception) for a in answers)
+    assert [b["prompt"] for b in server.requests] != [] and len(answers) == 24
+    assert server.max_in_flight == 6
+
+
+def test_complete_many_puts_each_failure_in_its_own_slot(server: FakeLLMServer) -> None:
+    server.fail_next(1, status=400)
+    llm = client_for(server, model="m", max_retries=0)
+    requests = [LLMRequest(prompt=f"{PROMPT} {n}", max_tokens=16) for n in range(3)]
+    answers = llm.complete_many(requests, 1)
+    assert isinstance(answers[0], LLMPermanentError) and "HTTP 400" in str(answers[0])
+    assert answers[0].latency_s > 0
+    assert all(isinstance(a, LLMResponse) for a in answers[1:])
+    assert [b["prompt"] for b in server.requests] == [r.prompt for r in requests]
+
+
+def test_retry_after_is_honoured(server: FakeLLMServer) -> None:
+    server.fail_next(1, status=429)  # the fake server says Retry-After: 0
+    started = time.perf_counter()
+    client_for(server, model="m").complete(LLMRequest(prompt=PROMPT, max_tokens=8))
+    assert time.perf_counter() - started < 0.4  # no exponential backoff on top
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("2", 2.0), ("0.5", 0.5), ("-3", 0.0), ("600", None), ("soon", None), (None, None)],
+)
+def test_retry_after_header_parsing(header: str | None, seconds: float | None) -> None:
+    assert _retry_after(header) == seconds
+
+
+def test_a_client_works_from_many_threads_and_after_close(server: FakeLLMServer) -> None:
+    llm = client_for(server, model="m")
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(llm.complete, [LLMRequest(prompt=PROMPT, max_tokens=8)] * 16))
+    assert len(answers) == 16
+    llm.close()
+    assert llm.complete(LLMRequest(prompt=PROMPT, max_tokens=8)).text

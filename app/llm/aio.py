@@ -1,0 +1,55 @@
+"""One asyncio event loop per process, in a daemon thread, for the LLM client.
+
+Celery tasks, the API and the CLI are synchronous; they hand coroutines to this loop and wait.
+One long-lived loop (rather than `asyncio.run` per call) keeps each backend's HTTP connections
+alive across tasks. The loop is recreated in a forked child (Celery's prefork pool), since a
+thread does not survive `fork`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_pid: int | None = None
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # installed with uvicorn[standard]; about 20% less CPU per request
+
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.new_event_loop()
+
+
+def background_loop() -> asyncio.AbstractEventLoop:
+    """This process's loop, started on first use."""
+    global _loop, _loop_pid
+    with _lock:
+        if _loop is None or _loop_pid != os.getpid():
+            loop = _new_loop()
+            thread = threading.Thread(target=loop.run_forever, name="selfinstruct-llm", daemon=True)
+            thread.start()
+            _loop, _loop_pid = loop, os.getpid()
+        return _loop
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` on the background loop and wait for its result (from any other thread)."""
+    loop = background_loop()
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: called from synchronous code
+        running = None
+    if running is loop:
+        coro.close()
+        raise RuntimeError("run_sync called from the LLM loop itself; await instead")
+    return asyncio.run_coroutine_threadsafe(coro, loop).result()
