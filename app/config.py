@@ -88,6 +88,9 @@ class Settings(BaseSettings):
         description="LLM requests one instance-generation task keeps in flight; with "
         "instructions_per_instance_task at least as large, a worker process sustains this many.",
     )
+    batch_poll_interval_s: float = Field(
+        60.0, gt=0, description="How often a job using the Batch API checks its batch."
+    )
     instructions_per_instance_task: int = Field(
         5, description="Accepted instructions handled by one instance-generation task."
     )

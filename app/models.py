@@ -207,6 +207,24 @@ class LLMCall(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class LLMBatch(Base):
+    """One Batch API submission of a job's step: found again by its key after a restart, its
+    answers kept once the batch is done so a repeated step does not download them again."""
+
+    __tablename__ = "llm_batches"
+    __table_args__ = (UniqueConstraint("job_id", "key"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(100))
+    request_count: Mapped[int] = mapped_column(Integer)
+    remote_id: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(32), default="submitting")
+    answers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column()
+
+
 class Dataset(Base):
     """An uploaded mixture source: task-formatted examples, chat dialogues or plain text."""
 

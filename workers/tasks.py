@@ -20,6 +20,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from app.config import get_settings
 from app.llm.base import LLMPermanentError, LLMTransientError
 from app.services import mixtures, pipeline, sweeper
+from app.services.batches import BatchPending
 from app.services.llm import llm_for
 from app.services.queue import enqueue_instances, enqueue_round
 from workers.celery_app import INSTANCES_TASK, MIXTURE_TASK, ROUND_TASK, celery_app
@@ -44,6 +45,9 @@ def run_round(self: Task, job_id: str, round_no: int) -> None:
     jid = uuid.UUID(job_id)
     try:
         result = pipeline.run_round(jid, round_no, llm_for)
+    except BatchPending as pending:  # a new message, so polls do not use up the retries
+        enqueue_round(jid, round_no, countdown=pending.poll_after_s)
+        return
     except LLMPermanentError as exc:
         pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")
         return
@@ -72,6 +76,9 @@ def generate_instances(self: Task, job_id: str, instruction_ids: list[str]) -> N
     ids = [uuid.UUID(i) for i in instruction_ids]
     try:
         pipeline.generate_instances(jid, ids, llm_for)
+    except BatchPending as pending:
+        enqueue_instances(jid, ids, countdown=pending.poll_after_s)
+        return
     except LLMPermanentError as exc:
         pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")
         return

@@ -282,7 +282,7 @@ class OpenAICompatClient:
         return state.session
 
     def _translate(self, exc: BaseException) -> LLMTransientError | LLMPermanentError:
-        return _translate_error(exc, self.base_url, self._api_key)
+        return translate_error(exc, self.base_url, self._api_key)
 
     def _first_choice(self, reply: dict[str, Any]) -> tuple[str, str | None]:
         choices = reply.get("choices") or []
@@ -311,7 +311,7 @@ def close_all_clients() -> None:
 atexit.register(close_all_clients)
 
 
-def _translate_error(
+def translate_error(
     exc: BaseException, base_url: str, api_key: str
 ) -> LLMTransientError | LLMPermanentError:
     """Map what is left after the retries to retry-later or give-up; the server's own words
@@ -319,9 +319,9 @@ def _translate_error(
     if isinstance(exc, TimeoutError):
         return LLMTransientError(f"{base_url}: request timed out")
     if isinstance(exc, aiohttp.ClientConnectionError):
-        return LLMTransientError(f"{base_url}: cannot connect ({_redact(str(exc), api_key)})")
+        return LLMTransientError(f"{base_url}: cannot connect ({redact(str(exc), api_key)})")
     if isinstance(exc, HTTPStatusError):
-        detail = _redact(exc.detail, api_key)
+        detail = redact(exc.detail, api_key)
         message = f"{base_url}: HTTP {exc.status}{': ' + detail if detail else ''}"
         return LLMTransientError(message) if exc.retryable else LLMPermanentError(message)
     if isinstance(exc, ValueError):
@@ -355,7 +355,7 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, seconds)
 
 
-def _redact(message: str, api_key: str) -> str:
+def redact(message: str, api_key: str) -> str:
     if len(api_key) >= 4:
         message = message.replace(api_key, "[redacted]")
     return _KEY_LIKE.sub("[redacted]", message)

@@ -50,6 +50,13 @@ class GenerationOptions(BaseModel):
     )
     batched_max_tokens: int = Field(3072, ge=64, le=32768, description="Batched mode: max_tokens.")
 
+    batch_api: bool = Field(
+        False,
+        description="Send each step's requests through the OpenAI Batch API (half the price, "
+        "up to 24 h per batch) instead of one by one; same prompts and filters. A round waits "
+        "for its batch, so raise requests_per_round to keep the number of rounds small.",
+    )
+
     # Step 1: instruction bootstrap.
     prompt_instructions: int = Field(8, ge=2, le=32, description="Instructions shown per prompt.")
     machine_instructions_per_prompt: int = Field(

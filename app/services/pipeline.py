@@ -40,6 +40,7 @@ from app.selfinstruct.rounds import (
     prompt_seed_instructions,
 )
 from app.selfinstruct.types import CandidateDecision, Completion, InstanceDecision
+from app.services import batches
 from app.services.seed_sets import load_seed_tasks
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,14 @@ def _calls(
     concurrency: int,
 ) -> list[_CallRecord]:
     """Send the requests together; transient failures become records, a permanent one raises."""
+    return _records(llm.complete_many(requests, concurrency), purpose, round_no)
+
+
+def _records(
+    answers: Sequence[LLMResponse | LLMError], purpose: str, round_no: int | None
+) -> list[_CallRecord]:
     records = []
-    for answer in llm.complete_many(requests, concurrency):
+    for answer in answers:
         if isinstance(answer, LLMResponse):
             records.append(_CallRecord(purpose, round_no, answer))
             continue
@@ -171,7 +178,6 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
                 prompt_seed_instructions(seeds, options), state.machine_texts, options, rng
             )
 
-    llm = llm_factory(options)
     requests = [
         LLMRequest(
             prompt=p,
@@ -186,7 +192,11 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
         )
         for p in prompts
     ]
-    records = _calls(llm, requests, "instructions", round_no, len(requests))
+    if options.batch_api:
+        answers = batches.collect(job_id, f"round {round_no}", requests, options)
+        records = _records(answers, "instructions", round_no)
+    else:
+        records = _calls(llm_factory(options), requests, "instructions", round_no, len(requests))
     answered = [r for r in records if r.response is not None]
     if not answered:
         _record_calls(job_id, records)
@@ -357,8 +367,11 @@ def generate_instances(
         ).all()
     if not pending:
         return True
-    llm = llm_factory(options)
-    results = _classify_and_generate(llm, [(row[0], row[1]) for row in pending], options)
+    rows = [(row[0], row[1]) for row in pending]
+    if options.batch_api:
+        results = _classify_and_generate_in_batches(job_id, rows, options)
+    else:
+        results = _classify_and_generate(llm_factory(options), rows, options)
     _commit_instances(job_id, results)
     failed = [r for r in results if not r.complete]
     if failed:
@@ -417,6 +430,35 @@ async def _classify_and_generate_async(
     except* LLMError as failed:  # a permanent error: the job cannot go on
         raise failed.exceptions[0] from None
     return [t.result() for t in tasks]
+
+
+def _classify_and_generate_in_batches(
+    job_id: uuid.UUID, pending: Sequence[tuple[uuid.UUID, str]], options: GenerationOptions
+) -> list[_InstanceResult]:
+    """Steps 2 and 3 as two Batch API batches; BatchPending while either runs."""
+    if options.classification_only:
+        results = [_InstanceResult(i, True, [], [], complete=False) for i, _ in pending]
+    else:
+        requests = [_classification_request(text) for _, text in pending]
+        records = _records(batches.collect(job_id, "classify", requests, options), "classify", None)
+        results = [
+            _InstanceResult(
+                instruction_id,
+                None if r.response is None else parse_classification_answer(r.response.text),
+                [],
+                [r],
+                complete=False,
+            )
+            for (instruction_id, _), r in zip(pending, records, strict=True)
+        ]
+    texts = dict(pending)
+    ready = [r for r in results if r.is_classification is not None]
+    if ready:
+        requests = [_instance_request(texts[r.instruction_id], r, options) for r in ready]
+        answers = batches.collect(job_id, "instances", requests, options)
+        for result, record in zip(ready, _records(answers, "instances", None), strict=True):
+            _judge(result, record, options)
+    return results
 
 
 def _classification_request(text: str) -> LLMRequest:

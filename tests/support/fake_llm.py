@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
+import json
 import random
 import socket
 import threading
@@ -23,7 +24,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import Body, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from app.selfinstruct.batched import BATCHED_RULES
 from app.selfinstruct.prompts import (
@@ -61,6 +62,8 @@ class FakeLLMConfig:
     omit_usage: bool = False  # some servers send no usage block
     slow_rate: float = 0.0  # occasional slow answers...
     slow_s: float = 0.0  # ...taking this long
+    batch_delay_s: float = 1.0  # Batch API: how long a batch runs before it is completed
+    batch_refuse: bool = False  # Batch API: fail every batch at validation
 
 
 # --- vocabulary ------------------------------------------------------------------------------------
@@ -497,6 +500,9 @@ class FakeLLMServer:
         self._served = 0
         self._scripted: list[int] = []
         self.in_flight = 0
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self._batch_started: dict[str, float] = {}
         self.max_in_flight = 0  # the most completion requests ever served at once
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -674,6 +680,8 @@ class FakeLLMServer:
             prompt = prompt[0] if isinstance(prompt, list) and prompt else prompt
             return self._respond(body, str(prompt), chat=False)
 
+        self._batch_routes(app)
+
         @app.post("/v1/chat/completions")
         def chat(request: Request, body: dict[str, Any] = Body(...)) -> Any:
             if not self._authorised(request):
@@ -682,6 +690,112 @@ class FakeLLMServer:
             return self._respond(body, str(messages[-1].get("content", "")), chat=True)
 
         return app
+
+    # --- the Batch API ------------------------------------------------------------------------
+
+    def _batch_routes(self, app: FastAPI) -> None:
+        """Files and batches as OpenAI serves them; a batch completes `batch_delay_s` after it
+        was created, each line answered like an online request (faults included)."""
+
+        @app.post("/v1/files")
+        async def upload(request: Request) -> Any:
+            if not self._authorised(request):
+                return _unauthorised(request)
+            form = await request.form()
+            upload = form["file"]
+            data = await upload.read()  # type: ignore[union-attr]
+            file_id = f"file-{uuid.uuid4().hex[:24]}"
+            with self._lock:
+                self.files[file_id] = data
+            return {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                    "filename": "requests.jsonl", "purpose": form.get("purpose", "batch")}  # fmt: skip
+
+        @app.post("/v1/batches")
+        def create_batch(request: Request, body: dict[str, Any] = Body(...)) -> Any:
+            if not self._authorised(request):
+                return _unauthorised(request)
+            if body.get("input_file_id") not in self.files:
+                return _error(400, "input_file_id: no such file")
+            batch_id = f"batch_{uuid.uuid4().hex[:24]}"
+            batch = {
+                "id": batch_id, "object": "batch", "endpoint": body.get("endpoint"),
+                "input_file_id": body["input_file_id"], "completion_window": "24h",
+                "status": "validating", "created_at": int(time.time()), "output_file_id": None,
+                "error_file_id": None, "errors": None, "metadata": body.get("metadata"),
+                "request_counts": {"total": 0, "completed": 0, "failed": 0},
+            }  # fmt: skip
+            with self._lock:
+                self.batches[batch_id] = batch
+                self._batch_started[batch_id] = time.monotonic()
+                self.counts["batches_created"] += 1
+            return batch
+
+        @app.get("/v1/batches")
+        def list_batches(request: Request) -> Any:
+            if not self._authorised(request):
+                return _unauthorised(request)
+            newest_first = sorted(self.batches.values(), key=lambda b: -b["created_at"])
+            return {"object": "list", "data": newest_first, "has_more": False}
+
+        @app.get("/v1/batches/{batch_id}")
+        def get_batch(batch_id: str, request: Request) -> Any:
+            if not self._authorised(request):
+                return _unauthorised(request)
+            batch = self.batches.get(batch_id)
+            if batch is None:
+                return _error(404, f"No batch with id {batch_id}")
+            self._advance(batch)
+            return batch
+
+        @app.get("/v1/files/{file_id}/content")
+        def file_content(file_id: str, request: Request) -> Any:
+            if not self._authorised(request):
+                return _unauthorised(request)
+            if file_id not in self.files:
+                return _error(404, f"No file with id {file_id}")
+            return Response(self.files[file_id], media_type="application/octet-stream")
+
+    def _advance(self, batch: dict[str, Any]) -> None:
+        with self._lock:  # polls run in a thread pool: one of them answers the batch
+            if batch["status"] not in ("validating", "in_progress"):
+                return
+            if self.config.batch_refuse:
+                batch["status"] = "failed"
+                message = "This model is not available in the Batch API."
+                batch["errors"] = {
+                    "object": "list",
+                    "data": [{"code": "invalid", "message": message}],
+                }
+                return
+            if time.monotonic() - self._batch_started[batch["id"]] < self.config.batch_delay_s:
+                batch["status"] = "in_progress"
+                return
+            batch["status"] = "finalizing"
+        lines = self.files[batch["input_file_id"]].decode().splitlines()
+        outputs, errors = [], []
+        for line in filter(None, lines):
+            item = json.loads(line)
+            chat = item["url"].endswith("/chat/completions")
+            body = item["body"]
+            prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+            reply = self._respond(body, prompt, chat=chat)
+            if isinstance(reply, JSONResponse):
+                response = {"status_code": reply.status_code, "body": json.loads(reply.body)}
+            else:
+                response = {"status_code": 200, "body": reply}
+            entry = {"id": f"batch_req_{uuid.uuid4().hex[:12]}", "custom_id": item["custom_id"],
+                     "response": response, "error": None}  # fmt: skip
+            (outputs if response["status_code"] == 200 else errors).append(json.dumps(entry))
+        with self._lock:
+            for name, rows in (("output_file_id", outputs), ("error_file_id", errors)):
+                if rows:
+                    file_id = f"file-{uuid.uuid4().hex[:24]}"
+                    self.files[file_id] = ("\n".join(rows) + "\n").encode()
+                    batch[name] = file_id
+        batch["request_counts"] = {"total": len(outputs) + len(errors),
+                                   "completed": len(outputs), "failed": len(errors)}  # fmt: skip
+        batch["status"] = "completed"
+        batch["completed_at"] = int(time.time())
 
 
 def run_fake_llm_main() -> None:

@@ -1,0 +1,170 @@
+"""Jobs through the Batch API on the real stack: same filters and storage as online jobs, each
+batch paid for once even when the worker is killed while batches run, refusals fail clearly."""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from app.models import Instance, Instruction, LLMBatch, LLMCall
+from tests.integration.conftest import upload
+from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
+from tests.support.stack import ServiceStack, wait_for_status
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def batch_llm() -> Iterator[FakeLLMServer]:
+    config = FakeLLMConfig(seed=21, batch_delay_s=1.0, error_rate_5xx=0.03)
+    with FakeLLMServer(config) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def batch_stack(
+    pg_url: str, broker_url: str, batch_llm: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceStack]:
+    tmp = tmp_path_factory.mktemp("batch")
+    env = {
+        "DATABASE_URL": pg_url,
+        "CELERY_BROKER_URL": broker_url,
+        "OPENAI_BASE_URL": batch_llm.base_url,
+        "OPENAI_API_KEY": "test-key",
+        "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
+        "SELFINSTRUCT_BATCH_POLL_INTERVAL_S": "0.3",
+        "SELFINSTRUCT_TASK_RETRY_BACKOFF_S": "0.2",
+        "SELFINSTRUCT_INSTRUCTIONS_PER_INSTANCE_TASK": "20",
+        "SELFINSTRUCT_JOB_LEASE_S": "6",
+        "SELFINSTRUCT_SWEEP_INTERVAL_S": "1",
+    }
+    with ServiceStack(env, tmp / "logs") as running:
+        running.start_api()
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(batch_stack: ServiceStack) -> Iterator[httpx.Client]:
+    with batch_stack.client(batch_stack.create_key("batch tests")) as c:
+        yield c
+
+
+def start_job(client: httpx.Client, seeds: Path, target: int, **options: object) -> str:
+    seed_set = upload(client, seeds)
+    response = client.post(
+        "/v1/jobs",
+        json={
+            "seed_set_id": seed_set["id"],
+            "num_instructions": target,
+            "options": {"batch_api": True, "requests_per_round": 8, **options},
+        },
+    )
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def stored(pg_url: str, job_id: str) -> dict[str, object]:
+    engine = create_engine(pg_url)
+    with engine.connect() as db:
+        accepted = db.scalars(
+            select(Instruction.text).where(
+                Instruction.job_id == job_id, Instruction.accepted.is_(True)
+            )
+        ).all()
+        examples = db.scalar(
+            select(func.count()).select_from(Instance).where(Instance.job_id == job_id)
+        )
+        batches = db.execute(
+            select(LLMBatch.key, LLMBatch.remote_id, LLMBatch.request_count, LLMBatch.status).where(
+                LLMBatch.job_id == job_id
+            )
+        ).all()
+        calls = db.scalar(select(func.count()).select_from(LLMCall).where(LLMCall.job_id == job_id))
+    engine.dispose()
+    return {"accepted": accepted, "examples": examples, "batches": batches, "calls": calls}
+
+
+def remote_keys(server: FakeLLMServer, remote_ids: set[str]) -> list[str]:
+    return [b["metadata"]["selfinstruct_key"] for i, b in server.batches.items() if i in remote_ids]
+
+
+def test_a_job_through_the_batch_api(
+    client: httpx.Client,
+    batch_stack: ServiceStack,
+    batch_llm: FakeLLMServer,
+    pg_url: str,
+    default_seeds: Path,
+) -> None:
+    worker = batch_stack.start_worker()
+    online_before = len(batch_llm.requests)
+    batches_before = batch_llm.counts["batches_created"]
+    job_id = start_job(client, default_seeds, 30, seed=3)
+    job = wait_for_status(client, job_id, timeout_s=180)
+    batch_stack.kill_worker(worker, sig=15)
+
+    assert job["status"] == "succeeded", batch_stack.logs()
+    assert job["options"]["batch_api"] is True
+    assert job["progress"]["instructions_accepted"] == 30
+    assert job["progress"]["instances_accepted"] > 30
+    data = stored(pg_url, job_id)
+    assert len(set(data["accepted"])) == 30  # type: ignore[arg-type]
+    batches = data["batches"]
+    assert {b.status for b in batches} == {"completed"}  # type: ignore[attr-defined]
+    assert {b.key.split(":")[0] for b in batches} >= {"round 1", "classify", "instances"}  # type: ignore[attr-defined]
+    # Every request went out in a batch: one batch per row, and no online completions.
+    assert batch_llm.counts["batches_created"] - batches_before == len(batches)  # type: ignore[arg-type]
+    answered_in_batches = len(batch_llm.requests) - online_before
+    assert data["calls"] == answered_in_batches == sum(b.request_count for b in batches)  # type: ignore[attr-defined]
+
+
+def test_killed_worker_resumes_its_batches_without_paying_twice(
+    client: httpx.Client,
+    batch_stack: ServiceStack,
+    batch_llm: FakeLLMServer,
+    pg_url: str,
+    default_seeds: Path,
+) -> None:
+    worker = batch_stack.start_worker()
+    job_id = start_job(client, default_seeds, 30, seed=4)
+    created = batch_llm.counts["batches_created"]
+    deadline = time.monotonic() + 60
+    for strike in (1, 3):  # kill while the first and then a later batch runs
+        while batch_llm.counts["batches_created"] < created + strike:
+            assert time.monotonic() < deadline, batch_stack.logs()
+            time.sleep(0.05)
+        batch_stack.kill_worker(worker)
+        time.sleep(0.5)
+        worker = batch_stack.start_worker()
+    job = wait_for_status(client, job_id, timeout_s=240)
+    batch_stack.kill_worker(worker, sig=15)
+
+    assert job["status"] == "succeeded", batch_stack.logs()
+    data = stored(pg_url, job_id)
+    assert len(set(data["accepted"])) == len(data["accepted"]) == 30  # type: ignore[arg-type]
+    remote_ids = {b.remote_id for b in data["batches"]}  # type: ignore[attr-defined]
+    keys = remote_keys(batch_llm, remote_ids)
+    duplicates = [k for k, n in collections.Counter(keys).items() if n > 1]
+    assert not duplicates
+    job_batches = [b for b in batch_llm.batches.values() if b["id"] in remote_ids]
+    assert len(job_batches) == len(data["batches"])  # type: ignore[arg-type]
+
+
+def test_a_refused_batch_fails_the_job_with_the_reason(
+    client: httpx.Client, batch_stack: ServiceStack, batch_llm: FakeLLMServer, default_seeds: Path
+) -> None:
+    worker = batch_stack.start_worker()
+    batch_llm.config.batch_refuse = True
+    try:
+        job_id = start_job(client, default_seeds, 10, seed=5)
+        job = wait_for_status(client, job_id, timeout_s=60)
+    finally:
+        batch_llm.config.batch_refuse = False
+        batch_stack.kill_worker(worker, sig=15)
+    assert job["status"] == "failed"
+    assert "Batch API refused" in job["error"] and "not available in the Batch API" in job["error"]

@@ -1,0 +1,99 @@
+"""The Batch API client against the tests' server: input file, polling, answers in order."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from app.llm.base import LLMPermanentError, LLMRequest, LLMResponse, LLMTransientError
+from app.llm.batch_api import OpenAIBatchClient
+from app.selfinstruct.options import CLASSIFY_STOP
+from app.selfinstruct.prompts import build_classification_prompt
+from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
+
+TASKS = [f"Sort the numbers {n}, {n + 3} and {n + 1} from smallest to largest." for n in range(6)]
+
+
+@pytest.fixture
+def server() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(FakeLLMConfig(seed=2, batch_delay_s=0.3, truncate_rate=0.0)) as running:
+        yield running
+
+
+def requests() -> list[LLMRequest]:
+    return [
+        LLMRequest(prompt=build_classification_prompt(t), max_tokens=3, stop=CLASSIFY_STOP)
+        for t in TASKS
+    ]
+
+
+def client_for(server: FakeLLMServer, endpoint: str = "completions") -> OpenAIBatchClient:
+    return OpenAIBatchClient(
+        base_url=server.base_url,
+        api_key="k",
+        model="fake-model",
+        endpoint=endpoint,  # type: ignore[arg-type]
+    )
+
+
+def wait_done(client: OpenAIBatchClient, batch_id: str, count: int):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 10
+    while (state := client.poll(batch_id, count)).running:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return state
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_batch_round_trip_keeps_request_order(server: FakeLLMServer, endpoint: str) -> None:
+    client = client_for(server, endpoint)
+    batch_id = client.submit(requests(), "classify:abc")
+    assert client.poll(batch_id, 6).running  # not answered before its delay
+    state = wait_done(client, batch_id, 6)
+    assert state.status == "completed"
+    answers = state.answers or []
+    assert len(answers) == 6 and all(isinstance(a, LLMResponse) for a in answers)
+    assert all(a.text.strip() in ("Yes", "No") for a in answers)  # type: ignore[union-attr]
+    assert all(a.prompt_tokens > 0 for a in answers)  # type: ignore[union-attr]
+    lines = [
+        json.loads(x) for x in server.files[server.batches[batch_id]["input_file_id"]].splitlines()
+    ]
+    assert [x["custom_id"] for x in lines] == [str(n) for n in range(6)]
+    url = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+    assert {x["url"] for x in lines} == {url} and server.batches[batch_id]["endpoint"] == url
+    assert all(x["body"]["model"] == "fake-model" and x["body"]["stop"] for x in lines)
+
+
+def test_failed_requests_come_back_as_errors_in_their_slots(server: FakeLLMServer) -> None:
+    client = client_for(server)
+    batch_id = client.submit(requests(), "k")
+    server.fail_next(2, status=500)  # the first two lines the server answers
+    answers = wait_done(client, batch_id, 6).answers or []
+    assert [type(a) for a in answers[:2]] == [LLMTransientError, LLMTransientError]
+    assert "HTTP 500" in str(answers[0])
+    assert all(isinstance(a, LLMResponse) for a in answers[2:])
+
+
+def test_a_batch_is_found_again_by_its_key(server: FakeLLMServer) -> None:
+    client = client_for(server)
+    first = client.submit(requests(), "round 1:aaa")
+    client.submit(requests()[:2], "round 2:bbb")
+    assert client.find("round 1:aaa") == first
+    assert client.find("round 3:ccc") is None
+
+
+def test_a_refused_batch_reports_why() -> None:
+    with FakeLLMServer(FakeLLMConfig(batch_refuse=True)) as server:
+        client = client_for(server)
+        state = client.poll(client.submit(requests(), "k"), 6)
+    assert state.status == "failed" and not state.running and state.answers is None
+    assert "not available in the Batch API" in (state.error or "")
+
+
+def test_a_backend_without_the_batch_api_is_a_permanent_error(server: FakeLLMServer) -> None:
+    client = OpenAIBatchClient(base_url=server.base_url + "/nothing", api_key="k", model="m")
+    with pytest.raises(LLMPermanentError, match="does not offer the Batch API"):
+        client.submit(requests(), "k")
