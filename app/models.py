@@ -134,6 +134,7 @@ class Job(Base):
     rng_seed: Mapped[int] = mapped_column(Integer)
     rounds_completed: Mapped[int] = mapped_column(Integer, default=0)
     rounds_without_progress: Mapped[int] = mapped_column(Integer, default=0)
+    dedupe_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     instructions_complete: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
     stopped_reason: Mapped[str | None] = mapped_column(String(64))

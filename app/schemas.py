@@ -59,6 +59,9 @@ class Progress(BaseModel):
     tokens_per_accepted_instruction: float | None = Field(
         None, description="Prompt + completion tokens spent per accepted instruction so far."
     )
+    dedupe_seconds: float = Field(
+        0.0, description="Time spent on the ROUGE-L near-duplicate filter (step 1) so far."
+    )
 
 
 class JobRead(BaseModel):

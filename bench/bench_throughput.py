@@ -37,16 +37,75 @@ sys.path.insert(0, str(ROOT))
 
 # --- the fixed-latency server (runs in its own process) -------------------------------------------
 
+# For the paper-scale job: the tests' model writes tasks from about fifty templates, which run
+# out of ROUGE-distinct tasks after a few thousand; a model that writes 52,000 needs more words.
+VERBS = (
+    "Write", "Draft", "Create", "Design", "Compose", "Prepare", "Outline", "Sketch", "Produce",
+    "Suggest", "Propose", "Develop", "Plan", "Invent", "Craft", "Devise", "Put together",
+    "Come up with", "Edit", "Improve",
+)  # fmt: skip
+ADJECTIVES = (
+    "cheerful", "gloomy", "short", "detailed", "playful", "serious", "surprising", "calm",
+    "nostalgic", "sarcastic", "hopeful", "practical", "whimsical", "urgent", "gentle", "bold",
+    "rhyming", "step-by-step", "one-page", "two-part", "minimalist", "dramatic", "scientific",
+    "child-friendly", "vintage", "futuristic", "heartfelt", "witty", "formal", "casual",
+    "skeptical", "enthusiastic", "mysterious", "cozy", "energetic", "sober", "colourful",
+    "provocative", "diplomatic", "rustic", "elegant", "clumsy", "optimistic", "bittersweet",
+)  # fmt: skip
+ARTIFACTS = (
+    "checklist", "riddle", "haiku", "press release", "FAQ", "budget", "itinerary", "rubric",
+    "recipe", "glossary", "toast", "memo", "pitch", "sonnet", "timeline", "syllabus",
+    "flashcard set", "survey", "menu", "puzzle", "tagline", "bedtime story", "job ad",
+    "newsletter", "travel guide", "workout plan", "meal plan", "debate outline", "lab report",
+    "user manual", "podcast script", "comic strip", "museum label", "wedding speech",
+    "cover letter", "trivia round", "fable", "sales email", "grant proposal", "book review",
+    "song chorus", "safety briefing", "quiz", "shopping list", "thank-you note", "eulogy",
+    "interview guide", "mission statement", "road trip playlist", "escape room clue",
+)  # fmt: skip
+LINKS = ("about", "on", "explaining", "celebrating", "questioning", "inspired by", "covering")
+EXTRAS = (
+    "for {audience}", "that mentions {topic2}", "in under {count} words", "with a twist ending",
+    "set in {year}", "with {number} sections", "using only short sentences", "in {language}",
+    "without the word {word}", "from the point of view of {thing}", "for a {style} audience",
+)  # fmt: skip
+WORDS = ("very", "thing", "nice", "good", "really", "stuff", "maybe", "always", "never", "big")
+LABELS = (
+    "positive or negative", "true or false", "formal or informal", "fact or opinion",
+    "urgent or routine", "beginner or expert", "question or statement", "helpful or unhelpful",
+)  # fmt: skip
 
-def serve(port: int, latency_s: float) -> None:
+
+def diverse_instruction(rng: random.Random, *, classification: bool) -> str:
+    from tests.support import fake_llm as fake
+
+    def extra() -> str:
+        return rng.choice(EXTRAS).format(
+            audience=rng.choice(fake.AUDIENCES), topic2=rng.choice(fake.TOPICS),
+            count=rng.randrange(20, 400, 10), year=rng.randrange(1700, 2100),
+            number=rng.choice(fake.NUMBERS), language=rng.choice(fake.LANGUAGES),
+            word=rng.choice(WORDS), thing=rng.choice(fake.THINGS), style=rng.choice(fake.STYLES),
+        )  # fmt: skip
+
+    adjective, artifact = rng.choice(ADJECTIVES), rng.choice(ARTIFACTS)
+    topic = rng.choice(fake.TOPICS)
+    if classification or rng.random() < 0.2:
+        return f"Classify each {adjective} {artifact} {rng.choice(LINKS)} {topic} as {rng.choice(LABELS)}, {extra()}."
+    article = "an" if adjective[0] in "aeiou" else "a"
+    return f"{rng.choice(VERBS)} {article} {adjective} {artifact} {rng.choice(LINKS)} {topic} {extra()}."
+
+
+def serve(port: int, latency_s: float, diverse: bool = False) -> None:
     """A bare ASGI app rather than FastAPI: at 600 requests/s the server shares the 2 cores with
     the client under test, so its own CPU per request must stay small."""
     import json
 
     import uvicorn
 
+    from tests.support import fake_llm
     from tests.support.fake_llm import answer_for, apply_limits, prompt_kind
 
+    if diverse:
+        fake_llm.new_instruction = diverse_instruction  # type: ignore[assignment]
     counter = {"n": 0}
 
     def reply(body: dict[str, Any], chat: bool) -> dict[str, Any]:
@@ -107,14 +166,12 @@ def serve(port: int, latency_s: float) -> None:
 
 
 class LatencyServer:
-    def __init__(self, latency_s: float) -> None:
+    def __init__(self, latency_s: float, *, diverse: bool = False) -> None:
         from app.apiserver import free_port
 
         self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(self.port), "--latency", str(latency_s)],
-            cwd=ROOT,
-        )
+        command = [sys.executable, __file__, "--serve", str(self.port), "--latency", str(latency_s)]
+        self.proc = subprocess.Popen([*command, *(["--diverse"] if diverse else [])], cwd=ROOT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -457,6 +514,107 @@ def bench_workers(server: LatencyServer, target: int) -> None:
         print(f"| {count} | {wall:.1f} | {examples} | {rate:.1f} | {rate / base:.2f}x |")
 
 
+def _peak_rss_mb(pgid: int) -> list[tuple[int, str, float]]:
+    """(pid, command, peak resident MB) of the process `pgid` and every process in its group."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != pgid and int(stat.parent.name) != pgid:
+                continue
+            status = (stat.parent / "status").read_text()
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+        peak = next(
+            int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")
+        )
+        found.append((int(stat.parent.name), cmd, peak / 1024))
+    return sorted(found)
+
+
+def bench_scale(server: LatencyServer, target: int, workers: int, per_round: int) -> None:
+    """One paper-mode job of `target` accepted instructions on the real stack."""
+    from tests.support import services
+    from tests.support.stack import ServiceStack
+
+    admin, redis_url = services.postgres_admin_url(), services.redis_url()
+    if admin is None or redis_url is None:
+        print("\n(scale: skipped, TEST_DATABASE_URL and TEST_REDIS_URL are not set)")
+        return
+    import redis
+
+    from app.migrate import upgrade_database
+
+    name = services.unique_db_name()
+    url = services.create_database(admin, name)
+    redis.Redis.from_url(redis_url).flushdb()
+    upgrade_database(url)
+    env = {
+        "DATABASE_URL": url,
+        "CELERY_BROKER_URL": redis_url,
+        "OPENAI_BASE_URL": server.base_url,
+        "OPENAI_API_KEY": "x",
+        "SELFINSTRUCT_AUTH": "off",
+        "SELFINSTRUCT_INSTRUCTIONS_PER_INSTANCE_TASK": "50",
+        "SELFINSTRUCT_LLM_CONCURRENCY": "64",
+    }
+    seeds = ROOT / "app" / "data" / "seed_tasks.jsonl"
+    timeline = []
+    with ServiceStack(env, Path(tempfile.mkdtemp()) / "logs") as stack:
+        stack.start_api()
+        for _ in range(workers):
+            stack.start_worker(concurrency=1)
+        time.sleep(3)
+        with stack.client(None) as api:
+            with seeds.open("rb") as fh:
+                seed_set = api.post("/v1/seed-sets", files={"file": ("s.jsonl", fh)}).json()
+            t0 = time.perf_counter()
+            job = api.post(
+                "/v1/jobs",
+                json={
+                    "seed_set_id": seed_set["id"],
+                    "num_instructions": target,
+                    "options": {"seed": 7},
+                },
+            ).json()
+            next_mark = target / 10
+            while True:
+                job = api.get(f"/v1/jobs/{job['id']}").json()
+                accepted = job["progress"]["instructions_accepted"]
+                if accepted >= next_mark:
+                    timeline.append((accepted, time.perf_counter() - t0))
+                    next_mark += target / 10
+                if job["status"] in ("succeeded", "failed", "cancelled"):
+                    break
+                time.sleep(2)
+            wall = time.perf_counter() - t0
+        peaks = [("api", _peak_rss_mb(stack.api.pid))] if stack.api else []
+        peaks += [(f"worker {n}", _peak_rss_mb(w.pid)) for n, w in enumerate(stack.workers)]
+    peaks.append(("LLM server (bench)", _peak_rss_mb(server.proc.pid)))
+    services.drop_database(admin, name)
+    progress = job["progress"]
+    print(
+        f"\n### Paper-scale job ({target} instructions, {workers} worker processes, "
+        f"requests_per_round {per_round})\n"
+    )
+    print(
+        f"status {job['status']}, wall {wall / 60:.1f} min, instructions accepted "
+        f"{progress['instructions_accepted']}, examples {progress['instances_accepted']}, "
+        f"LLM requests {progress['llm_requests']}, dedupe {progress['dedupe_seconds']:.0f} s "
+        f"({progress['dedupe_seconds'] / wall:.1%} of the wall time)\n"
+    )
+    print("| accepted instructions | minutes since start |")
+    print("|---|---|")
+    for accepted, at in timeline:
+        print(f"| {accepted} | {at / 60:.1f} |")
+    print("\n| process | peak RSS MB |")
+    print("|---|---|")
+    for role, procs in peaks:
+        for n, (_pid, _cmd, peak) in enumerate(procs):  # the group leader comes first
+            print(f"| {role}{', pool child' if n else ''} | {peak:.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latency", type=float, default=0.2)
@@ -464,15 +622,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--target", type=int, default=200, help="Instructions per job (modes).")
     parser.add_argument("--workers-target", type=int, default=150)
+    parser.add_argument("--scale-target", type=int, default=52_000)
+    parser.add_argument("--scale-workers", type=int, default=2)
+    parser.add_argument("--scale-requests-per-round", type=int, default=16)
     parser.add_argument("--export-examples", type=int, default=100_000)
     parser.add_argument("--export-one", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--diverse", action="store_true", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.export_one:
         export_one(*rest)
         return
     if args.serve:
-        serve(args.serve, args.latency)
+        serve(args.serve, args.latency, args.diverse)
         return
     print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs")
     server = LatencyServer(args.latency)
@@ -492,6 +654,14 @@ def main() -> None:
             bench_export(args.export_examples)
         if "workers" in sections:
             bench_workers(server, args.workers_target)
+        if "scale" in sections:
+            diverse = LatencyServer(args.latency, diverse=True)
+            try:
+                bench_scale(
+                    diverse, args.scale_target, args.scale_workers, args.scale_requests_per_round
+                )
+            finally:
+                diverse.stop()
     finally:
         server.stop()
 

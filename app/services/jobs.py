@@ -180,6 +180,7 @@ def job_progress(session: Session, job: Job) -> Progress:
         prompt_tokens=int(calls[2]),
         completion_tokens=int(calls[3]),
         tokens_per_accepted_instruction=round(tokens / accepted, 1) if accepted else None,
+        dedupe_seconds=round(job.dedupe_s or 0.0, 3),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -164,7 +165,9 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
             return RoundResult()
         seeds = load_seed_tasks(session, job.seed_set_id)
         seed_texts = [s.instruction for s in seeds]
+        dedupe_started = time.perf_counter()
         state = _job_index(session, job, seed_texts)
+        dedupe_s = time.perf_counter() - dedupe_started
         remaining = job.num_instructions - len(state.machine_texts)
         rng = random.Random(f"{job.rng_seed}:{round_no}")
         batched = options.mode == "batched"
@@ -204,9 +207,11 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
 
     completions = [Completion(r.response.text, r.response.finish_reason) for r in answered]  # type: ignore[union-attr]
     accept = accept_batched_round if batched else accept_round
+    dedupe_started = time.perf_counter()
     outcome = accept(completions, state.index, options, remaining=remaining)
+    dedupe_s += time.perf_counter() - dedupe_started
     try:
-        return _commit_round(job_id, round_no, outcome.decisions, records, options)
+        return _commit_round(job_id, round_no, outcome.decisions, records, options, dedupe_s)
     except BaseException:
         forget_job_index(job_id)  # the index already holds this round's texts
         raise
@@ -218,6 +223,7 @@ def _commit_round(
     decisions: Sequence[CandidateDecision],
     records: Sequence[_CallRecord],
     options: GenerationOptions,
+    dedupe_s: float,
 ) -> RoundResult:
     with session_scope() as session:
         job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
@@ -259,6 +265,7 @@ def _commit_round(
         if any(r.response is not None for r in records):
             job.llm_unavailable_since = None
         job.rounds_completed = round_no
+        job.dedupe_s = (job.dedupe_s or 0.0) + dedupe_s
         job.rounds_without_progress = 0 if new_accepted else job.rounds_without_progress + 1
         accepted_total = session.scalar(
             select(func.count())
