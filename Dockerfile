@@ -16,7 +16,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations
-RUN pip install . \
+RUN pip install ".[report]" \
     && rm -rf build *.egg-info \
     && useradd --create-home --uid 10001 selfinstruct \
     && mkdir -p /data \

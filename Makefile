@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 # Reinstalled whenever pyproject.toml changes; pip keeps the compiled llama-cpp-python wheel in
 # its cache (~/.cache/pip), so only the first install on a machine pays for the compile.
 STAMP := $(VENV)/.installed
-EXTRAS ?= local,test
+EXTRAS ?= local,report,test
 PAPER_SEEDS ?= $(abspath ../shared/data/self_instruct_seed_tasks.jsonl)
 # Serial by default: -n 2 saves little on two cores and competes with the local model test.
 PYTEST_ARGS ?=

@@ -77,6 +77,9 @@ class APIClient:
     def jobs(self, *, limit: int = 20, offset: int = 0) -> dict[str, Any]:
         return self._request("GET", "/v1/jobs", params={"limit": limit, "offset": offset}).json()
 
+    def report(self, job_id: str, *, sample: int = 2000) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{job_id}/report", params={"sample": sample}).json()
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
 

@@ -28,6 +28,12 @@ class BackendConfig(BaseModel):
         default_factory=list, description="Models jobs may ask for; empty: any (server default)."
     )
     default_model: str | None = None
+    prompt_price_per_mtok: float | None = Field(
+        None, ge=0, description="Price of a million prompt tokens, for cost in job reports."
+    )
+    completion_price_per_mtok: float | None = Field(
+        None, ge=0, description="Price of a million completion tokens."
+    )
 
 
 class Settings(BaseSettings):
@@ -47,6 +53,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("OPENAI_API_KEY", "SELFINSTRUCT_OPENAI_API_KEY"),
     )
     model: str | None = Field(None, description="Default model (SELFINSTRUCT_MODEL).")
+    prompt_price_per_mtok: float | None = Field(
+        None, ge=0, description="The default backend's price per million prompt tokens."
+    )
+    completion_price_per_mtok: float | None = Field(
+        None, ge=0, description="The default backend's price per million completion tokens."
+    )
     backends: dict[str, BackendConfig] = Field(
         default_factory=dict,
         description='More LLM servers by name, as JSON: {"name": {"base_url", "api_key", "models"}}.',
@@ -117,6 +129,8 @@ class Settings(BaseSettings):
                 base_url=self.openai_base_url,
                 api_key=self.openai_api_key,
                 default_model=self.model,
+                prompt_price_per_mtok=self.prompt_price_per_mtok,
+                completion_price_per_mtok=self.completion_price_per_mtok,
             )
         return None
 

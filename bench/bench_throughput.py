@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH_REDIS_DB = 15  # tests use db 1 + their xdist worker number; never share their queues
 sys.path.insert(0, str(ROOT))
 
 
@@ -459,59 +460,71 @@ def export_one(url: str, job_id: str, fmt: str, container: str) -> None:
 # --- workers: the real stack ----------------------------------------------------------------------
 
 
-def bench_workers(server: LatencyServer, target: int) -> None:
+def _run_on_stack(server: LatencyServer, workers: int, jobs: int, target: int) -> tuple[float, int]:
+    """`jobs` concurrent jobs on a fresh database with `workers` worker processes: wall seconds
+    until all finished, and their accepted examples."""
+    import redis
+
+    from app.migrate import upgrade_database
     from tests.support import services
     from tests.support.stack import ServiceStack, wait_for_status
 
-    admin, redis_url = services.postgres_admin_url(), services.redis_url()
-    if admin is None or redis_url is None:
-        print("\n(workers: skipped, TEST_DATABASE_URL and TEST_REDIS_URL are not set)")
-        return
-    import redis
-
-    print(f"\n### Worker processes (real PostgreSQL and Redis; {target} instructions per job)\n")
-    print("| worker processes | wall s | examples | examples/s | speed-up |")
-    print("|---|---|---|---|---|")
-    base = None
+    admin, redis_url = services.postgres_admin_url(), services.redis_url(BENCH_REDIS_DB)
+    assert admin is not None and redis_url is not None
+    name = services.unique_db_name()
+    url = services.create_database(admin, name)
+    redis.Redis.from_url(redis_url).flushdb()
+    upgrade_database(url)
+    env = {
+        "DATABASE_URL": url,
+        "CELERY_BROKER_URL": redis_url,
+        "OPENAI_BASE_URL": server.base_url,
+        "OPENAI_API_KEY": "x",
+        "SELFINSTRUCT_AUTH": "off",
+    }
     seeds = ROOT / "app" / "data" / "seed_tasks.jsonl"
-    for count in (1, 2, 4):
-        name = services.unique_db_name()
-        url = services.create_database(admin, name)
-        redis.Redis.from_url(redis_url).flushdb()
-        from app.migrate import upgrade_database
-
-        upgrade_database(url)
-        env = {
-            "DATABASE_URL": url,
-            "CELERY_BROKER_URL": redis_url,
-            "OPENAI_BASE_URL": server.base_url,
-            "OPENAI_API_KEY": "x",
-            "SELFINSTRUCT_AUTH": "off",
-        }
-        with ServiceStack(env, Path(tempfile.mkdtemp()) / "logs") as stack:
-            stack.start_api()
-            for _ in range(count):
-                stack.start_worker(concurrency=1)
-            time.sleep(3)  # workers connect to the broker
-            with stack.client(None) as api:
-                with seeds.open("rb") as fh:
-                    seed_set = api.post("/v1/seed-sets", files={"file": ("s.jsonl", fh)}).json()
-                t0 = time.perf_counter()
-                job = api.post(
+    with ServiceStack(env, Path(tempfile.mkdtemp()) / "logs") as stack:
+        stack.start_api()
+        for _ in range(workers):
+            stack.start_worker(concurrency=1)
+        time.sleep(3)  # workers connect to the broker
+        with stack.client(None) as api:
+            with seeds.open("rb") as fh:
+                seed_set = api.post("/v1/seed-sets", files={"file": ("s.jsonl", fh)}).json()
+            t0 = time.perf_counter()
+            ids = [
+                api.post(
                     "/v1/jobs",
                     json={
                         "seed_set_id": seed_set["id"],
                         "num_instructions": target,
-                        "options": {"seed": 2},
+                        "options": {"seed": 2 + n},
                     },
-                ).json()
-                job = wait_for_status(api, job["id"], timeout_s=1800)
-                wall = time.perf_counter() - t0
-        services.drop_database(admin, name)
-        examples = job["progress"]["instances_accepted"]
+                ).json()["id"]
+                for n in range(jobs)
+            ]
+            finished = [wait_for_status(api, i, timeout_s=1800) for i in ids]
+            wall = time.perf_counter() - t0
+    services.drop_database(admin, name)
+    assert all(j["status"] == "succeeded" for j in finished), finished
+    return wall, sum(j["progress"]["instances_accepted"] for j in finished)
+
+
+def bench_workers(server: LatencyServer, target: int) -> None:
+    from tests.support import services
+
+    if services.postgres_admin_url() is None or services.redis_url() is None:
+        print("\n(workers: skipped, TEST_DATABASE_URL and TEST_REDIS_URL are not set)")
+        return
+    print(f"\n### Worker processes (real PostgreSQL and Redis; {target} instructions per job)\n")
+    print("| worker processes | concurrent jobs | wall s | examples | examples/s | speed-up |")
+    print("|---|---|---|---|---|---|")
+    base = None
+    for workers, jobs in ((1, 1), (2, 1), (4, 1), (1, 4), (2, 4), (4, 4)):
+        wall, examples = _run_on_stack(server, workers, jobs, target)
         rate = examples / wall
         base = base or rate
-        print(f"| {count} | {wall:.1f} | {examples} | {rate:.1f} | {rate / base:.2f}x |")
+        print(f"| {workers} | {jobs} | {wall:.1f} | {examples} | {rate:.1f} | {rate / base:.2f}x |")
 
 
 def _peak_rss_mb(pgid: int) -> list[tuple[int, str, float]]:
@@ -538,7 +551,7 @@ def bench_scale(server: LatencyServer, target: int, workers: int, per_round: int
     from tests.support import services
     from tests.support.stack import ServiceStack
 
-    admin, redis_url = services.postgres_admin_url(), services.redis_url()
+    admin, redis_url = services.postgres_admin_url(), services.redis_url(BENCH_REDIS_DB)
     if admin is None or redis_url is None:
         print("\n(scale: skipped, TEST_DATABASE_URL and TEST_REDIS_URL are not set)")
         return

@@ -13,8 +13,10 @@ from app.deps import CallerDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidInput, ServiceUnavailable
 from app.schemas import JobCreate, JobPage, JobRead
 from app.selfinstruct.formats import ExportFormat
+from app.selfinstruct.report import QualityReport
 from app.selfinstruct.seeds import SeedFileError, validate_seed_tasks
 from app.services import jobs as job_service
+from app.services import report as report_service
 from app.services.export import Container, examples_jsonl, export_stream
 from app.services.queue import enqueue_round
 from app.services.seed_sets import create_seed_set
@@ -82,6 +84,22 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobRead, responses=ERROR_RESPONSES)
 def read_job(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> JobRead:
     return job_service.job_read(session, job_service.get_job(session, job_id, caller))
+
+
+@router.get("/{job_id}/report", response_model=QualityReport, responses=ERROR_RESPONSES)
+def read_report(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    caller: CallerDep,
+    sample: Annotated[
+        int,
+        Query(ge=10, le=100_000, description="Accepted instructions measured for ROUGE and verbs."),
+    ] = 2000,
+) -> QualityReport:
+    """The paper's analysis of this job so far: rejections by reason with examples, ROUGE-L to
+    the nearest seed and earlier instruction, root verbs and their objects, lengths, usage."""
+    job = job_service.get_job(session, job_id, caller)
+    return report_service.job_report(session, job, sample_size=sample)
 
 
 @router.post(

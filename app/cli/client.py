@@ -1,4 +1,4 @@
-"""Client commands over the HTTP API: submit, status, jobs, download, cancel."""
+"""Client commands over the HTTP API: submit, status, report, jobs, download, cancel."""
 
 from __future__ import annotations
 
@@ -146,6 +146,75 @@ def download(
         except APIError as exc:
             raise _fail(exc) from exc
     console.print(f"wrote {lines} lines to {output}")
+
+
+@cli.command()
+def report(
+    job_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    sample: Annotated[
+        int, typer.Option(help="Accepted instructions measured for ROUGE-L and verbs.")
+    ] = 2000,
+    api_url: ApiUrl = None,
+) -> None:
+    """A job's quality report: rejections, ROUGE-L, verbs and objects, lengths, usage."""
+    with _client(api_url) as client:
+        try:
+            data = client.report(job_id, sample=sample)
+        except APIError as exc:
+            raise _fail(exc) from exc
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    out = Console()
+    for kind in ("instructions", "instances"):
+        part = data[kind]
+        table = Table(title=f"{kind}: {part['accepted']} accepted of {part['generated']}")
+        table.add_column("rejected because")
+        table.add_column("count", justify="right")
+        table.add_column("example")
+        for reason, count in part["by_reason"].items():
+            table.add_row(reason, str(count), (part["examples"].get(reason) or [""])[0][:80])
+        out.print(table)
+    rouge = data["rouge_l"]
+    for name in ("to_nearest_seed", "to_nearest_earlier_instruction"):
+        out.print(
+            _bars(
+                f"ROUGE-L {name.replace('_', ' ')} ({rouge['sample']} of {rouge['of']})",
+                rouge[name],
+            )
+        )
+    verbs = Table(title=f"top verbs ({data['verbs']['parser']})")
+    verbs.add_column("verb")
+    verbs.add_column("count", justify="right")
+    verbs.add_column("top objects")
+    for row in data["verbs"]["top_verbs"]:
+        verbs.add_row(
+            row["verb"], str(row["count"]), ", ".join(f"{o} ({n})" for o, n in row["objects"])
+        )
+    out.print(verbs)
+    for name, histogram in data["lengths"].items():
+        out.print(_bars(f"{name.replace('_', ' ')}", histogram))
+    usage = data["usage"]
+    out.print(
+        f"classification share {data['classification_share']}, empty input share "
+        f"{data['empty_input_share']}; {usage['requests']} requests, "
+        f"{usage['tokens_per_accepted_example']} tokens per accepted example"
+        + (f", cost {usage['cost']}" if usage["cost"] is not None else ""),
+        highlight=False,
+    )
+
+
+def _bars(title: str, histogram: dict[str, Any]) -> Table:
+    table = Table(title=f"{title}: median {histogram['median']}, mean {histogram['mean']}")
+    table.add_column("from", justify="right")
+    table.add_column("count", justify="right")
+    table.add_column("")
+    peak = max(histogram["counts"]) or 1
+    for edge, count in zip(histogram["edges"], histogram["counts"], strict=True):
+        if count:
+            table.add_row(str(edge), str(count), "#" * max(1, round(30 * count / peak)))
+    return table
 
 
 @cli.command()

@@ -95,6 +95,32 @@ def test_job_generates_exactly_the_target_with_no_near_duplicates(
     assert rejected and all(r["reason"] for r in rejected)
     kinds = {r["kind"] for r in rejected}
     assert "instruction" in kinds
+    _check_report(api, stack, job)
+
+
+def _check_report(api: httpx.Client, stack: ServiceStack, job: dict) -> None:  # type: ignore[type-arg]
+    """The quality report agrees with the job's own counters and with the dedupe threshold."""
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    progress = job["progress"]
+    assert report["instructions"]["accepted"] == progress["instructions_accepted"] == 30
+    assert report["instructions"]["by_reason"] == progress["instructions_rejected"]
+    assert report["instructions"]["rejected"] == sum(progress["instructions_rejected"].values())
+    assert all(report["instructions"]["examples"][r] for r in report["instructions"]["by_reason"])
+    assert report["instances"]["accepted"] == progress["instances_accepted"]
+    assert report["instances"]["by_reason"] == progress["instances_rejected"]
+    rouge = report["rouge_l"]
+    assert rouge["sample"] == rouge["of"] == 30
+    assert 0 < rouge["to_nearest_seed"]["max"] <= 0.7
+    assert rouge["to_nearest_earlier_instruction"]["max"] <= 0.7
+    assert report["verbs"]["parsed"] > 0 and report["verbs"]["top_verbs"][0]["count"] >= 1
+    assert report["lengths"]["instruction_words"]["count"] == 30
+    assert 0 <= report["classification_share"] <= 1 and 0 <= report["empty_input_share"] <= 1
+    assert report["usage"]["requests"] == progress["llm_requests"]
+    assert api.get(f"/v1/jobs/{job['id']}/report", params={"sample": 1}).status_code == 422
+    key = api.headers["authorization"].removeprefix("Bearer ")
+    cli = stack.cli("report", job["id"], "--json", "--sample", "10", key=key)
+    assert json.loads(cli)["rouge_l"]["sample"] == 10
+    assert "top verbs" in stack.cli("report", job["id"], key=key)
 
 
 def test_the_papers_seed_file_drives_a_job_unchanged(

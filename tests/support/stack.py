@@ -81,6 +81,22 @@ class ServiceStack:
         )
         return result.stdout.strip().splitlines()[-1]
 
+    def cli(self, *args: str, key: str | None = None) -> str:
+        """Run the `selfinstruct` client CLI against this stack; its standard output."""
+        env = {**self.env, "SELFINSTRUCT_API_URL": self.url}
+        if key:
+            env["SELFINSTRUCT_API_KEY"] = key
+        result = subprocess.run(
+            [sys.executable, "-m", "app", *args],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
     def client(self, key: str | None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else None
         return httpx.Client(base_url=self.url, timeout=30, headers=headers)

