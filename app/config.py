@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     api_url: str | None = Field(None, description="Where the CLI client finds the API.")
     api_key: SecretStr | None = Field(None, description="The CLI client's API key.")
 
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text or as JSON objects (one per line), with job ids."
+    )
     llm_timeout_s: float = 120.0
     llm_max_retries: int = 4
     task_max_retries: int = Field(

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.api import backends, datasets, health, jobs, mixtures, seed_sets
+from app.api.metrics import install_metrics
 from app.errors import install_error_handlers
 
 
@@ -22,4 +23,5 @@ def create_app() -> FastAPI:
     app.include_router(mixtures.router)
     app.include_router(backends.router)
     app.include_router(health.router)
+    install_metrics(app)
     return app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_process_init
 
 from app.config import Settings, get_settings
 from app.db import reset_engine
@@ -36,6 +36,14 @@ def create_celery(settings: Settings) -> Celery:
 
 
 celery_app = create_celery(get_settings())
+
+
+@setup_logging.connect
+def _configure_logging(loglevel: int | str | None = None, **_: object) -> None:
+    """Our handler and format instead of Celery's, so worker lines carry job ids."""
+    from app.logs import configure_logging
+
+    configure_logging(get_settings(), loglevel or "INFO")
 
 
 @worker_process_init.connect

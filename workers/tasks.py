@@ -14,11 +14,12 @@ import threading
 import uuid
 
 from celery import Task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutdown
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.config import get_settings
 from app.llm.base import LLMPermanentError, LLMTransientError
+from app.logs import current_job_id
 from app.services import mixtures, pipeline, sweeper
 from app.services.batches import BatchPending
 from app.services.llm import llm_for
@@ -107,6 +108,19 @@ def build_mixture(self: Task, mixture_id: str) -> None:
     except Exception as exc:  # a bug: say so on the mixture rather than leave it running
         log.exception("mixture %s failed", mid)
         mixtures.fail(mid, f"internal error: {type(exc).__name__}: {exc}")
+
+
+# --- log context: every line a task writes names its job (or mixture) ----------------------------
+
+
+@task_prerun.connect
+def _enter_job(args: tuple[object, ...] | None = None, **_: object) -> None:
+    current_job_id.set(str(args[0]) if args else None)
+
+
+@task_postrun.connect
+def _leave_job(**_: object) -> None:
+    current_job_id.set(None)
 
 
 # --- the sweeper: one thread in each worker's main process --------------------------------------

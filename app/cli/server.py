@@ -42,13 +42,17 @@ def serve(
     if embedded is None:
         embedded = settings.embedded
     _check_auth(settings, host)
+    from app.logs import configure_logging
+
+    configure_logging(settings)
+    run = {"factory": True, "host": host, "port": port, "log_config": None}
     if not embedded:
-        uvicorn.run("app.main:create_app", factory=True, host=host, port=port)
+        uvicorn.run("app.main:create_app", **run)  # type: ignore[arg-type]
         return
     from app.embedded import EmbeddedStack
 
     with EmbeddedStack(settings, console_echo=typer.echo):
-        uvicorn.run("app.main:create_app", factory=True, host=host, port=port)
+        uvicorn.run("app.main:create_app", **run)  # type: ignore[arg-type]
 
 
 @cli.command()

@@ -211,10 +211,19 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
     outcome = accept(completions, state.index, options, remaining=remaining)
     dedupe_s += time.perf_counter() - dedupe_started
     try:
-        return _commit_round(job_id, round_no, outcome.decisions, records, options, dedupe_s)
+        result = _commit_round(job_id, round_no, outcome.decisions, records, options, dedupe_s)
     except BaseException:
         forget_job_index(job_id)  # the index already holds this round's texts
         raise
+    log.info(
+        "round %d: %d of %d candidates accepted from %d answers (dedupe %.0f ms)",
+        round_no,
+        sum(d.accepted for d in outcome.decisions),
+        len(outcome.decisions),
+        len(answered),
+        dedupe_s * 1000,
+    )
+    return result
 
 
 def _commit_round(
@@ -381,6 +390,12 @@ def generate_instances(
         results = _classify_and_generate(llm_factory(options), rows, options)
     _commit_instances(job_id, results)
     failed = [r for r in results if not r.complete]
+    log.info(
+        "instances: %d of %d instructions done, %d examples accepted",
+        len(results) - len(failed),
+        len(results),
+        sum(d.accepted for r in results for d in r.decisions),
+    )
     if failed:
         raise LLMTransientError(
             f"{len(failed)} of {len(results)} instructions are waiting for the LLM: "

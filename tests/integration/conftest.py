@@ -62,6 +62,7 @@ def stack(
                 }
             }
         ),
+        "SELFINSTRUCT_LOG_FORMAT": "json",
     }
     with ServiceStack(env, tmp / "logs") as running:
         running.start_api()

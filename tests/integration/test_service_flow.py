@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from rouge_score import rouge_scorer
 from sqlalchemy import create_engine, func, select
 
@@ -96,6 +97,32 @@ def test_job_generates_exactly_the_target_with_no_near_duplicates(
     kinds = {r["kind"] for r in rejected}
     assert "instruction" in kinds
     _check_report(api, stack, job)
+    _check_metrics_and_logs(api, stack, job)
+
+
+def _check_metrics_and_logs(api: httpx.Client, stack: ServiceStack, job: dict) -> None:  # type: ignore[type-arg]
+    response = httpx.get(f"{stack.url}/metrics")  # aggregates only: no key needed
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            key = sample.name + json.dumps(sample.labels, sort_keys=True)
+            found[key] = sample.value
+    accepted = found['selfinstruct_instructions_total{"outcome": "accepted", "reason": ""}']
+    assert accepted >= job["progress"]["instructions_accepted"]
+    requests = sum(v for k, v in found.items() if k.startswith("selfinstruct_llm_requests_total"))
+    assert requests >= job["progress"]["llm_requests"]
+    assert found['selfinstruct_queue_depth{"queue": "selfinstruct"}'] >= 0
+    assert any(k.startswith("selfinstruct_llm_latency_seconds_bucket") for k in found)
+    assert any(k.startswith("selfinstruct_http_requests_total") for k in found)
+    lines = [
+        json.loads(line)
+        for line in stack.log_tail("worker0", lines=100_000).splitlines()
+        if line.startswith("{")
+    ]
+    mine = [line for line in lines if line.get("job_id") == job["id"]]
+    assert any(line["message"].startswith("round 1:") for line in mine), lines[-5:]
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in mine)
 
 
 def _check_report(api: httpx.Client, stack: ServiceStack, job: dict) -> None:  # type: ignore[type-arg]

@@ -1,0 +1,147 @@
+"""Prometheus metrics.
+
+Pipeline counters (instructions, instances, LLM requests, tokens, latency) are read from the
+database at scrape time rather than counted in each process: workers run in other processes and
+often on other hosts, and the stored rows are the truth the job status also reports, so the two
+can never disagree. HTTP metrics are the API process's own. Queue depth comes from the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import case, func, select
+
+from app.db import session_scope
+from app.models import Instance, Instruction, Job, LLMCall
+
+log = logging.getLogger(__name__)
+
+QueueDepth = Callable[[], list[tuple[str, int]]]
+LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class PipelineCollector(Collector):
+    def __init__(self, queue_depth: QueueDepth | None = None) -> None:
+        self._queue_depth = queue_depth
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        with session_scope() as session:
+            jobs = GaugeMetricFamily("selfinstruct_jobs", "Jobs by status.", labels=["status"])
+            for status, count in session.execute(
+                select(Job.status, func.count()).group_by(Job.status)
+            ):
+                jobs.add_metric([str(status)], count)
+            yield jobs
+            yield from _decisions(session, Instruction, "instructions")
+            yield from _decisions(session, Instance, "instances")
+            yield from _llm(session)
+        if self._queue_depth is not None:
+            depth = GaugeMetricFamily(
+                "selfinstruct_queue_depth",
+                "Pipeline tasks waiting in the broker.",
+                labels=["queue"],
+            )
+            try:
+                for queue, count in self._queue_depth():
+                    depth.add_metric([queue], count)
+            except Exception:  # the broker is down: say so by leaving the gauge empty
+                log.warning("queue depth unavailable", exc_info=True)
+            yield depth
+        yield GaugeMetricFamily(
+            "selfinstruct_metrics_collect_seconds",
+            "Time this scrape spent reading the database and broker.",
+            value=time.perf_counter() - started,
+        )
+
+
+def _decisions(session, model, name: str) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
+    family = CounterMetricFamily(
+        f"selfinstruct_{name}",
+        f"Generated {name} by outcome and rejection reason.",
+        labels=["outcome", "reason"],
+    )
+    for accepted, reason, count in session.execute(
+        select(model.accepted, model.reason, func.count()).group_by(model.accepted, model.reason)
+    ):
+        family.add_metric(["accepted" if accepted else "rejected", reason or ""], count)
+    yield family
+
+
+def _llm(session) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
+    requests = CounterMetricFamily(
+        "selfinstruct_llm_requests",
+        "LLM requests by purpose and outcome.",
+        labels=["purpose", "ok"],
+    )
+    tokens = CounterMetricFamily("selfinstruct_llm_tokens", "LLM tokens by kind.", labels=["kind"])
+    latency = HistogramMetricFamily(
+        "selfinstruct_llm_latency_seconds", "LLM request latency by purpose.", labels=["purpose"]
+    )
+    bucket_columns = [
+        func.sum(case((LLMCall.latency_ms <= round(b * 1000), 1), else_=0))
+        for b in LATENCY_BUCKETS_S
+    ]
+    rows = session.execute(
+        select(
+            LLMCall.purpose,
+            LLMCall.ok,
+            func.count(),
+            func.coalesce(func.sum(LLMCall.prompt_tokens), 0),
+            func.coalesce(func.sum(LLMCall.completion_tokens), 0),
+            func.coalesce(func.sum(LLMCall.latency_ms), 0),
+            *bucket_columns,
+        ).group_by(LLMCall.purpose, LLMCall.ok)
+    ).all()
+    prompt_total = completion_total = 0
+    per_purpose: dict[str, list[float]] = {}
+    for purpose, ok, count, prompt, completion, latency_ms, *buckets in rows:
+        requests.add_metric([purpose, "true" if ok else "false"], count)
+        prompt_total += int(prompt)
+        completion_total += int(completion)
+        merged = per_purpose.setdefault(purpose, [0.0] * (len(buckets) + 2))
+        for n, value in enumerate(buckets):
+            merged[n] += int(value or 0)
+        merged[-2] += count
+        merged[-1] += int(latency_ms) / 1000
+    tokens.add_metric(["prompt"], prompt_total)
+    tokens.add_metric(["completion"], completion_total)
+    for purpose, values in per_purpose.items():
+        count, total_s = values[-2], values[-1]
+        cumulative = [(str(b), values[n]) for n, b in enumerate(LATENCY_BUCKETS_S)]
+        latency.add_metric([purpose], [*cumulative, ("+Inf", count)], total_s)
+    yield requests
+    yield tokens
+    yield latency
+
+
+def build_registry(
+    queue_depth: callable | None = None,
+) -> tuple[CollectorRegistry, Counter, Histogram]:  # type: ignore[valid-type]
+    """A registry with the pipeline collector and the API's own HTTP metrics."""
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector(queue_depth))
+    http_requests = Counter(
+        "selfinstruct_http_requests",
+        "API requests by method, route and status.",
+        ["method", "route", "status"],
+        registry=registry,
+    )
+    http_latency = Histogram(
+        "selfinstruct_http_request_duration_seconds",
+        "API request duration by route.",
+        ["route"],
+        registry=registry,
+    )
+    return registry, http_requests, http_latency
