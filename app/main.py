@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.api import backends, datasets, health, jobs, mixtures, seed_sets
@@ -24,4 +28,11 @@ def create_app() -> FastAPI:
     app.include_router(backends.router)
     app.include_router(health.router)
     install_metrics(app)
+    # The dashboard: static files calling the API above from the browser.
+    app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "ui", html=True), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
     return app

@@ -17,6 +17,7 @@ from app.selfinstruct.report import QualityReport
 from app.selfinstruct.seeds import SeedFileError, validate_seed_tasks
 from app.services import jobs as job_service
 from app.services import report as report_service
+from app.services.browse import browse
 from app.services.export import Container, examples_jsonl, export_stream
 from app.services.queue import enqueue_round
 from app.services.seed_sets import create_seed_set
@@ -100,6 +101,22 @@ def read_report(
     the nearest seed and earlier instruction, root verbs and their objects, lengths, usage."""
     job = job_service.get_job(session, job_id, caller)
     return report_service.job_report(session, job, sample_size=sample)
+
+
+@router.get("/{job_id}/items", responses=ERROR_RESPONSES)
+def browse_items(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    caller: CallerDep,
+    view: Literal["accepted", "rejected_instructions", "rejected_instances"] = "accepted",
+    q: Annotated[str | None, Query(max_length=200, description="Text to search for.")] = None,
+    reason: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, object]:
+    """A page of accepted examples or of rejections (with their reason), for browsing."""
+    job = job_service.get_job(session, job_id, caller)
+    return browse(session, job.id, view, query=q, reason=reason, limit=limit, offset=offset)
 
 
 @router.post(

@@ -1,0 +1,348 @@
+// The dashboard: plain JavaScript over the JSON API, no build step and nothing from a CDN.
+// Charts are a few SVG bars drawn here; a charting library would outweigh the whole page.
+"use strict";
+
+const view = document.getElementById("view");
+const KEY = "selfinstruct.apiKey";
+let timer = null;
+
+// --- API access -----------------------------------------------------------------------------------
+
+function authHeaders() {
+  const key = sessionStorage.getItem(KEY);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try {
+      const body = await response.json();
+      message = [body.error, body.detail].filter(Boolean).join(": ") || message;
+      if (body.errors) message += "\n" + body.errors.map((e) => JSON.stringify(e)).join("\n");
+    } catch (_) { /* not JSON */ }
+    if (response.status === 401) message += " (enter an API key above)";
+    throw new Error(message);
+  }
+  return (response.headers.get("content-type") || "").startsWith("application/json") ? response.json() : response;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else if (value !== undefined && value !== null) node.setAttribute(name, value);
+  }
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+function showError(where, error) {
+  where.replaceChildren(el("p", { class: "error", role: "alert" }, error.message || String(error)));
+}
+
+// --- key form -------------------------------------------------------------------------------------
+
+function refreshKeyState() {
+  document.getElementById("key-state").textContent = sessionStorage.getItem(KEY) ? "key set" : "no key";
+}
+document.getElementById("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = document.getElementById("key-input");
+  if (input.value.trim()) sessionStorage.setItem(KEY, input.value.trim());
+  else sessionStorage.removeItem(KEY);
+  input.value = "";
+  refreshKeyState();
+  route();
+});
+
+// --- views ----------------------------------------------------------------------------------------
+
+function progressBar(done, total) {
+  const share = total ? Math.min(1, done / total) : 0;
+  return el("span", { class: "progress", title: `${done} of ${total}` },
+    el("div", { style: `width:${(share * 100).toFixed(1)}%` }));
+}
+
+async function jobsView() {
+  const box = el("section", {}, el("h1", {}, "Jobs"), el("p", { class: "muted" }, "Loading..."));
+  view.replaceChildren(box);
+  const draw = async () => {
+    try {
+      const page = await api("/v1/jobs?limit=50");
+      const rows = page.items.map((job) => el("tr", { "data-job": job.id },
+        el("td", {}, el("a", { href: `#/jobs/${job.id}` }, job.id.slice(0, 8))),
+        el("td", { class: `status ${job.status}` }, job.status),
+        el("td", {}, progressBar(job.progress.instructions_accepted, job.num_instructions), " ",
+          `${job.progress.instructions_accepted} / ${job.num_instructions}`),
+        el("td", { class: "num" }, job.progress.instances_accepted),
+        el("td", { class: "muted" }, new Date(job.created_at).toLocaleString())));
+      box.replaceChildren(el("h1", {}, "Jobs"), rows.length
+        ? el("table", { id: "jobs-table" }, el("tr", {}, el("th", {}, "job"), el("th", {}, "status"),
+            el("th", {}, "instructions"), el("th", { class: "num" }, "examples"), el("th", {}, "created")), rows)
+        : el("p", {}, "No jobs yet. ", el("a", { href: "#/new" }, "Start one.")));
+    } catch (error) { showError(box, error); }
+  };
+  await draw();
+  timer = setInterval(draw, 2000);
+}
+
+function newJobView() {
+  const message = el("div", { id: "new-job-message" });
+  const form = el("form", { id: "new-job" },
+    el("p", {}, el("label", {}, "Seed tasks (JSONL, one task per line) ",
+      el("input", { type: "file", id: "seed-file", accept: ".jsonl,.json,.txt", required: "" }))),
+    el("p", {}, el("label", {}, "Instructions to generate ",
+      el("input", { type: "number", id: "num-instructions", value: "100", min: "1", required: "" }))),
+    el("p", {}, el("label", {}, "Mode ", el("select", { id: "mode" },
+      el("option", { value: "paper" }, "paper (three steps)"), el("option", { value: "batched" }, "batched (Alpaca-style)")))),
+    el("p", {}, el("label", {}, "Seed ", el("input", { type: "number", id: "rng-seed", placeholder: "random" }))),
+    el("button", { type: "submit", id: "start-job" }, "Upload and start"), message);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    message.replaceChildren(el("p", { class: "muted" }, "Uploading..."));
+    try {
+      const data = new FormData();
+      data.append("file", document.getElementById("seed-file").files[0]);
+      const seedSet = await api("/v1/seed-sets", { method: "POST", body: data });
+      const options = { mode: document.getElementById("mode").value };
+      const seed = document.getElementById("rng-seed").value;
+      if (seed) options.seed = Number(seed);
+      const job = await api("/v1/jobs", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ seed_set_id: seedSet.id,
+          num_instructions: Number(document.getElementById("num-instructions").value), options }),
+      });
+      location.hash = `#/jobs/${job.id}`;
+    } catch (error) { showError(message, error); }
+  });
+  view.replaceChildren(el("section", {}, el("h1", {}, "New job"), form));
+}
+
+async function jobView(jobId) {
+  const head = el("section", { id: "job-head" }, el("p", { class: "muted" }, "Loading..."));
+  const report = el("section", { id: "report" }, el("h2", {}, "Report"), el("p", { class: "muted" }, "Loading..."));
+  const items = el("section", { id: "items" });
+  view.replaceChildren(head, report, items);
+  let lastStatus = null;
+  let reportAt = 0;
+  let examples = null;
+  const draw = async () => {
+    try {
+      const job = await api(`/v1/jobs/${jobId}`);
+      const finished = ["succeeded", "failed", "cancelled"].includes(job.status);
+      // The report is costlier than the status: while running, refresh it every few seconds;
+      // once finished, one last time. The head is drawn last, so a finished status on the page
+      // means the report and examples below are final too.
+      if (!reportAt || (!finished && Date.now() - reportAt > 8000) || (finished && lastStatus !== job.status)) {
+        reportAt = Date.now();
+        const data = await api(`/v1/jobs/${jobId}/report`);
+        drawReport(report, data);
+        if (examples) examples.update(data);
+        else examples = drawItems(items, jobId, data);
+      }
+      drawHead(head, job);
+      lastStatus = job.status;
+      if (finished && timer) { clearInterval(timer); timer = null; }
+    } catch (error) { showError(head, error); }
+  };
+  await draw();
+  if (!["succeeded", "failed", "cancelled"].includes(lastStatus)) timer = setInterval(draw, 1500);
+}
+
+function drawHead(box, job) {
+  const p = job.progress;
+  const format = el("select", { id: "download-format" },
+    ["alpaca", "openai_chat", "sharegpt", "prompt_completion", "raw"].map((f) => el("option", { value: f }, f)));
+  const container = el("select", { id: "download-container" },
+    ["jsonl", "json", "parquet"].map((c) => el("option", { value: c }, c)));
+  const finished = ["succeeded", "failed", "cancelled"].includes(job.status);
+  box.replaceChildren(...[
+    el("h1", {}, `Job ${job.id.slice(0, 8)} `, el("span", { id: "job-status", class: `status ${job.status}` }, job.status)),
+    el("p", {}, progressBar(p.instructions_accepted, job.num_instructions), " ",
+      el("span", { id: "job-accepted" }, `${p.instructions_accepted} / ${job.num_instructions}`),
+      ` instructions accepted; ${p.instances_accepted} examples; ${p.llm_requests} LLM requests; `,
+      `${p.prompt_tokens + p.completion_tokens} tokens; rounds ${p.rounds_completed}`),
+    job.error ? el("p", { class: "error" }, job.error) : null,
+    el("div", { class: "toolbar" },
+      el("button", { id: "cancel-button", disabled: finished ? "" : null, onclick: async () => {
+        try { await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" }); } catch (error) { alert(error.message); }
+      } }, "Cancel"),
+      el("span", { class: "muted" }, "Download"), format, container,
+      el("button", { id: "download-button", onclick: () => download(job.id, format.value, container.value) }, "Download")),
+  ].filter(Boolean));
+}
+
+async function download(jobId, format, container) {
+  const response = await api(`/v1/jobs/${jobId}/export?format=${format}&container=${container}`);
+  const blob = await response.blob();
+  const link = el("a", { href: URL.createObjectURL(blob), download: `${jobId}.${format}.${container}` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+}
+
+// --- report charts --------------------------------------------------------------------------------
+
+function histogramChart(title, histogram, { id, labelDigits = 2 } = {}) {
+  const width = 360, rowHeight = 16, labelWidth = 60;
+  const rows = histogram.counts.map((count, i) => ({ label: Number(histogram.edges[i]).toFixed(labelDigits), count }))
+    .filter((row, i, all) => row.count || all.slice(i).some((r) => r.count));
+  const peak = Math.max(1, ...rows.map((r) => r.count));
+  const height = rows.length * rowHeight + 4;
+  const svg = svgNode("svg", { width: "100%", viewBox: `0 0 ${width} ${height}`, style: `max-width:${width}px`, id, role: "img", "aria-label": title });
+  rows.forEach((row, i) => {
+    const y = i * rowHeight;
+    svg.append(svgNode("text", { x: labelWidth - 6, y: y + 12, "text-anchor": "end" }, row.label));
+    svg.append(svgNode("rect", { x: labelWidth, y: y + 3, height: 11, fill: "#2b6cb0",
+      width: Math.max(row.count ? 1 : 0, (width - labelWidth - 50) * row.count / peak) }));
+    svg.append(svgNode("text", { x: labelWidth + 4 + (width - labelWidth - 50) * row.count / peak, y: y + 12 }, row.count));
+  });
+  return el("div", {}, el("h2", {}, title),
+    el("p", { class: "muted" }, `n = ${histogram.count}, median ${histogram.median ?? "-"}, mean ${histogram.mean ?? "-"}`), svg);
+}
+
+function verbChart(verbs) {
+  // A nested bar: one bar per root verb, split into its most frequent direct objects.
+  const width = 520, rowHeight = 20, labelWidth = 90, palette = ["#2b6cb0", "#4c9f70", "#d69e2e", "#9f7aea", "#a0aec0"];
+  const top = verbs.top_verbs.slice(0, 15);
+  const peak = Math.max(1, ...top.map((v) => v.count));
+  const scale = (width - labelWidth - 10) / peak;
+  const height = top.length * rowHeight + 4;
+  const svg = svgNode("svg", { width: "100%", viewBox: `0 0 ${width} ${height}`, id: "verb-chart", role: "img", "aria-label": "root verbs" });
+  top.forEach((verb, i) => {
+    const y = i * rowHeight;
+    svg.append(svgNode("text", { x: labelWidth - 6, y: y + 14, "text-anchor": "end" }, verb.verb));
+    let x = labelWidth;
+    const pieces = [...verb.objects, ["other", verb.count - verb.objects.reduce((s, [, n]) => s + n, 0)]];
+    pieces.forEach(([object, count], j) => {
+      if (count <= 0) return;
+      const w = count * scale;
+      const rect = svgNode("rect", { x, y: y + 3, width: w, height: 15, fill: palette[Math.min(j, palette.length - 1)] });
+      rect.append(svgNode("title", {}, `${verb.verb} ${object}: ${count}`));
+      svg.append(rect);
+      if (w > 40) svg.append(svgNode("text", { x: x + 3, y: y + 14, fill: "#fff", style: "fill:#fff" }, object));
+      x += w;
+    });
+  });
+  return el("div", {}, el("h2", {}, "Root verbs and their direct objects"),
+    el("p", { class: "muted" }, `${verbs.parsed} of ${verbs.sample} sampled instructions parsed (${verbs.parser})`), svg);
+}
+
+function svgNode(tag, attrs = {}, text) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function rejectionTable(title, part, id) {
+  const rows = Object.entries(part.by_reason).map(([reason, count]) =>
+    el("tr", {}, el("td", {}, reason), el("td", { class: "num" }, count),
+      el("td", { class: "cell muted" }, (part.examples[reason] || [""])[0])));
+  return el("div", {}, el("h2", {}, `${title}: ${part.accepted} accepted of ${part.generated}`),
+    el("table", { id }, el("tr", {}, el("th", {}, "rejected because"), el("th", { class: "num" }, "count"), el("th", {}, "example")), rows));
+}
+
+function drawReport(box, data) {
+  const usage = data.usage;
+  box.replaceChildren(
+    el("h2", {}, "Report"),
+    el("p", {}, `Classification tasks: ${share(data.classification_share)}; instances without input: `,
+      `${share(data.empty_input_share)}; tokens per accepted example: ${usage.tokens_per_accepted_example ?? "-"}`,
+      usage.cost !== null ? `; cost ${usage.cost} (${usage.cost_per_accepted_example} per example)` : ""),
+    el("div", { class: "grid" },
+      rejectionTable("Instructions", data.instructions, "instruction-rejections"),
+      rejectionTable("Instances", data.instances, "instance-rejections"),
+      verbChart(data.verbs),
+      histogramChart("ROUGE-L to the nearest seed", data.rouge_l.to_nearest_seed, { id: "rouge-seed-chart" }),
+      histogramChart("ROUGE-L to the nearest earlier instruction", data.rouge_l.to_nearest_earlier_instruction, { id: "rouge-earlier-chart" }),
+      histogramChart("Instruction length (words)", data.lengths.instruction_words, { labelDigits: 0 }),
+      histogramChart("Input length (words)", data.lengths.input_words, { labelDigits: 0 }),
+      histogramChart("Output length (words)", data.lengths.output_words, { labelDigits: 0 })));
+}
+
+function share(value) {
+  return value === null || value === undefined ? "-" : `${(value * 100).toFixed(1)}%`;
+}
+
+// --- examples browser -----------------------------------------------------------------------------
+
+function drawItems(box, jobId, firstReport) {
+  let report = firstReport;
+  const viewSelect = el("select", { id: "items-view" },
+    el("option", { value: "accepted" }, "accepted examples"),
+    el("option", { value: "rejected_instructions" }, "rejected instructions"),
+    el("option", { value: "rejected_instances" }, "rejected instances"));
+  const reasonSelect = el("select", { id: "items-reason" });
+  const search = el("input", { id: "items-search", type: "search", placeholder: "search text" });
+  const table = el("table", { id: "items-table" });
+  const pager = el("div", { class: "toolbar" });
+  let offset = 0;
+  const fillReasons = () => {
+    const part = viewSelect.value === "rejected_instructions" ? report.instructions
+      : viewSelect.value === "rejected_instances" ? report.instances : null;
+    reasonSelect.replaceChildren(el("option", { value: "" }, "any reason"),
+      ...Object.keys(part ? part.by_reason : {}).map((r) => el("option", { value: r }, r)));
+    reasonSelect.disabled = !part;
+  };
+  const load = async () => {
+    const params = new URLSearchParams({ view: viewSelect.value, limit: "25", offset: String(offset) });
+    if (search.value.trim()) params.set("q", search.value.trim());
+    if (reasonSelect.value) params.set("reason", reasonSelect.value);
+    try {
+      const page = await api(`/v1/jobs/${jobId}/items?${params}`);
+      const rejected = viewSelect.value !== "accepted";
+      const instructionsOnly = viewSelect.value === "rejected_instructions";
+      table.replaceChildren(
+        el("tr", {}, el("th", {}, "instruction"), instructionsOnly ? null : el("th", {}, "input"),
+          instructionsOnly ? null : el("th", {}, "output"), rejected ? el("th", {}, "reason") : null,
+          instructionsOnly ? el("th", {}, "nearest (ROUGE-L)") : null),
+        ...page.items.map((item) => el("tr", { class: "item" },
+          el("td", { class: "cell" }, item.instruction),
+          instructionsOnly ? null : el("td", { class: "cell" }, item.input),
+          instructionsOnly ? null : el("td", { class: "cell" }, item.output),
+          rejected ? el("td", { class: "reason" }, item.reason) : null,
+          instructionsOnly ? el("td", { class: "cell muted" }, item.nearest ? `${item.nearest} (${Number(item.max_rouge).toFixed(2)})` : "") : null)));
+      pager.replaceChildren(
+        el("button", { disabled: offset === 0 ? "" : null, onclick: () => { offset = Math.max(0, offset - 25); load(); } }, "Previous"),
+        el("span", { id: "items-count", class: "muted" }, `${page.total ? offset + 1 : 0}-${offset + page.items.length} of ${page.total}`),
+        el("button", { disabled: offset + 25 >= page.total ? "" : null, onclick: () => { offset += 25; load(); } }, "Next"));
+    } catch (error) { showError(table, error); }
+  };
+  viewSelect.addEventListener("change", () => { offset = 0; fillReasons(); load(); });
+  reasonSelect.addEventListener("change", () => { offset = 0; load(); });
+  let typing = null;
+  search.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(() => { offset = 0; load(); }, 250); });
+  fillReasons();
+  box.replaceChildren(el("h2", {}, "Examples"), el("div", { class: "toolbar" }, viewSelect, reasonSelect, search), table, pager);
+  load();
+  return {
+    update(newReport) {  // keep the chosen view, reason and search; show what is new
+      report = newReport;
+      const chosen = reasonSelect.value;
+      fillReasons();
+      reasonSelect.value = chosen;
+      load();
+    },
+  };
+}
+
+// --- routing --------------------------------------------------------------------------------------
+
+function route() {
+  if (timer) { clearInterval(timer); timer = null; }
+  const hash = location.hash || "#/";
+  const match = hash.match(/^#\/jobs\/([0-9a-f-]{36})$/);
+  if (match) jobView(match[1]);
+  else if (hash === "#/new") newJobView();
+  else jobsView();
+}
+
+window.addEventListener("hashchange", route);
+refreshKeyState();
+route();
