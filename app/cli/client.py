@@ -177,7 +177,7 @@ def report(
             table.add_row(reason, str(count), (part["examples"].get(reason) or [""])[0][:80])
         out.print(table)
     rouge = data["rouge_l"]
-    for name in ("to_nearest_seed", "to_nearest_earlier_instruction"):
+    for name in ("to_nearest_seed", "to_nearest_instruction"):
         out.print(
             _bars(
                 f"ROUGE-L {name.replace('_', ' ')} ({rouge['sample']} of {rouge['of']})",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
@@ -64,8 +64,12 @@ class RougeReport(BaseModel):
     sample: int = Field(description="Accepted instructions measured (evenly spaced sample).")
     of: int = Field(description="Accepted instructions in the job.")
     to_nearest_seed: Histogram
+    to_nearest_instruction: Histogram = Field(
+        description="ROUGE-L F to the most similar other accepted instruction of the job."
+    )
     to_nearest_earlier_instruction: Histogram = Field(
-        description="ROUGE-L F to the most similar instruction accepted before it in the job."
+        description="ROUGE-L F to the most similar instruction accepted before it (what the "
+        "dedupe filter saw)."
     )
 
 
@@ -186,20 +190,31 @@ def rouge_report(
 ) -> RougeReport:
     seed_index = RougeLIndex(seeds)
     to_seed = [seed_index.best(accepted[p]).score for p in positions]
-    # The earlier-instruction index grows in acceptance order; only sampled items are queried.
-    earlier = RougeLIndex()
-    to_earlier = []
-    wanted = set(positions)
-    for position, text in enumerate(accepted):
-        if position in wanted:
-            to_earlier.append(earlier.best(text).score if len(earlier) else 0.0)
-        earlier.add(text)
+    earlier = _nearest_in_order(accepted, positions, range(len(accepted)))
+    later = _nearest_in_order(accepted, positions, range(len(accepted) - 1, -1, -1))
     return RougeReport(
         sample=len(positions),
         of=len(accepted),
         to_nearest_seed=histogram(to_seed, ROUGE_EDGES),
-        to_nearest_earlier_instruction=histogram(to_earlier, ROUGE_EDGES),
+        to_nearest_instruction=histogram(
+            [max(earlier[p], later[p]) for p in positions], ROUGE_EDGES
+        ),
+        to_nearest_earlier_instruction=histogram([earlier[p] for p in positions], ROUGE_EDGES),
     )
+
+
+def _nearest_in_order(
+    texts: Sequence[str], positions: list[int], order: Iterable[int]
+) -> dict[int, float]:
+    """Best ROUGE-L of each sampled text against the texts before it in `order`: one pass
+    forwards gives the nearest earlier text, one backwards the nearest later one, and their
+    maximum the nearest other text, exactly, for the cost of querying only the sample."""
+    index, wanted, best = RougeLIndex(), set(positions), {}
+    for position in order:
+        if position in wanted:
+            best[position] = index.best(texts[position]).score if len(index) else 0.0
+        index.add(texts[position])
+    return best
 
 
 def verb_report(texts: Sequence[str], parser: tuple[str, VerbObjectParser]) -> VerbReport:

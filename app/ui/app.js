@@ -260,7 +260,7 @@ function drawReport(box, data) {
       rejectionTable("Instances", data.instances, "instance-rejections"),
       verbChart(data.verbs),
       histogramChart("ROUGE-L to the nearest seed", data.rouge_l.to_nearest_seed, { id: "rouge-seed-chart" }),
-      histogramChart("ROUGE-L to the nearest earlier instruction", data.rouge_l.to_nearest_earlier_instruction, { id: "rouge-earlier-chart" }),
+      histogramChart("ROUGE-L to the nearest other instruction", data.rouge_l.to_nearest_instruction, { id: "rouge-other-chart" }),
       histogramChart("Instruction length (words)", data.lengths.instruction_words, { labelDigits: 0 }),
       histogramChart("Input length (words)", data.lengths.input_words, { labelDigits: 0 }),
       histogramChart("Output length (words)", data.lengths.output_words, { labelDigits: 0 })));

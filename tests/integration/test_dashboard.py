@@ -120,7 +120,7 @@ def test_dashboard_end_to_end(
     # The report as charts and tables.
     wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "#verb-chart rect"), what="verb chart")
     assert driver.find_elements(By.CSS_SELECTOR, "#rouge-seed-chart rect")
-    assert driver.find_elements(By.CSS_SELECTOR, "#rouge-earlier-chart rect")
+    assert driver.find_elements(By.CSS_SELECTOR, "#rouge-other-chart rect")
     reasons = job["progress"]["instructions_rejected"]
     rows = driver.find_elements(By.CSS_SELECTOR, "#instruction-rejections tr")
     assert len(rows) == 1 + len(reasons)

@@ -139,6 +139,10 @@ def _check_report(api: httpx.Client, stack: ServiceStack, job: dict) -> None:  #
     assert rouge["sample"] == rouge["of"] == 30
     assert 0 < rouge["to_nearest_seed"]["max"] <= 0.7
     assert rouge["to_nearest_earlier_instruction"]["max"] <= 0.7
+    assert rouge["to_nearest_instruction"]["max"] <= 0.7
+    assert (
+        rouge["to_nearest_instruction"]["mean"] >= rouge["to_nearest_earlier_instruction"]["mean"]
+    )
     assert report["verbs"]["parsed"] > 0 and report["verbs"]["top_verbs"][0]["count"] >= 1
     assert report["lengths"]["instruction_words"]["count"] == 30
     assert 0 <= report["classification_share"] <= 1 and 0 <= report["empty_input_share"] <= 1
