@@ -14,6 +14,7 @@ import typer
 
 from app.cli import cli
 from app.selfinstruct.dedupe import dedupe_texts
+from app.selfinstruct.rouge import TOKENIZERS
 
 
 class DedupeInputError(ValueError):
@@ -68,6 +69,13 @@ def dedupe(
     rejected: Annotated[
         Path | None, typer.Option(help="Write dropped lines with their score and nearest text.")
     ] = None,
+    tokenizer: Annotated[
+        str,
+        typer.Option(
+            help="rouge_score (the paper's; a-z and 0-9 only), unicode_words (any script) or "
+            "characters (one token per character for Chinese, Japanese, Thai)."
+        ),
+    ] = "rouge_score",
 ) -> None:
     """Greedy near-duplicate removal in input order, with rouge-score's exact ROUGE-L decisions.
 
@@ -75,6 +83,9 @@ def dedupe(
     kept so far is at most the threshold; kept lines are written unchanged.
     """
     source = str(input_file) if input_file else "stdin"
+    if tokenizer not in TOKENIZERS:
+        typer.echo(f"error: --tokenizer must be one of {', '.join(TOKENIZERS)}", err=True)
+        raise typer.Exit(code=2)
     try:
         seeds = _against_texts(against, against_field or field) if against else []
         with (
@@ -82,7 +93,7 @@ def dedupe(
             output.open("w", encoding="utf-8") if output else nullcontext(sys.stdout) as out,
             rejected.open("w", encoding="utf-8") if rejected else nullcontext(None) as rej,
         ):
-            kept, dropped = _run(src, out, rej, seeds, threshold, field, source)
+            kept, dropped = _run(src, out, rej, seeds, threshold, field, source, tokenizer)
     except (DedupeInputError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2) from exc
@@ -97,6 +108,7 @@ def _run(
     threshold: float,
     field: str,
     source: str,
+    tokenizer: str = "rouge_score",
 ) -> tuple[int, int]:
     # Lines are read lazily; the verdict for line k is produced before line k+1 is read.
     pending: deque[str] = deque()
@@ -108,7 +120,11 @@ def _run(
 
     kept = dropped = 0
     verdicts = dedupe_texts(
-        texts(), threshold=threshold, against=seeds, explain_rejections=rej is not None
+        texts(),
+        threshold=threshold,
+        against=seeds,
+        explain_rejections=rej is not None,
+        tokenizer=tokenizer,  # type: ignore[arg-type]
     )
     for verdict in verdicts:
         raw = pending.popleft()

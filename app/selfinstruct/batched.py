@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from app.selfinstruct.filters import filter_instances, instruction_rejection
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.prompts import normalize_instruction
-from app.selfinstruct.rouge import RougeLIndex
+from app.selfinstruct.rouge import RougeLIndex, word_counter
 from app.selfinstruct.types import (
     CandidateDecision,
     Completion,
@@ -153,6 +153,8 @@ def _judge(
         min_words=options.min_words,
         max_words=options.max_words,
         keyword_blacklist=options.keyword_blacklist,
+        count_words=word_counter(options.dedupe_tokenizer),
+        reject_non_ascii_start=options.reject_non_ascii_start,
     )
     (instance,) = filter_instances(
         [ParsedInstance(task.input, task.output)], truncated=False, max_per_task=1

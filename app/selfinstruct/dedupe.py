@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from app.selfinstruct.rouge import RougeLIndex
+from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex, Tokenizer
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,7 @@ def dedupe_texts(
     threshold: float = 0.7,
     against: Iterable[str] = (),
     explain_rejections: bool = False,
+    tokenizer: Tokenizer = "rouge_score",
 ) -> Iterator[DedupeVerdict]:
     """One verdict per text, in order: kept when its max ROUGE-L F-measure against `against`
     and the texts kept so far is at most `threshold` (rejected only when strictly above, as in
@@ -31,7 +32,7 @@ def dedupe_texts(
     Kept texts need only the yes/no answer, which stops early; the exact score and nearest text
     are computed for rejected texts only, and only when asked.
     """
-    index = RougeLIndex(against)
+    index = RougeLIndex(against, tokenizer=TOKENIZERS[tokenizer])
     for text in texts:
         if not index.exceeds(text, threshold):
             index.add(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 from app.selfinstruct.types import (
@@ -28,10 +28,16 @@ def _keyword_pattern(keywords: tuple[str, ...]) -> re.Pattern[str] | None:
 
 
 def instruction_rejection(
-    text: str, *, min_words: int, max_words: int, keyword_blacklist: Sequence[str]
+    text: str,
+    *,
+    min_words: int,
+    max_words: int,
+    keyword_blacklist: Sequence[str],
+    count_words: Callable[[str], int] = lambda text: len(text.split()),
+    reject_non_ascii_start: bool = True,
 ) -> InstructionReason | None:
     """The first paper filter the instruction fails, or None when it passes them all."""
-    words = len(text.split())
+    words = count_words(text)
     if words < min_words:
         return InstructionReason.TOO_SHORT
     if words > max_words:
@@ -44,7 +50,7 @@ def instruction_rejection(
     first = text[0]
     if first in string.punctuation:
         return InstructionReason.STARTS_WITH_PUNCTUATION
-    if not first.isascii():
+    if reject_non_ascii_start and not first.isascii():
         return InstructionReason.STARTS_WITH_NON_ASCII
     return None
 

@@ -73,6 +73,15 @@ class GenerationOptions(BaseModel):
     min_words: int = Field(4, ge=1, le=1000, description="Fewer words than this are rejected.")
     max_words: int = Field(150, ge=1, le=10000, description="More words than this are rejected.")
     keyword_blacklist: list[str] = Field(default_factory=lambda: list(PAPER_KEYWORD_BLACKLIST))
+    dedupe_tokenizer: Literal["rouge_score", "unicode_words", "characters"] = Field(
+        "rouge_score",
+        description="Tokens for ROUGE-L (and word counts): rouge_score (the paper's, exact; "
+        "keeps only a-z and 0-9, so it cannot compare non-Latin text), unicode_words (letters "
+        "of any script), characters (one token per character for Chinese, Japanese, Thai).",
+    )
+    reject_non_ascii_start: bool = Field(
+        True, description="Reject instructions starting with a non-ASCII character (the paper's)."
+    )
     rouge_threshold: float = Field(
         0.7,
         gt=0.0,

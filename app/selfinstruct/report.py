@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
-from app.selfinstruct.rouge import RougeLIndex
+from app.selfinstruct.rouge import RougeLIndex, tokenize
 
 VerbObject = tuple[str | None, str | None]
 VerbObjectParser = Callable[[Sequence[str]], list[VerbObject]]
@@ -133,6 +133,7 @@ def build_report(
     *,
     sample_size: int = 2000,
     prices: Prices | None = None,
+    tokenizer: Callable[[str], list[str]] = tokenize,
 ) -> QualityReport:
     """`instructions` in the order they were generated; `usage` = (requests, prompt tokens,
     completion tokens)."""
@@ -144,7 +145,7 @@ def build_report(
     return QualityReport(
         instructions=rejections([(i.text, i.accepted, i.reason) for i in instructions]),
         instances=rejections([(_instance_text(i), i.accepted, i.reason) for i in instances]),
-        rouge_l=rouge_report(accepted, seeds, sample_positions),
+        rouge_l=rouge_report(accepted, seeds, sample_positions, tokenizer),
         verbs=verb_report([accepted[p] for p in sample_positions], parser),
         lengths=Lengths(
             instruction_words=histogram([_words(t) for t in accepted], WORD_EDGES),
@@ -186,12 +187,16 @@ def rejections(rows: Sequence[tuple[str, bool, str | None]]) -> Rejections:
 
 
 def rouge_report(
-    accepted: Sequence[str], seeds: Sequence[str], positions: list[int]
+    accepted: Sequence[str],
+    seeds: Sequence[str],
+    positions: list[int],
+    tokenizer: Callable[[str], list[str]] = tokenize,
 ) -> RougeReport:
-    seed_index = RougeLIndex(seeds)
+    seed_index = RougeLIndex(seeds, tokenizer=tokenizer)
     to_seed = [seed_index.best(accepted[p]).score for p in positions]
-    earlier = _nearest_in_order(accepted, positions, range(len(accepted)))
-    later = _nearest_in_order(accepted, positions, range(len(accepted) - 1, -1, -1))
+    forwards, backwards = range(len(accepted)), range(len(accepted) - 1, -1, -1)
+    earlier = _nearest_in_order(accepted, positions, forwards, tokenizer)
+    later = _nearest_in_order(accepted, positions, backwards, tokenizer)
     return RougeReport(
         sample=len(positions),
         of=len(accepted),
@@ -204,12 +209,15 @@ def rouge_report(
 
 
 def _nearest_in_order(
-    texts: Sequence[str], positions: list[int], order: Iterable[int]
+    texts: Sequence[str],
+    positions: list[int],
+    order: Iterable[int],
+    tokenizer: Callable[[str], list[str]],
 ) -> dict[int, float]:
     """Best ROUGE-L of each sampled text against the texts before it in `order`: one pass
     forwards gives the nearest earlier text, one backwards the nearest later one, and their
     maximum the nearest other text, exactly, for the cost of querying only the sample."""
-    index, wanted, best = RougeLIndex(), set(positions), {}
+    index, wanted, best = RougeLIndex(tokenizer=tokenizer), set(positions), {}
     for position in order:
         if position in wanted:
             best[position] = index.best(texts[position]).score if len(index) else 0.0

@@ -25,10 +25,10 @@ import operator
 import re
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from rapidfuzz import process
@@ -66,6 +66,45 @@ def tokenize(text: str) -> list[str]:
     collecting the a-z/0-9 runs directly gives the same list.
     """
     return _TOKEN.findall(text.lower())
+
+
+# rouge-score's tokenizer drops every character outside a-z/0-9, so Russian or Chinese text has
+# no tokens at all and nothing would ever count as a near-duplicate. These two keep all scripts.
+_UNICODE_WORD = re.compile(r"[^\W_]+")
+# Scripts written without spaces between words: kana, CJK ideographs, Thai, Lao, Myanmar, Khmer.
+_NO_SPACES = (
+    "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"
+)
+_CHARACTER_OR_WORD = re.compile(f"[{_NO_SPACES}]|[^\\W_{_NO_SPACES}]+")
+
+Tokenizer = Literal["rouge_score", "unicode_words", "characters"]
+
+
+def unicode_words(text: str) -> list[str]:
+    """Case-folded runs of letters and digits of any script (Cyrillic, Greek, accented Latin)."""
+    return _UNICODE_WORD.findall(text.casefold())
+
+
+def characters(text: str) -> list[str]:
+    """One token per character in scripts without spaces (Chinese, Japanese, Thai), words
+    elsewhere, so mixed text such as "用Python写一个函数" splits sensibly."""
+    return _CHARACTER_OR_WORD.findall(text.casefold())
+
+
+TOKENIZERS: dict[str, Callable[[str], list[str]]] = {
+    "rouge_score": tokenize,
+    "unicode_words": unicode_words,
+    "characters": characters,
+}
+
+
+def word_counter(tokenizer: Tokenizer) -> Callable[[str], int]:
+    """How the length filters count words: whitespace-separated, as the paper does, unless
+    the job tokenizes for a script without spaces."""
+    if tokenizer == "rouge_score":
+        return lambda text: len(text.split())
+    split = TOKENIZERS[tokenizer]
+    return lambda text: len(split(text))
 
 
 def fmeasure_from_lcs(lcs: int, target_length: int, prediction_length: int) -> float:
@@ -358,7 +397,10 @@ class RougeLIndex:
     string (for LCS) and a length; per similarity floor in use, int32 (item, position) lists.
     """
 
-    def __init__(self, texts: Iterable[str] = ()) -> None:
+    def __init__(
+        self, texts: Iterable[str] = (), tokenizer: Callable[[str], list[str]] = tokenize
+    ) -> None:
+        self._tokenize = tokenizer
         self._texts: list[str] = []
         self._codes: list[TokenCodes] = []
         self._lengths: array[int] = array("i")
@@ -375,7 +417,7 @@ class RougeLIndex:
         """Append a text to the pool and return its item number."""
         item = len(self._texts)
         vocabulary = self._token_ids
-        token_ids = [vocabulary.setdefault(t, len(vocabulary)) for t in tokenize(text)]
+        token_ids = [vocabulary.setdefault(t, len(vocabulary)) for t in self._tokenize(text)]
         self._texts.append(text)
         self._codes.append(_token_codes(token_ids))
         self._lengths.append(len(token_ids))
@@ -418,7 +460,7 @@ class RougeLIndex:
 
     def _query(self, text: str) -> _Query | None:
         """The candidate's keys in the global order; None when no pool item shares a token."""
-        tokens = tokenize(text)
+        tokens = self._tokenize(text)
         known_ids = [t for t in map(self._token_ids.get, tokens) if t is not None]
         if not known_ids:
             return None

@@ -13,7 +13,7 @@ from app.selfinstruct.filters import filter_instances, instruction_rejection
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.parsing import parse_instances, parse_instruction_completion
 from app.selfinstruct.prompts import build_instruction_prompt
-from app.selfinstruct.rouge import RougeLIndex
+from app.selfinstruct.rouge import RougeLIndex, word_counter
 from app.selfinstruct.sampling import sample_prompt_instructions
 from app.selfinstruct.types import (
     CandidateDecision,
@@ -94,6 +94,8 @@ def _judge(
         min_words=options.min_words,
         max_words=options.max_words,
         keyword_blacklist=options.keyword_blacklist,
+        count_words=word_counter(options.dedupe_tokenizer),
+        reject_non_ascii_start=options.reject_non_ascii_start,
     )
     if reason is not None:
         return CandidateDecision(text, prompt_index, reason)

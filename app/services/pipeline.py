@@ -33,7 +33,7 @@ from app.selfinstruct.options import (
 )
 from app.selfinstruct.parsing import parse_classification_answer
 from app.selfinstruct.prompts import build_classification_prompt, build_instance_prompt
-from app.selfinstruct.rouge import RougeLIndex
+from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex
 from app.selfinstruct.rounds import (
     accept_round,
     judge_instances,
@@ -121,7 +121,9 @@ class _JobIndex:
 _indexes: dict[uuid.UUID, _JobIndex] = {}
 
 
-def _job_index(session: Session, job: Job, seed_texts: Sequence[str]) -> _JobIndex:
+def _job_index(
+    session: Session, job: Job, seed_texts: Sequence[str], options: GenerationOptions
+) -> _JobIndex:
     cached = _indexes.get(job.id)
     if cached is not None and cached.rounds_completed == job.rounds_completed:
         return cached
@@ -132,7 +134,9 @@ def _job_index(session: Session, job: Job, seed_texts: Sequence[str]) -> _JobInd
             .order_by(Instruction.round, Instruction.slot)
         )
     )
-    cached = _JobIndex(job.rounds_completed, RougeLIndex([*seed_texts, *machine]), machine)
+    tokenizer = TOKENIZERS[options.dedupe_tokenizer]
+    index = RougeLIndex([*seed_texts, *machine], tokenizer=tokenizer)
+    cached = _JobIndex(job.rounds_completed, index, machine)
     _indexes[job.id] = cached
     return cached
 
@@ -166,7 +170,7 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
         seeds = load_seed_tasks(session, job.seed_set_id)
         seed_texts = [s.instruction for s in seeds]
         dedupe_started = time.perf_counter()
-        state = _job_index(session, job, seed_texts)
+        state = _job_index(session, job, seed_texts, options)
         dedupe_s = time.perf_counter() - dedupe_started
         remaining = job.num_instructions - len(state.machine_texts)
         rng = random.Random(f"{job.rng_seed}:{round_no}")

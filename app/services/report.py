@@ -20,6 +20,7 @@ from app.selfinstruct.report import (
     VerbObjectParser,
     build_report,
 )
+from app.selfinstruct.rouge import TOKENIZERS
 from app.selfinstruct.verbs import verb_objects
 from app.services.jobs import job_progress
 from app.services.seed_sets import load_seed_tasks
@@ -60,6 +61,7 @@ def job_report(session: Session, job: Job, *, sample_size: int = 2000) -> Qualit
     ]
     seeds = [task.instruction for task in load_seed_tasks(session, job.seed_set_id)]
     progress = job_progress(session, job)
+    options = GenerationOptions.model_validate(job.options)
     return build_report(
         instructions,
         instances,
@@ -67,7 +69,8 @@ def job_report(session: Session, job: Job, *, sample_size: int = 2000) -> Qualit
         (progress.llm_requests, progress.prompt_tokens, progress.completion_tokens),
         verb_parser(),
         sample_size=sample_size,
-        prices=_prices(GenerationOptions.model_validate(job.options)),
+        prices=_prices(options),
+        tokenizer=TOKENIZERS[options.dedupe_tokenizer],
     )
 
 
