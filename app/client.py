@@ -83,6 +83,9 @@ class APIClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
 
+    def rerun(self, job_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/jobs/{job_id}/rerun").json()
+
     def iter_examples(self, job_id: str, *, include_rejected: bool = False) -> Iterator[bytes]:
         params = {"include": "rejected"} if include_rejected else None
         return self._stream(f"/v1/jobs/{job_id}/examples.jsonl", params)

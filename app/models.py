@@ -127,6 +127,7 @@ class Job(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     seed_set_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("seed_sets.id"), index=True)
+    seed_set: Mapped[SeedSet] = relationship()  # loaded on access (FOR UPDATE rules out a join)
     owner_key_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
     num_instructions: Mapped[int] = mapped_column(Integer)
@@ -135,6 +136,12 @@ class Job(Base):
     rounds_completed: Mapped[int] = mapped_column(Integer, default=0)
     rounds_without_progress: Mapped[int] = mapped_column(Integer, default=0)
     dedupe_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # Reproducibility: the prompt templates' version when the job was created, and the job
+    # whose recipe this one repeats (POST /v1/jobs/{id}/rerun).
+    template_version: Mapped[str | None] = mapped_column(String(32))
+    rerun_of_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
     instructions_complete: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
     stopped_reason: Mapped[str | None] = mapped_column(String(64))
@@ -205,6 +212,9 @@ class LLMCall(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # SHA-256 of the exact prompt text: with the job's template version, seed and options it
+    # identifies every call without storing megabytes of repeated prompt text.
+    prompt_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

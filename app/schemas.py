@@ -70,7 +70,12 @@ class JobRead(BaseModel):
     seed_set_id: uuid.UUID
     num_instructions: int
     options: GenerationOptions
-    rng_seed: int
+    rng_seed: int = Field(description="The RNG seed the job drew (options.seed when given).")
+    seed_set_hash: str = Field(description="Content hash of the seed set: its exact version.")
+    template_version: str | None = Field(
+        None, description="Fingerprint of the prompt templates the job was created with."
+    )
+    rerun_of: uuid.UUID | None = Field(None, description="The job this one repeats, if a rerun.")
     progress: Progress
     error: str | None = None
     stopped_reason: str | None = None

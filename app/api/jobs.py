@@ -7,10 +7,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from app.api.seed_sets import seed_errors
 from app.deps import CallerDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidInput, ServiceUnavailable
+from app.models import Job
 from app.schemas import JobCreate, JobPage, JobRead
 from app.selfinstruct.formats import ExportFormat
 from app.selfinstruct.report import QualityReport
@@ -54,6 +56,28 @@ def create_job(
         options=body.options,
         caller=caller,
     )
+    return _start(session, job, response)
+
+
+@router.post(
+    "/{job_id}/rerun",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    responses={
+        **ERROR_RESPONSES,
+        429: {"description": "Too many active or recent jobs for this key"},
+        503: {"description": "Task broker unavailable"},
+    },
+)
+def rerun_job(
+    job_id: uuid.UUID, session: SessionDep, caller: CallerDep, response: Response
+) -> JobRead:
+    """Start a new job with this job's recipe (seed set, target, options, RNG seed)."""
+    job = job_service.rerun_job(session, job_id, caller)
+    return _start(session, job, response)
+
+
+def _start(session: Session, job: Job, response: Response) -> JobRead:
     session.commit()  # the worker must find the job before it gets the message
     try:
         enqueue_round(job.id, 1)

@@ -218,6 +218,17 @@ def _bars(title: str, histogram: dict[str, Any]) -> Table:
 
 
 @cli.command()
+def rerun(job_id: str, api_url: ApiUrl = None) -> None:
+    """Start a new job with JOB's recipe: seed set, target, options and RNG seed."""
+    with _client(api_url) as client:
+        try:
+            job = client.rerun(job_id)
+        except APIError as exc:
+            raise _fail(exc) from exc
+    typer.echo(f"{job['id']} {job['status']} (rerun of {job['rerun_of']})")
+
+
+@cli.command()
 def cancel(job_id: str, api_url: ApiUrl = None) -> None:
     """Cancel a job; what it generated so far stays downloadable."""
     with _client(api_url) as client:

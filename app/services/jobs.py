@@ -14,6 +14,7 @@ from app.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from app.models import Instance, InstancesState, Instruction, Job, JobStatus, LLMCall
 from app.schemas import JobRead, Progress
 from app.selfinstruct.options import GenerationOptions
+from app.selfinstruct.reproducibility import template_version
 from app.services.keys import ANYONE, Caller
 from app.services.seed_sets import get_seed_set, load_seed_tasks
 
@@ -25,6 +26,7 @@ def create_job(
     num_instructions: int,
     options: GenerationOptions,
     caller: Caller = ANYONE,
+    rerun_of: uuid.UUID | None = None,
 ) -> Job:
     get_seed_set(session, seed_set_id, caller)
     check_backend(options)
@@ -39,10 +41,33 @@ def create_job(
         rng_seed=options.seed if options.seed is not None else secrets.randbelow(2**31),
         status=JobStatus.QUEUED,
         owner_key_id=caller.key_id,
+        template_version=template_version(),
+        rerun_of_id=rerun_of,
     )
     session.add(job)
     session.flush()
     return job
+
+
+def rerun_job(session: Session, job_id: uuid.UUID, caller: Caller = ANYONE) -> Job:
+    """A new job with the recipe of `job_id`: seed set, target, options and the RNG seed it drew.
+
+    The new job gets the same accepted set when the backend answers each prompt the same way
+    (greedy decoding or a seeded server) and the prompt templates have not changed since; its
+    status shows both template versions so a difference is visible.
+    """
+    original = get_job(session, job_id, caller)
+    options = GenerationOptions.model_validate(original.options).model_copy(
+        update={"seed": original.rng_seed}
+    )
+    return create_job(
+        session,
+        seed_set_id=original.seed_set_id,
+        num_instructions=original.num_instructions,
+        options=options,
+        caller=caller,
+        rerun_of=original.id,
+    )
 
 
 def fail_unqueued(session: Session, job: Job, message: str) -> None:
@@ -192,6 +217,9 @@ def job_read(session: Session, job: Job) -> JobRead:
         num_instructions=job.num_instructions,
         options=GenerationOptions.model_validate(job.options),
         rng_seed=job.rng_seed,
+        seed_set_hash=job.seed_set.content_hash,
+        template_version=job.template_version,
+        rerun_of=job.rerun_of_id,
         progress=job_progress(session, job),
         error=job.error,
         stopped_reason=job.stopped_reason,

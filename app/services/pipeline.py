@@ -8,6 +8,7 @@ short transactions around the slow LLM calls, never across them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -65,6 +66,7 @@ class _CallRecord:
     response: LLMResponse | None
     error: str | None = None
     latency_s: float = 0.0
+    prompt_sha256: str | None = None
 
     def row(self, job_id: uuid.UUID) -> LLMCall:
         r = self.response
@@ -78,6 +80,7 @@ class _CallRecord:
             completion_tokens=r.completion_tokens if r else 0,
             latency_ms=round((r.latency_s if r else self.latency_s) * 1000),
             error=self.error,
+            prompt_sha256=self.prompt_sha256,
         )
 
 
@@ -89,21 +92,31 @@ def _calls(
     concurrency: int,
 ) -> list[_CallRecord]:
     """Send the requests together; transient failures become records, a permanent one raises."""
-    return _records(llm.complete_many(requests, concurrency), purpose, round_no)
+    return _records(llm.complete_many(requests, concurrency), requests, purpose, round_no)
 
 
 def _records(
-    answers: Sequence[LLMResponse | LLMError], purpose: str, round_no: int | None
+    answers: Sequence[LLMResponse | LLMError],
+    requests: Sequence[LLMRequest],
+    purpose: str,
+    round_no: int | None,
 ) -> list[_CallRecord]:
     records = []
-    for answer in answers:
+    for answer, request in zip(answers, requests, strict=True):
+        digest = prompt_sha256(request.prompt)
         if isinstance(answer, LLMResponse):
-            records.append(_CallRecord(purpose, round_no, answer))
+            records.append(_CallRecord(purpose, round_no, answer, prompt_sha256=digest))
             continue
         if not isinstance(answer, LLMTransientError):
             raise answer
-        records.append(_CallRecord(purpose, round_no, None, str(answer)[:2000], answer.latency_s))
+        records.append(
+            _CallRecord(purpose, round_no, None, str(answer)[:2000], answer.latency_s, digest)
+        )
     return records
+
+
+def prompt_sha256(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode()).hexdigest()
 
 
 # --- the per-process ROUGE index cache ---------------------------------------------------------
@@ -216,7 +229,7 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
     ]
     if options.batch_api:
         answers = batches.collect(job_id, f"round {round_no}", requests, options)
-        records = _records(answers, "instructions", round_no)
+        records = _records(answers, requests, "instructions", round_no)
     else:
         records = _calls(llm_factory(options), requests, "instructions", round_no, len(requests))
     answered = [r for r in records if r.response is not None]
@@ -444,10 +457,11 @@ async def _classify_and_generate_async(
 
     async def call(request: LLMRequest, purpose: str) -> _CallRecord:
         async with gate:
+            digest = prompt_sha256(request.prompt)
             try:
-                return _CallRecord(purpose, None, await llm.acomplete(request))
+                return _CallRecord(purpose, None, await llm.acomplete(request), None, 0.0, digest)
             except LLMTransientError as exc:
-                return _CallRecord(purpose, None, None, str(exc)[:2000], exc.latency_s)
+                return _CallRecord(purpose, None, None, str(exc)[:2000], exc.latency_s, digest)
 
     async def one(instruction_id: uuid.UUID, text: str) -> _InstanceResult:
         if options.classification_only:
@@ -481,7 +495,8 @@ def _classify_and_generate_in_batches(
         results = [_InstanceResult(i, True, [], [], complete=False) for i, _ in pending]
     else:
         requests = [_classification_request(text) for _, text in pending]
-        records = _records(batches.collect(job_id, "classify", requests, options), "classify", None)
+        answers = batches.collect(job_id, "classify", requests, options)
+        records = _records(answers, requests, "classify", None)
         results = [
             _InstanceResult(
                 instruction_id,
@@ -497,7 +512,8 @@ def _classify_and_generate_in_batches(
     if ready:
         requests = [_instance_request(texts[r.instruction_id], r, options) for r in ready]
         answers = batches.collect(job_id, "instances", requests, options)
-        for result, record in zip(ready, _records(answers, "instances", None), strict=True):
+        records = _records(answers, requests, "instances", None)
+        for result, record in zip(ready, records, strict=True):
             _judge(result, record, options)
     return results
 

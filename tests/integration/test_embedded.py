@@ -164,6 +164,13 @@ def test_cli_drives_a_running_server(
     cancelled = selfinstruct("cancel", other, env=env)
     assert cancelled.returncode == 0 and cancelled.stdout.split() == [other, "cancelled"]
 
+    rerun = selfinstruct("rerun", other, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    again_id = rerun.stdout.split()[0]
+    assert rerun.stdout.strip().endswith(f"(rerun of {other})") and again_id != other
+    assert json.loads(selfinstruct("status", again_id, env=env).stdout)["rerun_of"] == other
+    selfinstruct("cancel", again_id, env=env)
+
 
 def test_cli_errors_are_one_clear_line(embedded_server: str, tmp_path: Path) -> None:
     env = {**os.environ, "SELFINSTRUCT_API_URL": embedded_server}

@@ -64,6 +64,8 @@ class FakeLLMConfig:
     slow_s: float = 0.0  # ...taking this long
     batch_delay_s: float = 1.0  # Batch API: how long a batch runs before it is completed
     batch_refuse: bool = False  # Batch API: fail every batch at validation
+    # Like greedy decoding: the same prompt always gets the same answer, whenever it is asked.
+    deterministic: bool = False
 
 
 # --- vocabulary ------------------------------------------------------------------------------------
@@ -504,6 +506,7 @@ class FakeLLMServer:
         self.batches: dict[str, dict[str, Any]] = {}
         self._batch_started: dict[str, float] = {}
         self.max_in_flight = 0  # the most completion requests ever served at once
+        self.arrivals: list[float] = []  # time.monotonic() of each completion request
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind(("127.0.0.1", port))  # bound now: no race for a "free" port
@@ -522,6 +525,7 @@ class FakeLLMServer:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.arrivals.clear()
             self.counts.clear()
             self._scripted.clear()
             self.max_in_flight = self.in_flight
@@ -565,10 +569,11 @@ class FakeLLMServer:
     # --- behaviour ---------------------------------------------------------------------------
 
     def _rng_for(self, prompt: str) -> random.Random:
-        """Seed + prompt + how many requests came before: repeats differ, runs reproduce."""
+        """Seed + prompt + how many requests came before: repeats differ, runs reproduce.
+        Deterministic servers leave out the count: an answer depends on the prompt alone."""
         with self._lock:
             self._served += 1
-            served = self._served
+            served = 0 if self.config.deterministic else self._served
         digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
         return random.Random(f"{self.config.seed}:{digest}:{served}")
 
@@ -630,6 +635,7 @@ class FakeLLMServer:
     def _respond(self, body: dict[str, Any], prompt: str, *, chat: bool) -> Any:
         with self._lock:
             self.requests.append(body)
+            self.arrivals.append(time.monotonic())
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

@@ -1,0 +1,113 @@
+"""Reproducible jobs on the real stack: a rerun against a deterministic backend repeats the job."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, select
+
+from app.models import LLMCall
+from tests.integration.conftest import upload
+from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
+from tests.support.stack import ServiceStack, wait_for_status
+
+
+@pytest.fixture(scope="module")
+def deterministic_llm() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(FakeLLMConfig(seed=5, deterministic=True)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(
+    pg_url: str,
+    broker_url: str,
+    deterministic_llm: FakeLLMServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServiceStack]:
+    tmp = tmp_path_factory.mktemp("recipes")
+    env = {
+        "DATABASE_URL": pg_url,
+        "CELERY_BROKER_URL": broker_url,
+        "OPENAI_BASE_URL": deterministic_llm.base_url,
+        "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
+    }
+    with ServiceStack(env, tmp / "logs") as running:
+        running.start_api()
+        for _ in range(2):  # rounds and instance tasks spread over two worker processes
+            running.start_worker()
+        yield running
+
+
+@pytest.fixture(scope="module")
+def api(stack: ServiceStack) -> Iterator[httpx.Client]:
+    with stack.client(stack.create_key("recipes")) as client:
+        yield client
+
+
+def _examples(api: httpx.Client, job_id: str) -> Counter[tuple[str, str, str, bool]]:
+    """The job's examples without their row ids."""
+    response = api.get(f"/v1/jobs/{job_id}/examples.jsonl")
+    assert response.status_code == 200
+    rows = [json.loads(line) for line in response.text.splitlines()]
+    return Counter(
+        (r["instruction"], r["input"], r["output"], r["is_classification"]) for r in rows
+    )
+
+
+def _prompt_hashes(pg_url: str, job_id: str) -> Counter[tuple[str, str | None]]:
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(LLMCall.purpose, LLMCall.prompt_sha256).where(LLMCall.job_id == job_id)
+        ).all()
+    engine.dispose()
+    return Counter((purpose, digest) for purpose, digest in rows)
+
+
+def test_rerun_repeats_the_recipe_and_the_accepted_set(
+    api: httpx.Client, stack: ServiceStack, pg_url: str, default_seeds: Path
+) -> None:
+    seed_set = upload(api, default_seeds)
+    body = {"seed_set_id": seed_set["id"], "num_instructions": 24}  # no seed: the job draws one
+    first = api.post("/v1/jobs", json=body).json()
+    first = wait_for_status(api, first["id"], timeout_s=180)
+    assert first["status"] == "succeeded", stack.logs()
+    assert first["seed_set_hash"] == seed_set["content_hash"]
+    assert len(first["template_version"]) == 12 and first["rerun_of"] is None
+
+    response = api.post(f"/v1/jobs/{first['id']}/rerun")
+    assert response.status_code == 202, response.text
+    second = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{second['id']}"
+    assert second["rerun_of"] == first["id"] and second["id"] != first["id"]
+    assert second["rng_seed"] == first["rng_seed"] == second["options"]["seed"]
+    for field in ("seed_set_id", "seed_set_hash", "template_version", "num_instructions"):
+        assert second[field] == first[field]
+    assert {**first["options"], "seed": None} == {**second["options"], "seed": None}
+
+    second = wait_for_status(api, second["id"], timeout_s=180)
+    assert second["status"] == "succeeded", stack.logs()
+    first_examples = _examples(api, first["id"])
+    assert sum(first_examples.values()) >= 24
+    assert _examples(api, second["id"]) == first_examples
+    # Every call was the same prompt, recorded by its hash.
+    calls = _prompt_hashes(pg_url, first["id"])
+    assert all(digest for _, digest in calls) and calls == _prompt_hashes(pg_url, second["id"])
+    # The report of a rerun names its origin too.
+    assert json.loads(api.get(f"/v1/jobs/{second['id']}").text)["rerun_of"] == first["id"]
+
+
+def test_rerun_of_an_unknown_or_foreign_job_is_404(api: httpx.Client, stack: ServiceStack) -> None:
+    response = api.post("/v1/jobs/00000000-0000-0000-0000-000000000000/rerun")
+    assert response.status_code == 404 and "not found" in response.json()["detail"]
+    assert api.post("/v1/jobs/not-a-uuid/rerun").status_code == 422
+    mine = api.get("/v1/jobs").json()["items"]
+    assert mine, "the first test left jobs behind"
+    with stack.client(stack.create_key("someone else")) as other:
+        assert other.post(f"/v1/jobs/{mine[0]['id']}/rerun").status_code == 404
