@@ -34,6 +34,12 @@ class BackendConfig(BaseModel):
     completion_price_per_mtok: float | None = Field(
         None, ge=0, description="Price of a million completion tokens."
     )
+    requests_per_minute: float | None = Field(
+        None, gt=0, description="Requests per minute to this backend, shared by all workers."
+    )
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="Tokens (prompt + max_tokens, settled to usage) per minute."
+    )
 
 
 class Settings(BaseSettings):
@@ -58,6 +64,12 @@ class Settings(BaseSettings):
     )
     completion_price_per_mtok: float | None = Field(
         None, ge=0, description="The default backend's price per million completion tokens."
+    )
+    llm_requests_per_minute: float | None = Field(
+        None, gt=0, description="The default backend's request limit, shared by all workers."
+    )
+    llm_tokens_per_minute: float | None = Field(
+        None, gt=0, description="The default backend's token limit, shared by all workers."
     )
     backends: dict[str, BackendConfig] = Field(
         default_factory=dict,
@@ -134,6 +146,8 @@ class Settings(BaseSettings):
                 default_model=self.model,
                 prompt_price_per_mtok=self.prompt_price_per_mtok,
                 completion_price_per_mtok=self.completion_price_per_mtok,
+                requests_per_minute=self.llm_requests_per_minute,
+                tokens_per_minute=self.llm_tokens_per_minute,
             )
         return None
 

@@ -34,7 +34,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from app.config import Settings
+from app.config import DEFAULT_BACKEND, Settings
 from app.llm.aio import background_loop, run_sync
 from app.llm.base import (
     LLMClient,
@@ -44,6 +44,7 @@ from app.llm.base import (
     LLMResponse,
     LLMTransientError,
 )
+from app.llm.rate_limit import Limits, RateLimiter, estimate_tokens, limiter_for
 from app.selfinstruct.options import GenerationOptions
 
 Endpoint = Literal["completions", "chat"]
@@ -113,8 +114,10 @@ class OpenAICompatClient:
         endpoint: Endpoint = "completions",
         timeout_s: float = 120.0,
         max_retries: int = 4,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.limiter = limiter
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -168,19 +171,23 @@ class OpenAICompatClient:
         try:
             body = self._body(request, await self.resolve_model())
             path = "/chat/completions" if self.endpoint == "chat" else "/completions"
-            reply = await self._with_retries("POST", path, body)
+            cost = estimate_tokens(request.prompt, request.max_tokens) if self.limiter else None
+            reply = await self._with_retries("POST", path, body, cost)
             text, finish_reason = self._first_choice(reply)
         except LLMError as exc:
             exc.latency_s = time.perf_counter() - started
             raise
         usage = reply.get("usage") or {}
-        return LLMResponse(
+        response = LLMResponse(
             text=text,
             finish_reason=finish_reason,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             latency_s=time.perf_counter() - started,
         )
+        if self.limiter is not None and cost is not None and usage:
+            await self.limiter.settle(cost, response.prompt_tokens + response.completion_tokens)
+        return response
 
     async def resolve_model(self) -> str:
         """Concurrent first requests share one listing; a failed listing is tried again later."""
@@ -227,11 +234,14 @@ class OpenAICompatClient:
             body["prompt"] = request.prompt
         return body
 
-    async def _with_retries(self, method: str, path: str, body: Any) -> dict[str, Any]:
+    async def _with_retries(
+        self, method: str, path: str, body: Any, cost: int | None = None
+    ) -> dict[str, Any]:
+        """Send with retries; with a rate limiter, each attempt first takes `cost` tokens."""
         payload = None if body is None else json.dumps(body).encode()
         try:
             try:  # the common case, without building a retry controller per request
-                return await self._send(method, path, payload)
+                return await self._send(method, path, payload, cost)
             except Exception as exc:
                 if not _retryable(exc) or self.max_retries < 1:
                     raise
@@ -245,12 +255,16 @@ class OpenAICompatClient:
             )
             async for attempt in retrying:
                 with attempt:
-                    return await self._send(method, path, payload)
+                    return await self._send(method, path, payload, cost)
         except (TimeoutError, HTTPStatusError, aiohttp.ClientError, ValueError) as exc:
             raise self._translate(exc) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    async def _send(self, method: str, path: str, payload: bytes | None) -> dict[str, Any]:
+    async def _send(
+        self, method: str, path: str, payload: bytes | None, cost: int | None = None
+    ) -> dict[str, Any]:
+        if cost is not None and self.limiter is not None:
+            await self.limiter.acquire(cost)
         session = await self._http()
         async with session.request(method, self.base_url + path, data=payload) as response:
             raw = await response.read()
@@ -376,4 +390,15 @@ def build_llm_client(settings: Settings, options: GenerationOptions) -> LLMClien
         endpoint=options.endpoint,
         timeout_s=settings.llm_timeout_s,
         max_retries=settings.llm_max_retries,
+        limiter=limiter_for(
+            options.backend or DEFAULT_BACKEND,
+            Limits(backend.requests_per_minute, backend.tokens_per_minute),
+            _shared_redis_url(settings),
+        ),
     )
+
+
+def _shared_redis_url(settings: Settings) -> str | None:
+    """Rate-limit buckets go to the Redis broker when there is one, else stay in the process."""
+    url = settings.celery_broker_url
+    return url if url and url.startswith(("redis://", "rediss://", "unix://")) else None

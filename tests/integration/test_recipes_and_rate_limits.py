@@ -1,4 +1,5 @@
-"""Reproducible jobs on the real stack: a rerun against a deterministic backend repeats the job."""
+"""On the real stack with two workers: a rerun against a deterministic backend repeats the job,
+and a backend's requests-per-minute limit holds for all workers together."""
 
 from __future__ import annotations
 
@@ -24,18 +25,31 @@ def deterministic_llm() -> Iterator[FakeLLMServer]:
 
 
 @pytest.fixture(scope="module")
+def limited_llm() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(FakeLLMConfig(seed=6, latency_s=0.02)) as server:
+        yield server
+
+
+LIMITED_RPM = 600  # 10 requests/s with a burst of 10
+
+
+@pytest.fixture(scope="module")
 def stack(
     pg_url: str,
     broker_url: str,
     deterministic_llm: FakeLLMServer,
+    limited_llm: FakeLLMServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServiceStack]:
     tmp = tmp_path_factory.mktemp("recipes")
+    limited = {"base_url": limited_llm.base_url, "requests_per_minute": LIMITED_RPM}
     env = {
         "DATABASE_URL": pg_url,
         "CELERY_BROKER_URL": broker_url,
         "OPENAI_BASE_URL": deterministic_llm.base_url,
         "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
+        "SELFINSTRUCT_BACKENDS": json.dumps({"limited": limited}),
+        "SELFINSTRUCT_INSTRUCTIONS_PER_INSTANCE_TASK": "2",  # instance tasks on both workers
     }
     with ServiceStack(env, tmp / "logs") as running:
         running.start_api()
@@ -111,3 +125,25 @@ def test_rerun_of_an_unknown_or_foreign_job_is_404(api: httpx.Client, stack: Ser
     assert mine, "the first test left jobs behind"
     with stack.client(stack.create_key("someone else")) as other:
         assert other.post(f"/v1/jobs/{mine[0]['id']}/rerun").status_code == 404
+
+
+def test_rate_limit_holds_across_workers(
+    api: httpx.Client, stack: ServiceStack, limited_llm: FakeLLMServer, default_seeds: Path
+) -> None:
+    seed_set = upload(api, default_seeds)
+    limited_llm.reset()
+    body = {
+        "seed_set_id": seed_set["id"],
+        "num_instructions": 16,
+        "options": {"backend": "limited"},
+    }
+    job = api.post("/v1/jobs", json=body).json()
+    job = wait_for_status(api, job["id"], timeout_s=180)
+    assert job["status"] == "succeeded", stack.logs()
+    arrivals = sorted(limited_llm.arrivals)
+    rate = LIMITED_RPM / 60
+    assert len(arrivals) >= 3 * rate, "enough requests to leave the burst behind"
+    # A token bucket of one second: at most rate + burst in any second, rate on average.
+    most = max(sum(1 for t in arrivals[i:] if t - start < 1.0) for i, start in enumerate(arrivals))
+    assert most <= 2 * rate + 1, most
+    assert (len(arrivals) - rate) / (arrivals[-1] - arrivals[0]) <= rate * 1.05
