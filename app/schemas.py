@@ -45,6 +45,19 @@ class JobCreate(BaseModel):
         return self
 
 
+class ShareProgress(BaseModel):
+    target: float | None = Field(None, description="The job's target share (null: none set).")
+    actual: float | None = Field(None, description="The share so far among decided tasks.")
+    known: int = Field(description="Accepted tasks decided so far (the share's denominator).")
+
+
+class BalanceProgress(BaseModel):
+    classification_share: ShareProgress
+    input_share: ShareProgress
+    max_per_verb: int | None = None
+    rejected_at_verb_cap: int = 0
+
+
 class Progress(BaseModel):
     rounds_completed: int
     instructions_accepted: int
@@ -58,6 +71,9 @@ class Progress(BaseModel):
     completion_tokens: int
     tokens_per_accepted_instruction: float | None = Field(
         None, description="Prompt + completion tokens spent per accepted instruction so far."
+    )
+    balance: BalanceProgress | None = Field(
+        None, description="Targets against actual shares, for jobs with options.balance."
     )
     dedupe_seconds: float = Field(
         0.0, description="Time spent on the ROUGE-L near-duplicate filter (step 1) so far."

@@ -76,7 +76,9 @@ LABELS = (
 )  # fmt: skip
 
 
-def diverse_instruction(rng: random.Random, *, classification: bool) -> str:
+def diverse_instruction(
+    rng: random.Random, *, classification: bool, classification_share: float = 0.2
+) -> str:
     from tests.support import fake_llm as fake
 
     def extra() -> str:
@@ -89,7 +91,7 @@ def diverse_instruction(rng: random.Random, *, classification: bool) -> str:
 
     adjective, artifact = rng.choice(ADJECTIVES), rng.choice(ARTIFACTS)
     topic = rng.choice(fake.TOPICS)
-    if classification or rng.random() < 0.2:
+    if classification or rng.random() < classification_share:
         return f"Classify each {adjective} {artifact} {rng.choice(LINKS)} {topic} as {rng.choice(LABELS)}, {extra()}."
     article = "an" if adjective[0] in "aeiou" else "a"
     return f"{rng.choice(VERBS)} {article} {adjective} {artifact} {rng.choice(LINKS)} {topic} {extra()}."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PAPER_KEYWORD_BLACKLIST: tuple[str, ...] = (
     "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
@@ -14,6 +14,22 @@ PAPER_KEYWORD_BLACKLIST: tuple[str, ...] = (
 INSTRUCTION_STOP: tuple[str, ...] = ("\n\n", "\n16", "16.", "16 .")
 INSTANCE_STOP: tuple[str, ...] = ("Example 6", "Task:")
 CLASSIFY_STOP: tuple[str, ...] = ("\n", "Task")
+
+
+class BalanceTargets(BaseModel):
+    """The mix a job should produce, steered while it generates (see balance.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    classification_share: float | None = Field(
+        None, ge=0.0, le=1.0, description="Target share of classification tasks."
+    )
+    input_share: float | None = Field(
+        None, ge=0.0, le=1.0, description="Target share of tasks whose instances have an input."
+    )
+    max_per_verb: int | None = Field(
+        None, ge=1, description="Most accepted instructions per root verb (e.g. 'write')."
+    )
 
 
 class GenerationOptions(BaseModel):
@@ -97,6 +113,12 @@ class GenerationOptions(BaseModel):
     instance_presence_penalty: float = Field(1.5, ge=-2.0, le=2.0)
     max_instances_per_task: int = Field(5, ge=1, le=50)
 
+    balance: BalanceTargets | None = Field(
+        None,
+        description="Targets for the mix, steered while sampling prompts (off: the paper's "
+        "uniform sampling); the job's status shows each target against the actual share.",
+    )
+
     # Safety stop: a model that never produces anything new must not loop forever.
     max_rounds_without_progress: int = Field(20, ge=1, le=10000)
 
@@ -109,3 +131,11 @@ class GenerationOptions(BaseModel):
     max_llm_errors: int = Field(
         200, ge=1, le=1_000_000, description="Fail the job after this many failed LLM requests."
     )
+
+    @model_validator(mode="after")
+    def _balance_needs_paper_mode(self) -> GenerationOptions:
+        if self.balance is not None and self.mode != "paper":
+            raise ValueError(
+                "balance: steers the paper mode's prompts; not available in batched mode"
+            )
+        return self

@@ -7,8 +7,11 @@ tested without a network, a database or a worker.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
+from app.selfinstruct.balance import over_verb_cap, root_verb
 from app.selfinstruct.filters import filter_instances, instruction_rejection
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.parsing import parse_instances, parse_instruction_completion
@@ -25,10 +28,13 @@ from app.selfinstruct.types import (
 )
 
 
+def prompt_seeds(seeds: Sequence[SeedTask], options: GenerationOptions) -> list[SeedTask]:
+    """The seed tasks a job samples from (only classification seeds in that mode)."""
+    return [s for s in seeds if s.is_classification] if options.classification_only else list(seeds)
+
+
 def prompt_seed_instructions(seeds: Sequence[SeedTask], options: GenerationOptions) -> list[str]:
-    """The seed instructions a job samples from (only classification seeds in that mode)."""
-    chosen = [s for s in seeds if s.is_classification] if options.classification_only else seeds
-    return [s.instruction for s in chosen]
+    return [s.instruction for s in prompt_seeds(seeds, options)]
 
 
 def plan_round(
@@ -36,6 +42,7 @@ def plan_round(
     machine_instructions: Sequence[str],
     options: GenerationOptions,
     rng: random.Random,
+    seed_weights: Sequence[float] | None = None,
 ) -> list[str]:
     """The instruction-generation prompts for one round (one per concurrent request)."""
     prompts: list[str] = []
@@ -46,6 +53,7 @@ def plan_round(
             rng,
             total=options.prompt_instructions,
             machine=options.machine_instructions_per_prompt,
+            seed_weights=seed_weights,
         )
         prompts.append(
             build_instruction_prompt(shown, classification_only=options.classification_only)
@@ -60,21 +68,29 @@ def accept_round(
     *,
     remaining: int,
     first_numbers: Sequence[int] | None = None,
+    verbs: Counter[str] | None = None,
 ) -> RoundOutcome:
     """Judge every candidate in prompt order; accepted texts are added to `index` as we go,
     so later candidates of the same round are compared with them too (as in the paper).
 
     `remaining` is how many more instructions the job needs; acceptable candidates beyond it are
-    recorded as over target rather than silently dropped.
+    recorded as over target rather than silently dropped. `verbs` counts the accepted
+    instructions per root verb for `balance.max_per_verb`, and is updated as we go too.
     """
     outcome = RoundOutcome()
+    cap = options.balance.max_per_verb if options.balance else None
+    verbs = Counter() if verbs is None else verbs
     for prompt_index, completion in enumerate(completions):
         first = first_numbers[prompt_index] if first_numbers else options.prompt_instructions + 1
         for text in parse_instruction_completion(completion.text, first_number=first):
             decision = _judge(text, prompt_index, completion, index, options, remaining)
+            if decision.accepted and over_verb_cap(text, verbs, cap):
+                decision = replace(decision, reason=InstructionReason.VERB_CAP)
             if decision.accepted:
                 index.add(text)
                 remaining -= 1
+                if cap is not None and (verb := root_verb(text)) is not None:
+                    verbs[verb] += 1
             outcome.decisions.append(decision)
     return outcome
 

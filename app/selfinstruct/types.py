@@ -39,6 +39,7 @@ class InstructionReason(StrEnum):
     TRUNCATED_RESPONSE = "truncated_response"
     OVER_TARGET = "over_target"
     INVALID_INSTANCE = "invalid_instance"  # batched mode: the task's own instance failed
+    VERB_CAP = "verb_cap"  # balance.max_per_verb: its root verb has enough instructions
 
 
 class InstanceReason(StrEnum):

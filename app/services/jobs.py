@@ -15,6 +15,7 @@ from app.models import Instance, InstancesState, Instruction, Job, JobStatus, LL
 from app.schemas import JobRead, Progress
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.reproducibility import template_version
+from app.services.balance import balance_progress, mix_so_far
 from app.services.keys import ANYONE, Caller
 from app.services.seed_sets import get_seed_set, load_seed_tasks
 
@@ -193,10 +194,18 @@ def job_progress(session: Session, job: Job) -> Progress:
     ).one()
     accepted = sum(n for ok, _, n in instr if ok)
     tokens = int(calls[2]) + int(calls[3])
+    rejected = {str(r): n for ok, r, n in instr if not ok}
+    targets = GenerationOptions.model_validate(job.options).balance
+    balance = (
+        None
+        if targets is None
+        else balance_progress(targets, mix_so_far(session, job.id), rejected)
+    )
     return Progress(
         rounds_completed=job.rounds_completed,
         instructions_accepted=accepted,
-        instructions_rejected={str(r): n for ok, r, n in instr if not ok},
+        instructions_rejected=rejected,
+        balance=balance,
         instructions_with_instances=with_instances or 0,
         instances_accepted=sum(n for ok, _, n in inst if ok),
         instances_rejected={str(r): n for ok, r, n in inst if not ok},

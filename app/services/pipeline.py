@@ -13,6 +13,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from app.db import session_scope
 from app.llm.aio import run_sync
 from app.llm.base import LLMClient, LLMError, LLMRequest, LLMResponse, LLMTransientError
 from app.models import Instance, InstancesState, Instruction, Job, JobStatus, LLMCall
+from app.selfinstruct.balance import count_verbs, seed_weights
 from app.selfinstruct.batched import accept_batched_round, batched_stop, plan_batched_round
 from app.selfinstruct.options import (
     CLASSIFY_STOP,
@@ -39,10 +41,11 @@ from app.selfinstruct.rounds import (
     accept_round,
     judge_instances,
     plan_round,
-    prompt_seed_instructions,
+    prompt_seeds,
 )
 from app.selfinstruct.types import CandidateDecision, Completion, InstanceDecision
 from app.services import batches
+from app.services.balance import mix_so_far
 from app.services.seed_sets import load_seed_tasks
 
 log = logging.getLogger(__name__)
@@ -131,6 +134,7 @@ class _JobIndex:
     rounds_completed: int
     index: RougeLIndex
     machine_texts: list[str]
+    verbs: Counter[str] | None  # accepted instructions per root verb, when the job caps them
 
 
 _indexes: dict[uuid.UUID, _JobIndex] = {}
@@ -156,15 +160,20 @@ def _job_index(
 ) -> _JobIndex:
     cached = _indexes.get(job.id)
     if cached is not None and cached.rounds_completed <= job.rounds_completed:
-        for text in _accepted_texts(session, job.id, after_round=cached.rounds_completed):
+        missed = _accepted_texts(session, job.id, after_round=cached.rounds_completed)
+        for text in missed:
             cached.index.add(text)
-            cached.machine_texts.append(text)
+        cached.machine_texts.extend(missed)
+        if cached.verbs is not None:
+            cached.verbs.update(count_verbs(missed))
         cached.rounds_completed = job.rounds_completed
         return cached
     machine = _accepted_texts(session, job.id)
     tokenizer = TOKENIZERS[options.dedupe_tokenizer]
     index = RougeLIndex([*seed_texts, *machine], tokenizer=tokenizer)
-    cached = _JobIndex(job.rounds_completed, index, machine)
+    capped = options.balance is not None and options.balance.max_per_verb is not None
+    verbs = count_verbs(machine) if capped else None
+    cached = _JobIndex(job.rounds_completed, index, machine, verbs)
     _indexes[job.id] = cached
     return cached
 
@@ -209,8 +218,14 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
             )
             prompts = plan_batched_round(shown, options, rng)
         else:
+            shown = prompt_seeds(seeds, options)
+            weights = (
+                seed_weights(shown, options.balance, mix_so_far(session, job_id))
+                if options.balance is not None
+                else None
+            )
             prompts = plan_round(
-                prompt_seed_instructions(seeds, options), state.machine_texts, options, rng
+                [s.instruction for s in shown], state.machine_texts, options, rng, weights
             )
 
     requests = [
@@ -238,9 +253,13 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
         raise LLMTransientError(records[0].error or "no LLM response in this round")
 
     completions = [Completion(r.response.text, r.response.finish_reason) for r in answered]  # type: ignore[union-attr]
-    accept = accept_batched_round if batched else accept_round
     dedupe_started = time.perf_counter()
-    outcome = accept(completions, state.index, options, remaining=remaining)
+    if batched:
+        outcome = accept_batched_round(completions, state.index, options, remaining=remaining)
+    else:
+        outcome = accept_round(
+            completions, state.index, options, remaining=remaining, verbs=state.verbs
+        )
     dedupe_s += time.perf_counter() - dedupe_started
     try:
         result = _commit_round(job_id, round_no, outcome.decisions, records, options, dedupe_s)

@@ -66,6 +66,9 @@ class FakeLLMConfig:
     batch_refuse: bool = False  # Batch API: fail every batch at validation
     # Like greedy decoding: the same prompt always gets the same answer, whenever it is asked.
     deterministic: bool = False
+    # Like a real model, write classification tasks about as often as the prompt shows them
+    # (instead of a fixed 25%): what balancing the prompts relies on.
+    imitate_mix: bool = False
 
 
 # --- vocabulary ------------------------------------------------------------------------------------
@@ -251,9 +254,11 @@ def _fill(template: str, rng: random.Random) -> str:
     )
 
 
-def new_instruction(rng: random.Random, *, classification: bool) -> str:
+def new_instruction(
+    rng: random.Random, *, classification: bool, classification_share: float = 0.25
+) -> str:
     """A natural-sounding task; thousands of distinct ones come out of the tables above."""
-    if classification or rng.random() < 0.25:
+    if classification or rng.random() < classification_share:
         core = _fill(rng.choice(CLASSIFICATION_TEMPLATES), rng)
     else:
         core = _fill(rng.choice(GENERAL_TEMPLATES), rng)
@@ -279,10 +284,13 @@ def _prompt_instructions(prompt: str) -> list[str]:
     return items
 
 
-def instruction_items(prompt: str, rng: random.Random) -> list[str]:
+def instruction_items(prompt: str, rng: random.Random, *, imitate_mix: bool = False) -> list[str]:
     """What a base model appends to the numbered list: mostly new tasks, some faulty ones."""
     shown = _prompt_instructions(prompt)
     classification = prompt.startswith(CLASSIFICATION_INSTRUCTION_HEADER)
+    share = 0.25
+    if imitate_mix and shown:
+        share = sum(classify_answer(text) == " Yes" for text in shown) / len(shown)
     items = []
     for _ in range(rng.randint(3, 7)):
         roll = rng.random()
@@ -297,14 +305,16 @@ def instruction_items(prompt: str, rng: random.Random) -> list[str]:
         elif roll < 0.21:
             items.append(_fill(rng.choice(ODD_STARTS), rng))
         else:
-            items.append(new_instruction(rng, classification=classification))
+            items.append(
+                new_instruction(rng, classification=classification, classification_share=share)
+            )
     return items
 
 
-def instruction_answer(prompt: str, rng: random.Random) -> str:
+def instruction_answer(prompt: str, rng: random.Random, *, imitate_mix: bool = False) -> str:
     """The continuation after the prompt's last "N.", numbering glitches included."""
     number = len(_prompt_instructions(prompt)) + 1
-    items = instruction_items(prompt, rng)
+    items = instruction_items(prompt, rng, imitate_mix=imitate_mix)
     parts = [f" {items[0]}"]
     for item in items[1:]:
         number += 2 if rng.random() < 0.05 else 1  # a gap in the numbering
@@ -460,10 +470,10 @@ def prompt_kind(prompt: str) -> str:
     return "unknown"
 
 
-def answer_for(prompt: str, kind: str, rng: random.Random) -> str:
+def answer_for(prompt: str, kind: str, rng: random.Random, *, imitate_mix: bool = False) -> str:
     """The model's raw continuation of a prompt of this kind."""
     if kind == "instructions":
-        return instruction_answer(prompt, rng)
+        return instruction_answer(prompt, rng, imitate_mix=imitate_mix)
     if kind == "classify":
         return classify_answer(_task_of(prompt))
     if kind == "instances_input_first":
@@ -618,7 +628,7 @@ class FakeLLMServer:
                 self.counts["fault_garbage"] += 1
             text = garbage(rng)
         else:
-            text = answer_for(prompt, kind, rng)
+            text = answer_for(prompt, kind, rng, imitate_mix=self.config.imitate_mix)
         if rng.random() < self.config.truncate_rate:
             text = truncate(text, rng)
             finish = "length"

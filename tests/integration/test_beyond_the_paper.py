@@ -1,5 +1,6 @@
 """On the real stack with two workers: a rerun against a deterministic backend repeats the job,
-and a backend's requests-per-minute limit holds for all workers together."""
+a backend's requests-per-minute limit holds for all workers together, and balancing steers a
+job's mix towards its targets."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select
 
-from app.models import LLMCall
+from app.models import Instruction, LLMCall
+from app.selfinstruct.balance import count_verbs
 from tests.integration.conftest import upload
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
 from tests.support.stack import ServiceStack, wait_for_status
@@ -20,7 +22,8 @@ from tests.support.stack import ServiceStack, wait_for_status
 
 @pytest.fixture(scope="module")
 def deterministic_llm() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(FakeLLMConfig(seed=5, deterministic=True)) as server:
+    config = FakeLLMConfig(seed=5, deterministic=True, imitate_mix=True)
+    with FakeLLMServer(config) as server:
         yield server
 
 
@@ -147,3 +150,67 @@ def test_rate_limit_holds_across_workers(
     most = max(sum(1 for t in arrivals[i:] if t - start < 1.0) for i, start in enumerate(arrivals))
     assert most <= 2 * rate + 1, most
     assert (len(arrivals) - rate) / (arrivals[-1] - arrivals[0]) <= rate * 1.05
+
+
+def _accepted_texts(pg_url: str, job_id: str) -> list[str]:
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        texts = conn.scalars(
+            select(Instruction.text).where(
+                Instruction.job_id == job_id, Instruction.accepted.is_(True)
+            )
+        ).all()
+    engine.dispose()
+    return list(texts)
+
+
+def test_balancing_steers_the_mix_and_caps_verbs(
+    api: httpx.Client, stack: ServiceStack, pg_url: str, default_seeds: Path
+) -> None:
+    seed_set = upload(api, default_seeds)  # about a quarter of its tasks are classification
+    base = {"seed_set_id": seed_set["id"], "num_instructions": 60}
+    balance = {"classification_share": 0.6, "max_per_verb": 5}
+    plain = api.post("/v1/jobs", json={**base, "options": {"seed": 1}}).json()
+    steered = api.post("/v1/jobs", json={**base, "options": {"seed": 1, "balance": balance}})
+    assert steered.status_code == 202, steered.text
+    plain = wait_for_status(api, plain["id"], timeout_s=240)
+    steered = wait_for_status(api, steered.json()["id"], timeout_s=240)
+    assert plain["status"] == steered["status"] == "succeeded", stack.logs()
+    assert plain["progress"]["balance"] is None
+
+    shown = steered["progress"]["balance"]
+    share = shown["classification_share"]
+    assert share["target"] == 0.6 and share["known"] == 60
+    assert shown["input_share"]["target"] is None and shown["input_share"]["known"] > 0
+    assert shown["max_per_verb"] == 5 and shown["rejected_at_verb_cap"] > 0
+    assert shown["rejected_at_verb_cap"] == steered["progress"]["instructions_rejected"]["verb_cap"]
+
+    def classification_share(job: dict) -> float:  # type: ignore[type-arg]
+        rows = [
+            json.loads(line)
+            for line in api.get(f"/v1/jobs/{job['id']}/examples.jsonl").text.splitlines()
+        ]
+        tasks = {r["instruction"]: r["is_classification"] for r in rows}
+        return sum(tasks.values()) / len(tasks)
+
+    unsteered = classification_share(plain)
+    assert unsteered < 0.45
+    # Steering is feedback through the prompts: how close it gets depends on how faithfully the
+    # model imitates them and on step 2 lagging behind step 1; it must move the mix a lot.
+    assert share["actual"] >= unsteered + 0.15, (share, unsteered)
+    assert max(count_verbs(_accepted_texts(pg_url, steered["id"])).values()) <= 5
+    assert max(count_verbs(_accepted_texts(pg_url, plain["id"])).values()) > 5
+
+
+def test_bad_balance_options_are_422(api: httpx.Client, default_seeds: Path) -> None:
+    seed_set = upload(api, default_seeds)
+    for options, needle in [
+        ({"balance": {"classification_share": 2}}, "classification_share"),
+        ({"balance": {"max_per_verb": 0}}, "max_per_verb"),
+        ({"balance": {"colour": "red"}}, "colour"),
+        ({"mode": "batched", "balance": {"input_share": 0.5}}, "batched mode"),
+    ]:
+        body = {"seed_set_id": seed_set["id"], "num_instructions": 5, "options": options}
+        response = api.post("/v1/jobs", json=body)
+        assert response.status_code == 422, response.text
+        assert needle in response.text
