@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001  (Cyrillic letters are the point of the language tests)
 """On the real stack with two workers: a rerun against a deterministic backend repeats the job,
 a backend's requests-per-minute limit holds for all workers together, and balancing steers a
 job's mix towards its targets."""
@@ -15,6 +16,7 @@ from sqlalchemy import create_engine, select
 
 from app.models import Instruction, LLMCall
 from app.selfinstruct.balance import count_verbs
+from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex
 from tests.integration.conftest import upload
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
 from tests.support.stack import ServiceStack, wait_for_status
@@ -214,3 +216,108 @@ def test_bad_balance_options_are_422(api: httpx.Client, default_seeds: Path) -> 
         response = api.post("/v1/jobs", json=body)
         assert response.status_code == 422, response.text
         assert needle in response.text
+
+
+# --- other languages -----------------------------------------------------------------------
+
+SEEDS_BY_LANGUAGE = {
+    "zh": [
+        ("写一首关于大海的短诗。", "", "蓝色的海浪轻轻拍打着沙滩。"),
+        ("把下面的句子翻译成英文。", "我喜欢喝茶。", "I like drinking tea."),
+        ("列出三种常见的水果。", "", "苹果、香蕉、橙子。"),
+        ("判断下面这句话的情感是积极还是消极。", "今天的天气真好！", "积极"),
+        ("用一句话解释什么是光合作用。", "", "植物利用阳光把水和二氧化碳变成养分。"),
+        ("给这篇短文起一个标题。", "小猫在院子里追蝴蝶，玩了一下午。", "追蝴蝶的小猫"),
+        ("推荐一本适合儿童阅读的书并说明理由。", "", "《小王子》，故事简单又有深意。"),
+        ("写出下面词语的反义词。", "高兴", "难过"),
+    ],
+    "ru": [
+        ("Напишите короткое стихотворение о море.", "", "Волна поёт, и ветер вторит ей."),
+        ("Переведите предложение на английский язык.", "Я люблю чай.", "I love tea."),
+        ("Назовите три столицы европейских стран.", "", "Париж, Берлин, Мадрид."),
+        ("Определите тональность отзыва: положительная или отрицательная.",
+         "Отличный сервис, всем советую!", "Положительная"),
+        ("Объясните простыми словами, что такое инфляция.", "",
+         "Это когда цены растут и деньги покупают меньше."),
+        ("Придумайте заголовок для этой заметки.", "В городе открылся новый парк.",
+         "Новый парк для горожан"),
+        ("Составьте список покупок для завтрака.", "", "Хлеб, масло, яйца, молоко."),
+        ("Исправьте ошибки в предложении.", "Я пошол в магазин.", "Я пошёл в магазин."),
+    ],
+    "de": [
+        ("Schreiben Sie ein kurzes Gedicht über das Meer.", "", "Die Wellen flüstern leise."),
+        ("Übersetzen Sie den Satz ins Englische.", "Ich trinke gern Tee.", "I like tea."),
+        ("Nennen Sie drei Hauptstädte in Europa.", "", "Paris, Madrid, Wien."),
+        ("Bestimmen Sie, ob die Bewertung positiv oder negativ ist.",
+         "Das Essen war kalt und teuer.", "Negativ"),
+        ("Erklären Sie in einem Satz, was Photosynthese ist.", "",
+         "Pflanzen machen aus Licht, Wasser und Kohlendioxid Zucker."),
+        ("Finden Sie eine passende Überschrift für den Text.",
+         "Im Zoo wurde ein Elefantenbaby geboren.", "Nachwuchs im Zoo"),
+        ("Schreiben Sie eine höfliche Absage für eine Einladung.", "",
+         "Vielen Dank, leider kann ich nicht kommen."),
+        ("Korrigieren Sie die Rechtschreibung im Satz.", "Ich hab das gewust.",
+         "Ich habe das gewusst."),
+    ],
+}  # fmt: skip
+LANGUAGE_OPTIONS = {
+    "zh": {"dedupe_tokenizer": "characters", "reject_non_ascii_start": False},
+    "ru": {"dedupe_tokenizer": "unicode_words", "reject_non_ascii_start": False},
+    "de": {"dedupe_tokenizer": "unicode_words"},  # starts with ASCII, umlauts inside
+}
+SCRIPT_CHECKS = {
+    "zh": lambda text: any("\u4e00" <= c <= "\u9fff" for c in text),
+    "ru": lambda text: any("\u0400" <= c <= "\u04ff" for c in text),
+    "de": lambda text: text[:1].isascii(),
+}
+
+
+def _seed_tasks(language: str) -> list[dict]:  # type: ignore[type-arg]
+    return [
+        {"instruction": text, "instances": [{"input": given, "output": answer}]}
+        for text, given, answer in SEEDS_BY_LANGUAGE[language]
+    ]
+
+
+@pytest.mark.parametrize("language", ["zh", "ru", "de"])
+def test_seeds_in_other_languages_work_end_to_end(
+    api: httpx.Client, pg_url: str, language: str
+) -> None:
+    options = {"seed": 2, **LANGUAGE_OPTIONS[language]}
+    body = {"seed_tasks": _seed_tasks(language), "num_instructions": 12, "options": options}
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job = wait_for_status(api, response.json()["id"], timeout_s=180)
+    assert job["status"] == "succeeded", job
+    assert job["progress"]["instructions_accepted"] == 12
+    # The model echoed and spliced the seeds: dedupe in the job's own tokens caught copies.
+    assert job["progress"]["instructions_rejected"].get("near_duplicate", 0) > 0
+    instructions = _accepted_texts(pg_url, job["id"])
+    assert len(instructions) == 12 and all(map(SCRIPT_CHECKS[language], instructions))
+    rows = [
+        json.loads(line)
+        for line in api.get(f"/v1/jobs/{job['id']}/examples.jsonl").text.splitlines()
+    ]
+    assert rows and {r["instruction"] for r in rows} <= set(instructions)
+    tokenize = TOKENIZERS[options["dedupe_tokenizer"]]
+    seeds = [text for text, _, _ in SEEDS_BY_LANGUAGE[language]]
+    for position, text in enumerate(instructions):
+        others = RougeLIndex([*seeds, *instructions[:position]], tokenizer=tokenize)
+        assert others.best(text).score <= 0.7
+    # The report measures ROUGE-L in the job's tokens too: copies of seeds would show as 1.0.
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["instructions"]["accepted"] == 12
+    assert report["rouge_l"]["to_nearest_seed"]["max"] <= 0.7
+
+
+def test_chinese_seeds_with_the_papers_filters_are_all_rejected(api: httpx.Client) -> None:
+    """The paper's non-ASCII start filter rejects every Chinese task: the job cannot progress."""
+    options = {"seed": 2, "max_rounds_without_progress": 2}
+    body = {"seed_tasks": _seed_tasks("zh"), "num_instructions": 5, "options": options}
+    job = wait_for_status(api, api.post("/v1/jobs", json=body).json()["id"], timeout_s=120)
+    assert job["status"] == "failed" and "no new instruction" in job["error"]
+    assert set(job["progress"]["instructions_rejected"]) <= {
+        "starts_with_non_ascii",
+        "too_short",
+        "truncated_response",
+    }

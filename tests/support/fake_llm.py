@@ -284,9 +284,31 @@ def _prompt_instructions(prompt: str) -> list[str]:
     return items
 
 
+def _units(text: str) -> tuple[list[str], str]:
+    """Words joined by spaces, or characters for scripts written without spaces."""
+    return (text.split(), " ") if " " in text.strip() else (list(text), "")
+
+
+def recombined_items(shown: list[str], rng: random.Random) -> list[str]:
+    """For prompts in other languages: new tasks spliced from the shown ones (the head of one,
+    the tail of another), and now and then a near-copy, all in the prompt's own script."""
+    items = []
+    for _ in range(rng.randint(3, 7)):
+        first, second = rng.sample(shown, 2) if len(shown) > 1 else (shown[0], shown[0])
+        (head, glue), (tail, _) = _units(first), _units(second)
+        if rng.random() < 0.15 or len(head) < 2 or len(tail) < 2:
+            items.append(glue.join(head[: max(1, len(head) - 1)]))  # one unit dropped
+            continue
+        cut_head, cut_tail = rng.randrange(1, len(head)), rng.randrange(1, len(tail))
+        items.append(glue.join(head[:cut_head] + tail[cut_tail:]))
+    return items
+
+
 def instruction_items(prompt: str, rng: random.Random, *, imitate_mix: bool = False) -> list[str]:
     """What a base model appends to the numbered list: mostly new tasks, some faulty ones."""
     shown = _prompt_instructions(prompt)
+    if shown and 2 * sum(not text.isascii() for text in shown) > len(shown):
+        return recombined_items(shown, rng)
     classification = prompt.startswith(CLASSIFICATION_INSTRUCTION_HEADER)
     share = 0.25
     if imitate_mix and shown:
