@@ -174,6 +174,7 @@ class Instruction(Base):
     reason: Mapped[str | None] = mapped_column(String(64))
     max_rouge: Mapped[float | None] = mapped_column(Float)
     nearest: Mapped[str | None] = mapped_column(Text)
+    judge_note: Mapped[str | None] = mapped_column(Text)  # the instruction judge's reason
     is_classification: Mapped[bool | None] = mapped_column(Boolean)
     instances_state: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -196,6 +197,9 @@ class Instance(Base):
     output: Mapped[str] = mapped_column(Text)
     accepted: Mapped[bool] = mapped_column(Boolean)
     reason: Mapped[str | None] = mapped_column(String(64))
+    # The LLM judges' grades (1-3), when the job ran them.
+    answer_score: Mapped[int | None] = mapped_column(Integer)
+    faithfulness_score: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

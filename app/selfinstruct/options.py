@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app.selfinstruct.judges import INSTANCE_FIELDS, INSTRUCTION_FIELDS, check_template
 
 PAPER_KEYWORD_BLACKLIST: tuple[str, ...] = (
     "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
@@ -30,6 +32,63 @@ class BalanceTargets(BaseModel):
     max_per_verb: int | None = Field(
         None, ge=1, description="Most accepted instructions per root verb (e.g. 'write')."
     )
+
+
+class JudgeStep(BaseModel):
+    """Where a judge runs and what it is asked; unset fields follow the job's backend and model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str | None = Field(None, max_length=100, description="Backend name for this judge.")
+    model: str | None = Field(None, max_length=200, description="Model for this judge.")
+    endpoint: Literal["completions", "chat"] | None = None
+    prompt: str | None = Field(
+        None,
+        max_length=20_000,
+        description="Custom prompt template; {instruction} (and {input}, {output} for the "
+        "answer and faithfulness judges) are filled in. Default: ours (see judges.py).",
+    )
+    max_tokens: int = Field(48, ge=1, le=4096)
+
+
+class InstructionJudge(JudgeStep):
+    """Keep or drop each candidate instruction before dedupe admits it."""
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, prompt: str | None) -> str | None:
+        if prompt is not None:
+            check_template(prompt, INSTRUCTION_FIELDS)
+        return prompt
+
+
+class ScoreJudge(JudgeStep):
+    """Grade each accepted instance 1-3; keep at or above the threshold."""
+
+    threshold: int = Field(2, ge=1, le=3, description="Lowest grade kept.")
+    max_tokens: int = Field(8, ge=1, le=4096)
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, prompt: str | None) -> str | None:
+        if prompt is not None:
+            check_template(prompt, INSTANCE_FIELDS)
+        return prompt
+
+
+class JudgeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    instruction: InstructionJudge | None = Field(None, description="Instruction quality.")
+    answer: ScoreJudge | None = Field(None, description="Answer quality, 1-3.")
+    faithfulness: ScoreJudge | None = Field(
+        None, description="Faithfulness of the output to the input (instances with an input)."
+    )
+
+    def steps(self) -> dict[str, JudgeStep]:
+        named = {"instruction": self.instruction, "answer": self.answer}
+        named["faithfulness"] = self.faithfulness
+        return {name: step for name, step in named.items() if step is not None}
 
 
 class GenerationOptions(BaseModel):
@@ -119,6 +178,12 @@ class GenerationOptions(BaseModel):
         "uniform sampling); the job's status shows each target against the actual share.",
     )
 
+    judges: JudgeOptions | None = Field(
+        None,
+        description="LLM-judge filters, each with its own prompt, model and threshold; their "
+        "tokens count in the job's budget. Paper mode, without the Batch API.",
+    )
+
     # Safety stop: a model that never produces anything new must not loop forever.
     max_rounds_without_progress: int = Field(20, ge=1, le=10000)
 
@@ -133,9 +198,26 @@ class GenerationOptions(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _balance_needs_paper_mode(self) -> GenerationOptions:
+    def _paper_mode_options(self) -> GenerationOptions:
         if self.balance is not None and self.mode != "paper":
             raise ValueError(
                 "balance: steers the paper mode's prompts; not available in batched mode"
             )
+        if self.judges is not None and self.mode != "paper":
+            raise ValueError("judges: run in the paper mode's steps; not available in batched mode")
+        if self.judges is not None and self.batch_api:
+            raise ValueError("judges: not available with batch_api")
         return self
+
+
+def judge_options(options: GenerationOptions, step: JudgeStep) -> GenerationOptions:
+    """The job's options as a judge's LLM client sees them: its own backend, model, endpoint.
+    A judge on another backend does not inherit the job's model name."""
+    model = step.model if step.backend is not None else (step.model or options.model)
+    return options.model_copy(
+        update={
+            "backend": step.backend or options.backend,
+            "model": model,
+            "endpoint": step.endpoint or options.endpoint,
+        }
+    )

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from app.selfinstruct.balance import over_verb_cap, root_verb
 from app.selfinstruct.filters import filter_instances, instruction_rejection
+from app.selfinstruct.judges import InstructionVerdict
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.parsing import parse_instances, parse_instruction_completion
 from app.selfinstruct.prompts import build_instruction_prompt
@@ -69,6 +70,7 @@ def accept_round(
     remaining: int,
     first_numbers: Sequence[int] | None = None,
     verbs: Counter[str] | None = None,
+    verdicts: Mapping[str, InstructionVerdict] | None = None,
 ) -> RoundOutcome:
     """Judge every candidate in prompt order; accepted texts are added to `index` as we go,
     so later candidates of the same round are compared with them too (as in the paper).
@@ -76,6 +78,7 @@ def accept_round(
     `remaining` is how many more instructions the job needs; acceptable candidates beyond it are
     recorded as over target rather than silently dropped. `verbs` counts the accepted
     instructions per root verb for `balance.max_per_verb`, and is updated as we go too.
+    `verdicts` are the instruction judge's, for the texts `judgeable` picked.
     """
     outcome = RoundOutcome()
     cap = options.balance.max_per_verb if options.balance else None
@@ -83,7 +86,8 @@ def accept_round(
     for prompt_index, completion in enumerate(completions):
         first = first_numbers[prompt_index] if first_numbers else options.prompt_instructions + 1
         for text in parse_instruction_completion(completion.text, first_number=first):
-            decision = _judge(text, prompt_index, completion, index, options, remaining)
+            verdict = verdicts.get(text) if verdicts else None
+            decision = _judge(text, prompt_index, completion, index, options, remaining, verdict)
             if decision.accepted and over_verb_cap(text, verbs, cap):
                 decision = replace(decision, reason=InstructionReason.VERB_CAP)
             if decision.accepted:
@@ -102,6 +106,7 @@ def _judge(
     index: RougeLIndex,
     options: GenerationOptions,
     remaining: int,
+    verdict: InstructionVerdict | None = None,
 ) -> CandidateDecision:
     if completion.truncated:
         return CandidateDecision(text, prompt_index, InstructionReason.TRUNCATED_RESPONSE)
@@ -119,9 +124,42 @@ def _judge(
     nearest = index.text(match.item) if match.item is not None else None
     if match.score > options.rouge_threshold:
         reason = InstructionReason.NEAR_DUPLICATE
+    elif verdict is not None and not verdict.keep:
+        reason = InstructionReason.JUDGE_DROPPED
     elif remaining <= 0:
         reason = InstructionReason.OVER_TARGET
-    return CandidateDecision(text, prompt_index, reason, max_rouge=match.score, nearest=nearest)
+    note = verdict.note if verdict is not None else None
+    return CandidateDecision(
+        text, prompt_index, reason, max_rouge=match.score, nearest=nearest, judge_note=note
+    )
+
+
+def judgeable(
+    completions: Sequence[Completion],
+    index: RougeLIndex,
+    options: GenerationOptions,
+    first_numbers: Sequence[int] | None = None,
+) -> list[str]:
+    """The round's candidates worth a judge call: they pass the filters and are not near
+    duplicates of the pool as it stands (the round's own texts are compared later, in order)."""
+    texts: dict[str, None] = {}
+    count_words = word_counter(options.dedupe_tokenizer)
+    for prompt_index, completion in enumerate(completions):
+        if completion.truncated:
+            continue
+        first = first_numbers[prompt_index] if first_numbers else options.prompt_instructions + 1
+        for text in parse_instruction_completion(completion.text, first_number=first):
+            rejected = instruction_rejection(
+                text,
+                min_words=options.min_words,
+                max_words=options.max_words,
+                keyword_blacklist=options.keyword_blacklist,
+                count_words=count_words,
+                reject_non_ascii_start=options.reject_non_ascii_start,
+            )
+            if rejected is None and not index.exceeds(text, options.rouge_threshold):
+                texts.setdefault(text)
+    return list(texts)
 
 
 def judge_instances(

@@ -40,6 +40,7 @@ class InstructionReason(StrEnum):
     OVER_TARGET = "over_target"
     INVALID_INSTANCE = "invalid_instance"  # batched mode: the task's own instance failed
     VERB_CAP = "verb_cap"  # balance.max_per_verb: its root verb has enough instructions
+    JUDGE_DROPPED = "judge_dropped"  # the instruction judge said drop
 
 
 class InstanceReason(StrEnum):
@@ -52,6 +53,8 @@ class InstanceReason(StrEnum):
     DUPLICATE = "duplicate"
     TRUNCATED = "truncated"
     OVER_LIMIT = "over_limit"
+    JUDGE_LOW_SCORE = "judge_low_score"  # the answer judge graded it below its threshold
+    JUDGE_UNFAITHFUL = "judge_unfaithful"  # the faithfulness judge did
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,8 @@ class ParsedInstance:
 class InstanceDecision:
     instance: ParsedInstance
     reason: InstanceReason | None
+    answer_score: int | None = None  # the judges' grades, when they ran
+    faithfulness_score: int | None = None
 
     @property
     def accepted(self) -> bool:
@@ -92,6 +97,7 @@ class CandidateDecision:
     max_rouge: float | None = None
     nearest: str | None = None
     instance: InstanceDecision | None = None  # batched mode: the instance written with it
+    judge_note: str | None = None  # the instruction judge's reason, when it ran
 
     @property
     def accepted(self) -> bool:

@@ -34,6 +34,9 @@ def iter_examples(job_id: uuid.UUID) -> Iterator[dict[str, Any]]:
             Instruction.id,
             Instruction.text,
             Instruction.is_classification,
+            Instance.answer_score,
+            Instance.faithfulness_score,
+            Instruction.judge_note,
         )
         .join(Instruction, Instance.instruction_id == Instruction.id)
         .where(
@@ -45,8 +48,8 @@ def iter_examples(job_id: uuid.UUID) -> Iterator[dict[str, Any]]:
         .execution_options(yield_per=_BATCH)
     )
     with session_scope() as session:
-        for inst_id, inp, out, instr_id, text, is_cls in session.execute(stmt):
-            yield {
+        for inst_id, inp, out, instr_id, text, is_cls, *judged in session.execute(stmt):
+            record = {
                 "id": str(inst_id),
                 "instruction_id": str(instr_id),
                 "job_id": str(job_id),
@@ -55,6 +58,21 @@ def iter_examples(job_id: uuid.UUID) -> Iterator[dict[str, Any]]:
                 "output": out,
                 "is_classification": bool(is_cls),
             }
+            if verdicts := _judge_fields(*judged):
+                record["judge"] = verdicts
+            yield record
+
+
+def _judge_fields(
+    answer_score: int | None, faithfulness_score: int | None, note: str | None
+) -> dict[str, Any]:
+    """What the LLM judges said, for jobs that ran them (no key at all otherwise)."""
+    fields = {
+        "answer_score": answer_score,
+        "faithfulness_score": faithfulness_score,
+        "instruction_note": note,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def iter_rejected(job_id: uuid.UUID) -> Iterator[dict[str, Any]]:
@@ -84,6 +102,7 @@ def iter_rejected(job_id: uuid.UUID) -> Iterator[dict[str, Any]]:
                 "reason": row.reason,
                 "max_rouge": row.max_rouge,
                 "nearest": row.nearest,
+                **({"judge": _judge_fields(None, None, row.judge_note)} if row.judge_note else {}),
             }
         for inst, text in session.execute(instances):
             yield {
@@ -96,6 +115,11 @@ def iter_rejected(job_id: uuid.UUID) -> Iterator[dict[str, Any]]:
                 "input": inst.input,
                 "output": inst.output,
                 "reason": inst.reason,
+                **(
+                    {"judge": judged}
+                    if (judged := _judge_fields(inst.answer_score, inst.faithfulness_score, None))
+                    else {}
+                ),
             }
 
 

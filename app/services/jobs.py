@@ -13,7 +13,7 @@ from app.config import get_settings
 from app.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from app.models import Instance, InstancesState, Instruction, Job, JobStatus, LLMCall
 from app.schemas import JobRead, Progress
-from app.selfinstruct.options import GenerationOptions
+from app.selfinstruct.options import GenerationOptions, judge_options
 from app.selfinstruct.reproducibility import template_version
 from app.services.balance import balance_progress, mix_so_far
 from app.services.keys import ANYONE, Caller
@@ -31,6 +31,8 @@ def create_job(
 ) -> Job:
     get_seed_set(session, seed_set_id, caller)
     check_backend(options)
+    for name, step in (options.judges.steps() if options.judges else {}).items():
+        check_backend(judge_options(options, step), f"options.judges.{name}")
     _check_rate_limits(session, caller)
     tasks = load_seed_tasks(session, seed_set_id)
     if options.classification_only and not any(t.is_classification for t in tasks):

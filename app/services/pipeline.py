@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
@@ -28,11 +28,24 @@ from app.llm.base import LLMClient, LLMError, LLMRequest, LLMResponse, LLMTransi
 from app.models import Instance, InstancesState, Instruction, Job, JobStatus, LLMCall
 from app.selfinstruct.balance import count_verbs, seed_weights
 from app.selfinstruct.batched import accept_batched_round, batched_stop, plan_batched_round
+from app.selfinstruct.judges import (
+    ANSWER_JUDGE_PROMPT,
+    FAITHFULNESS_JUDGE_PROMPT,
+    InstructionVerdict,
+    build_instance_judge_prompt,
+    build_instruction_judge_prompt,
+    parse_instruction_verdict,
+    parse_score,
+)
 from app.selfinstruct.options import (
     CLASSIFY_STOP,
     INSTANCE_STOP,
     INSTRUCTION_STOP,
     GenerationOptions,
+    InstructionJudge,
+    JudgeStep,
+    ScoreJudge,
+    judge_options,
 )
 from app.selfinstruct.parsing import parse_classification_answer
 from app.selfinstruct.prompts import build_classification_prompt, build_instance_prompt
@@ -40,10 +53,16 @@ from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex
 from app.selfinstruct.rounds import (
     accept_round,
     judge_instances,
+    judgeable,
     plan_round,
     prompt_seeds,
 )
-from app.selfinstruct.types import CandidateDecision, Completion, InstanceDecision
+from app.selfinstruct.types import (
+    CandidateDecision,
+    Completion,
+    InstanceDecision,
+    InstanceReason,
+)
 from app.services import batches
 from app.services.balance import mix_so_far
 from app.services.seed_sets import load_seed_tasks
@@ -253,12 +272,27 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
         raise LLMTransientError(records[0].error or "no LLM response in this round")
 
     completions = [Completion(r.response.text, r.response.finish_reason) for r in answered]  # type: ignore[union-attr]
+    verdicts: dict[str, InstructionVerdict] = {}
+    judge = options.judges.instruction if options.judges and not batched else None
+    if judge is not None:
+        verdicts, judge_records = _judge_instructions(
+            llm_factory, completions, state.index, options, judge, round_no
+        )
+        records = [*records, *judge_records]
+        if any(r.response is None for r in judge_records):
+            _record_calls(job_id, records)
+            raise LLMTransientError("the instruction judge did not answer; the round is retried")
     dedupe_started = time.perf_counter()
     if batched:
         outcome = accept_batched_round(completions, state.index, options, remaining=remaining)
     else:
         outcome = accept_round(
-            completions, state.index, options, remaining=remaining, verbs=state.verbs
+            completions,
+            state.index,
+            options,
+            remaining=remaining,
+            verbs=state.verbs,
+            verdicts=verdicts,
         )
     dedupe_s += time.perf_counter() - dedupe_started
     try:
@@ -275,6 +309,37 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
         dedupe_s * 1000,
     )
     return result
+
+
+def _judge_instructions(
+    llm_factory: LLMFactory,
+    completions: Sequence[Completion],
+    index: RougeLIndex,
+    options: GenerationOptions,
+    judge: InstructionJudge,
+    round_no: int,
+) -> tuple[dict[str, InstructionVerdict], list[_CallRecord]]:
+    """Ask the instruction judge about every candidate that could still be accepted."""
+    texts = judgeable(completions, index, options)
+    if not texts:
+        return {}, []
+    requests = [
+        _judge_request(build_instruction_judge_prompt(text, judge.prompt), judge) for text in texts
+    ]
+    llm = llm_factory(judge_options(options, judge))
+    concurrency = get_settings().llm_concurrency
+    records = _calls(llm, requests, "judge_instruction", round_no, concurrency)
+    verdicts = {
+        text: parse_instruction_verdict(r.response.text)
+        for text, r in zip(texts, records, strict=True)
+        if r.response is not None
+    }
+    return verdicts, records
+
+
+def _judge_request(prompt: str, step: JudgeStep) -> LLMRequest:
+    """Judges answer greedily on one line."""
+    return LLMRequest(prompt=prompt, max_tokens=step.max_tokens, temperature=0.0, stop=("\n",))
 
 
 def _commit_round(
@@ -300,6 +365,7 @@ def _commit_round(
                 reason=None if d.reason is None else str(d.reason),
                 max_rouge=d.max_rouge,
                 nearest=d.nearest,
+                judge_note=d.judge_note,
                 instances_state=_instances_state(d),
             )
             for slot, d in enumerate(decisions)
@@ -438,7 +504,8 @@ def generate_instances(
     if options.batch_api:
         results = _classify_and_generate_in_batches(job_id, rows, options)
     else:
-        results = _classify_and_generate(llm_factory(options), rows, options)
+        graders = _instance_graders(llm_factory, options)
+        results = _classify_and_generate(llm_factory(options), rows, options, graders)
     _commit_instances(job_id, results)
     failed = [r for r in results if not r.complete]
     log.info(
@@ -455,8 +522,53 @@ def generate_instances(
     return True
 
 
+@dataclass(frozen=True)
+class _Grader:
+    """One instance judge: its step's options, its client, and the default prompt."""
+
+    purpose: str
+    step: ScoreJudge
+    llm: LLMClient
+    template: str
+    reason: InstanceReason
+    needs_input: bool
+
+
+def _instance_graders(llm_factory: LLMFactory, options: GenerationOptions) -> list[_Grader]:
+    judges = options.judges
+    if judges is None:
+        return []
+    graders = []
+    if judges.answer is not None:
+        graders.append(
+            _Grader(
+                "judge_answer",
+                judges.answer,
+                llm_factory(judge_options(options, judges.answer)),
+                judges.answer.prompt or ANSWER_JUDGE_PROMPT,
+                InstanceReason.JUDGE_LOW_SCORE,
+                needs_input=False,
+            )
+        )
+    if judges.faithfulness is not None:
+        graders.append(
+            _Grader(
+                "judge_faithfulness",
+                judges.faithfulness,
+                llm_factory(judge_options(options, judges.faithfulness)),
+                judges.faithfulness.prompt or FAITHFULNESS_JUDGE_PROMPT,
+                InstanceReason.JUDGE_UNFAITHFUL,
+                needs_input=True,
+            )
+        )
+    return graders
+
+
 def _classify_and_generate(
-    llm: LLMClient, pending: Sequence[tuple[uuid.UUID, str]], options: GenerationOptions
+    llm: LLMClient,
+    pending: Sequence[tuple[uuid.UUID, str]],
+    options: GenerationOptions,
+    graders: Sequence[_Grader] = (),
 ) -> list[_InstanceResult]:
     """Steps 2 and 3 for a batch, each instruction's instance request sent as soon as its
     classification is back, at most `llm_concurrency` requests in flight.
@@ -466,21 +578,63 @@ def _classify_and_generate(
     bench/bench_throughput.py). Servers that cache prompt prefixes (vLLM, OpenAI, llama.cpp's
     slot matching) still reuse the few-shot prefixes, which are shared by kind, not by order.
     """
-    return run_sync(_classify_and_generate_async(llm, pending, options))
+    return run_sync(_classify_and_generate_async(llm, pending, options, graders))
 
 
 async def _classify_and_generate_async(
-    llm: LLMClient, pending: Sequence[tuple[uuid.UUID, str]], options: GenerationOptions
+    llm: LLMClient,
+    pending: Sequence[tuple[uuid.UUID, str]],
+    options: GenerationOptions,
+    graders: Sequence[_Grader],
 ) -> list[_InstanceResult]:
     gate = asyncio.Semaphore(get_settings().llm_concurrency)
 
-    async def call(request: LLMRequest, purpose: str) -> _CallRecord:
+    async def call(request: LLMRequest, purpose: str, client: LLMClient = llm) -> _CallRecord:
         async with gate:
             digest = prompt_sha256(request.prompt)
             try:
-                return _CallRecord(purpose, None, await llm.acomplete(request), None, 0.0, digest)
+                answer = await client.acomplete(request)
+                return _CallRecord(purpose, None, answer, None, 0.0, digest)
             except LLMTransientError as exc:
                 return _CallRecord(purpose, None, None, str(exc)[:2000], exc.latency_s, digest)
+
+    async def grade(
+        text: str, decision: InstanceDecision
+    ) -> tuple[InstanceDecision, list[_CallRecord]]:
+        """Every grader's score for one accepted instance; a low one rejects it."""
+        records, scores, reason = [], {}, None
+        for grader in graders:
+            instance = decision.instance
+            if grader.needs_input and not instance.input.strip():
+                continue
+            prompt = build_instance_judge_prompt(
+                text, instance.input, instance.output, grader.template
+            )
+            record = await call(_judge_request(prompt, grader.step), grader.purpose, grader.llm)
+            records.append(record)
+            if record.response is None:
+                continue
+            score = scores[grader.purpose] = parse_score(record.response.text)
+            if reason is None and score is not None and score < grader.step.threshold:
+                reason = grader.reason
+        graded = replace(
+            decision,
+            reason=reason or decision.reason,
+            answer_score=scores.get("judge_answer"),
+            faithfulness_score=scores.get("judge_faithfulness"),
+        )
+        return graded, records
+
+    async def grade_all(text: str, result: _InstanceResult) -> None:
+        """Grade the accepted instances together; an unanswered judge call leaves the
+        instruction incomplete, to be retried like a failed instance request."""
+        accepted = [n for n, d in enumerate(result.decisions) if d.accepted]
+        graded = await asyncio.gather(*(grade(text, result.decisions[n]) for n in accepted))
+        for n, (decision, records) in zip(accepted, graded, strict=True):
+            result.decisions[n] = decision
+            result.records.extend(records)
+            if any(r.response is None for r in records):
+                result.complete = False
 
     async def one(instruction_id: uuid.UUID, text: str) -> _InstanceResult:
         if options.classification_only:
@@ -496,6 +650,8 @@ async def _classify_and_generate_async(
         if result.is_classification is not None:
             record = await call(_instance_request(text, result, options), "instances")
             _judge(result, record, options)
+            if graders and result.complete:
+                await grade_all(text, result)
         return result
 
     try:
@@ -608,6 +764,8 @@ def _commit_instances(job_id: uuid.UUID, results: Sequence[_InstanceResult]) -> 
                     output=d.instance.output,
                     accepted=d.accepted,
                     reason=None if d.reason is None else str(d.reason),
+                    answer_score=d.answer_score,
+                    faithfulness_score=d.faithfulness_score,
                 )
                 for position, d in enumerate(result.decisions)
             )

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select
 
-from app.models import Instruction, LLMCall
+from app.models import Instance, Instruction, LLMCall
 from app.selfinstruct.balance import count_verbs
 from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex
 from tests.integration.conftest import upload
@@ -321,3 +321,93 @@ def test_chinese_seeds_with_the_papers_filters_are_all_rejected(api: httpx.Clien
         "too_short",
         "truncated_response",
     }
+
+
+# --- LLM judges ------------------------------------------------------------------------------
+
+
+def test_judges_filter_score_and_count_their_tokens(
+    api: httpx.Client,
+    stack: ServiceStack,
+    pg_url: str,
+    limited_llm: FakeLLMServer,
+    default_seeds: Path,
+) -> None:
+    seed_set = upload(api, default_seeds)
+    limited_llm.reset()
+    judges = {
+        "instruction": {},
+        "answer": {"backend": "limited", "threshold": 2},  # a judge on its own backend
+        "faithfulness": {"threshold": 3},
+    }
+    body = {"seed_set_id": seed_set["id"], "num_instructions": 20, "options": {"judges": judges}}
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job = wait_for_status(api, response.json()["id"], timeout_s=240)
+    assert job["status"] == "succeeded", stack.logs()
+    progress = job["progress"]
+    assert progress["instructions_accepted"] == 20
+    assert progress["instructions_rejected"]["judge_dropped"] > 0
+    assert progress["instances_rejected"]["judge_low_score"] > 0
+    assert progress["instances_rejected"]["judge_unfaithful"] > 0
+    assert limited_llm.counts["judge_answer"] > 0  # the answer judge ran where it was told
+    assert not {k for k in limited_llm.counts if k.startswith("judge_") and k != "judge_answer"}
+
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        instructions = conn.execute(
+            select(
+                Instruction.text, Instruction.accepted, Instruction.reason, Instruction.judge_note
+            ).where(Instruction.job_id == job["id"])
+        ).all()
+        instances = conn.execute(
+            select(Instance.input, Instance.accepted, Instance.reason, Instance.answer_score,
+                   Instance.faithfulness_score).where(Instance.job_id == job["id"])
+        ).all()  # fmt: skip
+        calls = conn.execute(
+            select(LLMCall.purpose, LLMCall.prompt_tokens, LLMCall.completion_tokens).where(
+                LLMCall.job_id == job["id"]
+            )
+        ).all()
+    engine.dispose()
+    for text, accepted, reason, note in instructions:
+        if accepted:
+            assert not any(w in text.lower() for w in ("brainstorm", "ideas")) and note
+        if reason == "judge_dropped":
+            assert note == "too open-ended to check an answer."
+    graded = [i for i in instances if i.reason is None or i.reason.startswith("judge_")]
+    assert graded
+    for given, accepted, reason, answer, faithful in graded:
+        if accepted:  # an unreadable grade keeps the example, without a score
+            assert answer is None or answer >= 2
+            assert faithful is None or faithful == 3
+            assert given.strip() or faithful is None  # faithfulness only for inputs
+        elif reason == "judge_low_score":
+            assert answer == 1
+        else:
+            assert reason == "judge_unfaithful" and faithful in (1, 2)
+    # The judges' tokens are part of the job's usage, and so of its budget.
+    purposes = {purpose for purpose, _, _ in calls}
+    assert {"judge_instruction", "judge_answer", "judge_faithfulness"} <= purposes
+    assert progress["prompt_tokens"] == sum(p for _, p, _ in calls)
+
+    rows = [
+        json.loads(line)
+        for line in api.get(f"/v1/jobs/{job['id']}/examples.jsonl").text.splitlines()
+    ]
+    assert rows and all("judge" in row for row in rows)
+    assert any("answer_score" in row["judge"] for row in rows)
+
+
+def test_bad_judge_options_are_422(api: httpx.Client, default_seeds: Path) -> None:
+    seed_set = upload(api, default_seeds)
+    for judges, needle in [
+        ({"answer": {"backend": "nowhere"}}, "options.judges.answer.backend"),
+        ({"instruction": {"prompt": "Rate {output}"}}, "unknown placeholder {output}"),
+        ({"answer": {"threshold": 0}}, "threshold"),
+        ({"mood": {}}, "mood"),
+    ]:
+        body = {"seed_set_id": seed_set["id"], "num_instructions": 5, "options": {"judges": judges}}
+        response = api.post("/v1/jobs", json=body)
+        assert response.status_code == 422, response.text
+        assert needle in response.text

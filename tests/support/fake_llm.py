@@ -15,6 +15,7 @@ import collections
 import hashlib
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -477,6 +478,13 @@ def inversion_answer(task: str, rng: random.Random) -> str:
 
 
 def prompt_kind(prompt: str) -> str:
+    tail = prompt.rstrip()[-40:]
+    if tail.endswith("Verdict:"):
+        return "judge_instruction"
+    if tail.endswith("Grade (1, 2 or 3):"):
+        return "judge_answer"
+    if tail.endswith("Faithfulness (1, 2 or 3):"):
+        return "judge_faithfulness"
     if prompt.startswith(INVERSION_HEADER):
         return "inversion"
     if BATCHED_RULES in prompt[:1000]:
@@ -506,7 +514,37 @@ def answer_for(prompt: str, kind: str, rng: random.Random, *, imitate_mix: bool 
         return inversion_answer(_task_of(prompt), rng)
     if kind == "batched":
         return batched_answer(prompt, rng)
+    if kind.startswith("judge_"):
+        return judge_answer(prompt, kind, rng)
     return " I am not sure what you mean."
+
+
+JUDGE_DROPS = ("brainstorm", "ideas")  # the fake judge finds these tasks too open-ended
+
+
+def _judged_field(prompt: str, name: str) -> str:
+    match = re.search(rf"(?m)^{name}: (.*)$", prompt)
+    return match.group(1) if match else ""
+
+
+def judge_answer(prompt: str, kind: str, rng: random.Random) -> str:
+    """Verdicts by simple rules, so tests know what to expect, with an unreadable one now and
+    then."""
+    if rng.random() < 0.05:
+        return " Hmm, hard to say."
+    if kind == "judge_instruction":
+        task = _judged_field(prompt, "Task").lower()
+        if any(word in task for word in JUDGE_DROPS):
+            return " Drop - too open-ended to check an answer."
+        return " Keep - clear and answerable in text."
+    output = _judged_field(prompt, "Answer")
+    if kind == "judge_faithfulness":
+        words = {w.strip(".,!?").lower() for w in _judged_field(prompt, "Input").split()}
+        shared = {w.strip(".,!?").lower() for w in output.split()} & words
+        return " 3" if any(len(w) > 3 for w in shared) else " 1 - it ignores the input."
+    if len(output) < 25:
+        return " 1"
+    return rng.choice((" 3", " 3", " 3", " 2", " Grade: 3", " 1"))
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
