@@ -157,11 +157,15 @@ class Job(Base):
 
 
 class Instruction(Base):
-    """A generated instruction, accepted or rejected; (job, round, slot) makes a round idempotent."""
+    """A generated instruction, accepted or rejected; (job, round, slot) makes a round idempotent.
+
+    Unnatural-Instructions mode adds reformulations of a core (variant 1, 2, ...) in the core's
+    round and slot, linked by core_id; jobs' targets, progress and dedupe count cores (variant 0).
+    """
 
     __tablename__ = "instructions"
     __table_args__ = (
-        UniqueConstraint("job_id", "round", "slot"),
+        UniqueConstraint("job_id", "round", "slot", "variant"),
         Index("ix_instructions_job_accepted", "job_id", "accepted"),
     )
 
@@ -175,6 +179,12 @@ class Instruction(Base):
     max_rouge: Mapped[float | None] = mapped_column(Float)
     nearest: Mapped[str | None] = mapped_column(Text)
     judge_note: Mapped[str | None] = mapped_column(Text)  # the instruction judge's reason
+    variant: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    core_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("instructions.id", ondelete="CASCADE"), index=True
+    )
+    # Unnatural mode: the core's input and constraints, {"input": ..., "constraints": ...}.
+    extra: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     is_classification: Mapped[bool | None] = mapped_column(Boolean)
     instances_state: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -72,6 +72,10 @@ class Progress(BaseModel):
     tokens_per_accepted_instruction: float | None = Field(
         None, description="Prompt + completion tokens spent per accepted instruction so far."
     )
+    reformulations_accepted: int = Field(
+        0, description="Unnatural mode: rephrased instructions kept, each its own example."
+    )
+    reformulations_rejected: dict[str, int] = Field(default_factory=dict)
     balance: BalanceProgress | None = Field(
         None, description="Targets against actual shares, for jobs with options.balance."
     )

@@ -114,16 +114,28 @@ class GenerationOptions(BaseModel):
         False, description="Generate classification tasks only, from the classification seeds."
     )
 
-    mode: Literal["paper", "batched"] = Field(
+    mode: Literal["paper", "batched", "unnatural"] = Field(
         "paper",
         description="paper: the three steps of Self-Instruct; batched: each request asks for "
-        "tasks_per_request complete tasks (instruction, input, output) at once, Alpaca-style.",
+        "tasks_per_request complete tasks (instruction, input, output) at once, Alpaca-style; "
+        "unnatural: Unnatural Instructions (core examples from 3 demonstrations, then an output "
+        "for each, then `reformulations` rephrasings of each core, kept as linked examples).",
     )
     tasks_per_request: int = Field(20, ge=2, le=50, description="Batched mode: tasks asked for.")
     batched_examples: int = Field(
         3, ge=1, le=10, description="Batched mode: seed tasks shown per request."
     )
     batched_max_tokens: int = Field(3072, ge=64, le=32768, description="Batched mode: max_tokens.")
+
+    unnatural_examples: int = Field(
+        3, ge=1, le=10, description="Unnatural mode: demonstrations shown per request."
+    )
+    reformulations: int = Field(
+        3, ge=0, le=10, description="Unnatural mode: rephrasings asked for per core example."
+    )
+    unnatural_max_tokens: int = Field(
+        256, ge=16, le=32768, description="Unnatural mode: max_tokens of a core example."
+    )
 
     batch_api: bool = Field(
         False,
@@ -199,6 +211,8 @@ class GenerationOptions(BaseModel):
 
     @model_validator(mode="after")
     def _paper_mode_options(self) -> GenerationOptions:
+        if self.mode == "unnatural" and (self.batch_api or self.classification_only):
+            raise ValueError("mode unnatural: not available with batch_api or classification_only")
         if self.balance is not None and self.mode != "paper":
             raise ValueError(
                 "balance: steers the paper mode's prompts; not available in batched mode"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,7 @@ class InstructionReason(StrEnum):
     INVALID_INSTANCE = "invalid_instance"  # batched mode: the task's own instance failed
     VERB_CAP = "verb_cap"  # balance.max_per_verb: its root verb has enough instructions
     JUDGE_DROPPED = "judge_dropped"  # the instruction judge said drop
+    UNPARSEABLE = "unparseable"  # Unnatural-Instructions mode: no instruction/input/constraints
 
 
 class InstanceReason(StrEnum):
@@ -87,6 +88,16 @@ class InstanceDecision:
         return self.reason is None
 
 
+class CoreFields(Protocol):
+    """What an Unnatural-Instructions core carries besides its instruction."""
+
+    @property
+    def input(self) -> str: ...
+
+    @property
+    def constraints(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CandidateDecision:
     """The verdict on one generated instruction, with its nearest neighbour for inspection."""
@@ -98,6 +109,7 @@ class CandidateDecision:
     nearest: str | None = None
     instance: InstanceDecision | None = None  # batched mode: the instance written with it
     judge_note: str | None = None  # the instruction judge's reason, when it ran
+    core: CoreFields | None = None  # Unnatural-Instructions mode: the core's input, constraints
 
     @property
     def accepted(self) -> bool:

@@ -20,7 +20,11 @@ def mix_so_far(session: Session, job_id: uuid.UUID) -> MixSoFar:
         select(
             func.count(Instruction.is_classification),
             func.coalesce(func.sum(case((Instruction.is_classification.is_(True), 1), else_=0)), 0),
-        ).where(Instruction.job_id == job_id, Instruction.accepted.is_(True))
+        ).where(
+            Instruction.job_id == job_id,
+            Instruction.accepted.is_(True),
+            Instruction.variant == 0,
+        )
     ).one()
     with_instances, with_input = session.execute(
         select(

@@ -37,6 +37,9 @@ def iter_examples(job_id: uuid.UUID) -> Iterator[dict[str, Any]]:
             Instance.answer_score,
             Instance.faithfulness_score,
             Instruction.judge_note,
+            Instruction.variant,
+            Instruction.core_id,
+            Instruction.extra,
         )
         .join(Instruction, Instance.instruction_id == Instruction.id)
         .where(
@@ -44,11 +47,22 @@ def iter_examples(job_id: uuid.UUID) -> Iterator[dict[str, Any]]:
             Instance.accepted.is_(True),
             Instruction.accepted.is_(True),
         )
-        .order_by(Instruction.round, Instruction.slot, Instance.position)
+        .order_by(Instruction.round, Instruction.slot, Instruction.variant, Instance.position)
         .execution_options(yield_per=_BATCH)
     )
     with session_scope() as session:
-        for inst_id, inp, out, instr_id, text, is_cls, *judged in session.execute(stmt):
+        for (
+            inst_id,
+            inp,
+            out,
+            instr_id,
+            text,
+            is_cls,
+            *judged,
+            variant,
+            core,
+            extra,
+        ) in session.execute(stmt):
             record = {
                 "id": str(inst_id),
                 "instruction_id": str(instr_id),
@@ -60,6 +74,10 @@ def iter_examples(job_id: uuid.UUID) -> Iterator[dict[str, Any]]:
             }
             if verdicts := _judge_fields(*judged):
                 record["judge"] = verdicts
+            if extra is not None:  # Unnatural-Instructions mode: which example is which
+                record["constraints"] = extra.get("constraints")
+                record["variant"] = "reformulation" if variant else "core"
+                record["core_id"] = str(core) if core else str(instr_id)
             yield record
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import case, func, select
@@ -167,11 +169,13 @@ def cancel_job(session: Session, job_id: uuid.UUID, caller: Caller = ANYONE) -> 
 
 def job_progress(session: Session, job: Job) -> Progress:
     """Counters are derived from the stored rows, so they can never drift from the data."""
-    instr = session.execute(
-        select(Instruction.accepted, Instruction.reason, func.count())
+    counted = session.execute(
+        select(Instruction.variant, Instruction.accepted, Instruction.reason, func.count())
         .where(Instruction.job_id == job.id)
-        .group_by(Instruction.accepted, Instruction.reason)
+        .group_by(Instruction.variant, Instruction.accepted, Instruction.reason)
     ).all()
+    instr = _summed((ok, reason, n) for variant, ok, reason, n in counted if not variant)
+    reformulated = _summed((ok, reason, n) for variant, ok, reason, n in counted if variant)
     inst = session.execute(
         select(Instance.accepted, Instance.reason, func.count())
         .where(Instance.job_id == job.id)
@@ -183,6 +187,7 @@ def job_progress(session: Session, job: Job) -> Progress:
         .where(
             Instruction.job_id == job.id,
             Instruction.accepted.is_(True),
+            Instruction.variant == 0,
             Instruction.instances_state != InstancesState.PENDING,
         )
     )
@@ -207,6 +212,8 @@ def job_progress(session: Session, job: Job) -> Progress:
         rounds_completed=job.rounds_completed,
         instructions_accepted=accepted,
         instructions_rejected=rejected,
+        reformulations_accepted=sum(n for ok, _, n in reformulated if ok),
+        reformulations_rejected={str(r): n for ok, r, n in reformulated if not ok},
         balance=balance,
         instructions_with_instances=with_instances or 0,
         instances_accepted=sum(n for ok, _, n in inst if ok),
@@ -218,6 +225,14 @@ def job_progress(session: Session, job: Job) -> Progress:
         tokens_per_accepted_instruction=round(tokens / accepted, 1) if accepted else None,
         dedupe_seconds=round(job.dedupe_s or 0.0, 3),
     )
+
+
+def _summed(rows: Iterable[tuple[bool, str | None, int]]) -> list[tuple[bool, str | None, int]]:
+    """Counts per (accepted, reason), summed over the variants they were grouped by."""
+    totals: Counter[tuple[bool, str | None]] = Counter()
+    for ok, reason, n in rows:
+        totals[ok, reason] += n
+    return [(ok, reason, n) for (ok, reason), n in totals.items()]
 
 
 def job_read(session: Session, job: Job) -> JobRead:

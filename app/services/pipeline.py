@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
@@ -62,6 +62,21 @@ from app.selfinstruct.types import (
     Completion,
     InstanceDecision,
     InstanceReason,
+)
+from app.selfinstruct.unnatural import (
+    NO_CONSTRAINTS,
+    OUTPUT_STOP,
+    CoreExample,
+    Reformulation,
+    accept_unnatural_round,
+    build_output_prompt,
+    build_rephrase_prompt,
+    core_stop,
+    judge_output,
+    judge_reformulations,
+    parse_rephrasings,
+    plan_unnatural_round,
+    rephrase_stop,
 )
 from app.services import batches
 from app.services.balance import mix_so_far
@@ -167,6 +182,7 @@ def _accepted_texts(session: Session, job_id: uuid.UUID, after_round: int = 0) -
             .where(
                 Instruction.job_id == job_id,
                 Instruction.accepted.is_(True),
+                Instruction.variant == 0,
                 Instruction.round > after_round,
             )
             .order_by(Instruction.round, Instruction.slot)
@@ -231,11 +247,14 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
         remaining = job.num_instructions - len(state.machine_texts)
         rng = random.Random(f"{job.rng_seed}:{round_no}")
         batched = options.mode == "batched"
+        unnatural = options.mode == "unnatural"
         if batched:
             shown = (
                 [s for s in seeds if s.is_classification] if options.classification_only else seeds
             )
             prompts = plan_batched_round(shown, options, rng)
+        elif unnatural:
+            prompts = plan_unnatural_round(seeds, options, rng)
         else:
             shown = prompt_seeds(seeds, options)
             weights = (
@@ -250,14 +269,12 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
     requests = [
         LLMRequest(
             prompt=p,
-            max_tokens=options.batched_max_tokens if batched else options.max_tokens,
+            max_tokens=_round_max_tokens(options),
             temperature=options.temperature,
             top_p=options.top_p,
             presence_penalty=options.presence_penalty,
             frequency_penalty=options.frequency_penalty,
-            stop=batched_stop(options.batched_examples, options.tasks_per_request)
-            if batched
-            else INSTRUCTION_STOP,
+            stop=_round_stop(options),
         )
         for p in prompts
     ]
@@ -273,7 +290,7 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
 
     completions = [Completion(r.response.text, r.response.finish_reason) for r in answered]  # type: ignore[union-attr]
     verdicts: dict[str, InstructionVerdict] = {}
-    judge = options.judges.instruction if options.judges and not batched else None
+    judge = options.judges.instruction if options.judges and options.mode == "paper" else None
     if judge is not None:
         verdicts, judge_records = _judge_instructions(
             llm_factory, completions, state.index, options, judge, round_no
@@ -285,6 +302,8 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
     dedupe_started = time.perf_counter()
     if batched:
         outcome = accept_batched_round(completions, state.index, options, remaining=remaining)
+    elif unnatural:
+        outcome = accept_unnatural_round(completions, state.index, options, remaining=remaining)
     else:
         outcome = accept_round(
             completions,
@@ -309,6 +328,22 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
         dedupe_s * 1000,
     )
     return result
+
+
+def _round_max_tokens(options: GenerationOptions) -> int:
+    if options.mode == "batched":
+        return options.batched_max_tokens
+    if options.mode == "unnatural":
+        return options.unnatural_max_tokens
+    return options.max_tokens
+
+
+def _round_stop(options: GenerationOptions) -> tuple[str, ...]:
+    if options.mode == "batched":
+        return batched_stop(options.batched_examples, options.tasks_per_request)
+    if options.mode == "unnatural":
+        return core_stop(options.unnatural_examples)
+    return INSTRUCTION_STOP
 
 
 def _judge_instructions(
@@ -366,6 +401,9 @@ def _commit_round(
                 max_rouge=d.max_rouge,
                 nearest=d.nearest,
                 judge_note=d.judge_note,
+                extra=None
+                if d.core is None
+                else {"input": d.core.input, "constraints": d.core.constraints},
                 instances_state=_instances_state(d),
             )
             for slot, d in enumerate(decisions)
@@ -396,7 +434,11 @@ def _commit_round(
         accepted_total = session.scalar(
             select(func.count())
             .select_from(Instruction)
-            .where(Instruction.job_id == job_id, Instruction.accepted.is_(True))
+            .where(
+                Instruction.job_id == job_id,
+                Instruction.accepted.is_(True),
+                Instruction.variant == 0,
+            )
         )
         if (accepted_total or 0) >= job.num_instructions:
             job.instructions_complete = True
@@ -473,6 +515,7 @@ class _InstanceResult:
     decisions: list[InstanceDecision]
     records: list[_CallRecord]
     complete: bool
+    reformulations: list[Reformulation] = field(default_factory=list)  # unnatural mode
 
 
 def generate_instances(
@@ -493,7 +536,7 @@ def generate_instances(
             _give_up_instances(session, job_id, instruction_ids)
             return True
         pending = session.execute(
-            select(Instruction.id, Instruction.text).where(
+            select(Instruction.id, Instruction.text, Instruction.extra).where(
                 Instruction.id.in_(list(instruction_ids)),
                 Instruction.instances_state == InstancesState.PENDING,
             )
@@ -501,7 +544,14 @@ def generate_instances(
     if not pending:
         return True
     rows = [(row[0], row[1]) for row in pending]
-    if options.batch_api:
+    if options.mode == "unnatural":
+        cores = [
+            (row[0], CoreExample(row[1], (row[2] or {}).get("input", ""),
+                                 (row[2] or {}).get("constraints", NO_CONSTRAINTS)))
+            for row in pending
+        ]  # fmt: skip
+        results = run_sync(_outputs_and_reformulations(llm_factory(options), cores, options))
+    elif options.batch_api:
         results = _classify_and_generate_in_batches(job_id, rows, options)
     else:
         graders = _instance_graders(llm_factory, options)
@@ -564,6 +614,70 @@ def _instance_graders(llm_factory: LLMFactory, options: GenerationOptions) -> li
     return graders
 
 
+def _bounded_caller(llm: LLMClient) -> Callable[..., Awaitable[_CallRecord]]:
+    """Send one request (to `llm`, or to a judge's client) with at most `llm_concurrency` in
+    flight; a transient failure becomes a record, a permanent one raises."""
+    gate = asyncio.Semaphore(get_settings().llm_concurrency)
+
+    async def call(request: LLMRequest, purpose: str, client: LLMClient = llm) -> _CallRecord:
+        async with gate:
+            digest = prompt_sha256(request.prompt)
+            try:
+                answer = await client.acomplete(request)
+                return _CallRecord(purpose, None, answer, None, 0.0, digest)
+            except LLMTransientError as exc:
+                return _CallRecord(purpose, None, None, str(exc)[:2000], exc.latency_s, digest)
+
+    return call
+
+
+async def _outputs_and_reformulations(
+    llm: LLMClient, cores: Sequence[tuple[uuid.UUID, CoreExample]], options: GenerationOptions
+) -> list[_InstanceResult]:
+    """Unnatural mode's steps 2 and 3 per core: its output, then its rephrasings; a core whose
+    requests did not all get answers stays incomplete and is retried."""
+    call = _bounded_caller(llm)
+    count = options.reformulations
+
+    async def one(instruction_id: uuid.UUID, core: CoreExample) -> _InstanceResult:
+        output_request = LLMRequest(
+            prompt=build_output_prompt(core),
+            max_tokens=options.instance_max_tokens,
+            temperature=options.instance_temperature,
+            top_p=options.instance_top_p,
+            stop=OUTPUT_STOP,
+        )
+        record = await call(output_request, "outputs")
+        result = _InstanceResult(instruction_id, None, [], [record], complete=False)
+        if record.response is None:
+            return result
+        answer = Completion(record.response.text, record.response.finish_reason)
+        result.decisions = [judge_output(core, answer)]
+        if result.decisions[0].accepted and count:
+            rephrase = LLMRequest(
+                prompt=build_rephrase_prompt(core.instruction, count),
+                max_tokens=min(options.max_tokens, 80 * count),
+                temperature=options.temperature,
+                top_p=options.top_p,
+                stop=rephrase_stop(),
+            )
+            record = await call(rephrase, "reformulations")
+            result.records.append(record)
+            if record.response is None:
+                return result
+            texts = parse_rephrasings(record.response.text, count)
+            result.reformulations = judge_reformulations(core.instruction, texts, options)
+        result.complete = True
+        return result
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(i, core)) for i, core in cores]
+    except* LLMError as failed:
+        raise failed.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
 def _classify_and_generate(
     llm: LLMClient,
     pending: Sequence[tuple[uuid.UUID, str]],
@@ -587,16 +701,7 @@ async def _classify_and_generate_async(
     options: GenerationOptions,
     graders: Sequence[_Grader],
 ) -> list[_InstanceResult]:
-    gate = asyncio.Semaphore(get_settings().llm_concurrency)
-
-    async def call(request: LLMRequest, purpose: str, client: LLMClient = llm) -> _CallRecord:
-        async with gate:
-            digest = prompt_sha256(request.prompt)
-            try:
-                answer = await client.acomplete(request)
-                return _CallRecord(purpose, None, answer, None, 0.0, digest)
-            except LLMTransientError as exc:
-                return _CallRecord(purpose, None, None, str(exc)[:2000], exc.latency_s, digest)
+    call = _bounded_caller(llm)
 
     async def grade(
         text: str, decision: InstanceDecision
@@ -768,6 +873,44 @@ def _commit_instances(job_id: uuid.UUID, results: Sequence[_InstanceResult]) -> 
                     faithfulness_score=d.faithfulness_score,
                 )
                 for position, d in enumerate(result.decisions)
+            )
+            if result.reformulations:
+                _add_reformulations(session, result)
+
+
+def _add_reformulations(session: Session, result: _InstanceResult) -> None:
+    """Each reformulation as its own instruction (its core's round and slot, variant 1, 2, ...)
+    with the core's accepted instance when it passed the filters."""
+    core = session.get(Instruction, result.instruction_id)
+    assert core is not None
+    (example,) = result.decisions
+    for variant, reformulation in enumerate(result.reformulations, 1):
+        row = Instruction(
+            job_id=core.job_id,
+            round=core.round,
+            slot=core.slot,
+            variant=variant,
+            core_id=core.id,
+            text=reformulation.text,
+            accepted=reformulation.accepted,
+            reason=None if reformulation.reason is None else str(reformulation.reason),
+            max_rouge=reformulation.max_rouge,
+            nearest=reformulation.nearest,
+            extra=core.extra,
+            instances_state=InstancesState.DONE if reformulation.accepted else None,
+        )
+        session.add(row)
+        if reformulation.accepted:
+            session.flush()
+            session.add(
+                Instance(
+                    job_id=core.job_id,
+                    instruction_id=row.id,
+                    position=0,
+                    input=example.instance.input,
+                    output=example.instance.output,
+                    accepted=True,
+                )
             )
 
 

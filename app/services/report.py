@@ -40,7 +40,7 @@ def job_report(session: Session, job: Job, *, sample_size: int = 2000) -> Qualit
                 Instruction.reason,
                 Instruction.is_classification,
             )
-            .where(Instruction.job_id == job.id)
+            .where(Instruction.job_id == job.id, Instruction.variant == 0)
             .order_by(Instruction.round, Instruction.slot)
         )
     ]
@@ -55,7 +55,7 @@ def job_report(session: Session, job: Job, *, sample_size: int = 2000) -> Qualit
                 Instance.reason,
             )
             .join(Instruction, Instance.instruction_id == Instruction.id)
-            .where(Instance.job_id == job.id)
+            .where(Instance.job_id == job.id, Instruction.variant == 0)
             .order_by(Instruction.round, Instruction.slot, Instance.position)
         )
     ]

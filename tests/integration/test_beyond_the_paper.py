@@ -1,7 +1,7 @@
 # ruff: noqa: RUF001  (Cyrillic letters are the point of the language tests)
-"""On the real stack with two workers: a rerun against a deterministic backend repeats the job,
-a backend's requests-per-minute limit holds for all workers together, and balancing steers a
-job's mix towards its targets."""
+"""On the real stack with two workers, what goes beyond the paper: reruns against a deterministic
+backend, a rate limit shared by all workers, balancing, other languages, LLM judges and the
+Unnatural-Instructions mode."""
 
 from __future__ import annotations
 
@@ -411,3 +411,63 @@ def test_bad_judge_options_are_422(api: httpx.Client, default_seeds: Path) -> No
         response = api.post("/v1/jobs", json=body)
         assert response.status_code == 422, response.text
         assert needle in response.text
+
+
+# --- Unnatural-Instructions mode ---------------------------------------------------------------
+
+
+def test_unnatural_mode_stores_cores_and_linked_reformulations(
+    api: httpx.Client, stack: ServiceStack, pg_url: str, default_seeds: Path
+) -> None:
+    seed_set = upload(api, default_seeds)
+    options = {"mode": "unnatural", "reformulations": 3, "seed": 4}
+    body = {"seed_set_id": seed_set["id"], "num_instructions": 15, "options": options}
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 202, stack.logs()
+    job = wait_for_status(api, response.json()["id"], timeout_s=240)
+    assert job["status"] == "succeeded", stack.logs()
+    progress = job["progress"]
+    assert progress["instructions_accepted"] == 15  # the target counts cores
+    assert progress["reformulations_accepted"] > 0
+    assert progress["reformulations_rejected"].get("near_duplicate", 0) > 0
+    assert progress["instructions_rejected"].get("near_duplicate", 0) > 0  # same dedupe
+
+    rows = [
+        json.loads(line)
+        for line in api.get(f"/v1/jobs/{job['id']}/examples.jsonl").text.splitlines()
+    ]
+    assert len(rows) == progress["instances_accepted"]
+    cores = {r["instruction_id"]: r for r in rows if r["variant"] == "core"}
+    reformulations = [r for r in rows if r["variant"] == "reformulation"]
+    assert cores and len(reformulations) == progress["reformulations_accepted"]
+    assert all(core["core_id"] == core_id for core_id, core in cores.items())
+    for row in reformulations:
+        core = cores[row["core_id"]]  # linked to a stored core with its input and output
+        assert (row["input"], row["output"], row["constraints"]) == (
+            core["input"],
+            core["output"],
+            core["constraints"],
+        )
+        assert row["instruction"] != core["instruction"]
+    assert any(r["constraints"].startswith("The output should be one of") for r in cores.values())
+    # Training formats take every example, cores and reformulations alike.
+    alpaca = api.get(
+        f"/v1/jobs/{job['id']}/export", params={"format": "alpaca", "container": "jsonl"}
+    )
+    assert alpaca.status_code == 200 and len(alpaca.text.splitlines()) == len(rows)
+    # The ROUGE pool holds the cores: no two accepted cores are near-duplicates.
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        core_texts = conn.scalars(
+            select(Instruction.text)
+            .where(
+                Instruction.job_id == job["id"],
+                Instruction.accepted.is_(True),
+                Instruction.variant == 0,
+            )
+            .order_by(Instruction.round, Instruction.slot)
+        ).all()
+    engine.dispose()
+    assert len(core_texts) == 15
+    for position, text in enumerate(core_texts):
+        assert RougeLIndex(core_texts[:position]).best(text).score <= 0.7

@@ -37,6 +37,7 @@ from app.selfinstruct.prompts import (
     INVERSION_HEADER,
     OUTPUT_FIRST_HEADER,
 )
+from app.selfinstruct.unnatural import NO_CONSTRAINTS
 
 KINDS = (
     "instructions",
@@ -45,6 +46,12 @@ KINDS = (
     "instances_output_first",
     "inversion",
     "batched",
+    "judge_instruction",
+    "judge_answer",
+    "judge_faithfulness",
+    "unnatural_core",
+    "unnatural_output",
+    "rephrase",
     "unknown",
 )
 
@@ -479,6 +486,16 @@ def inversion_answer(task: str, rng: random.Random) -> str:
 
 def prompt_kind(prompt: str) -> str:
     tail = prompt.rstrip()[-40:]
+    if prompt.startswith("Example 1\nInstruction:") and tail.endswith("Instruction:"):
+        return "unnatural_core"
+    if (
+        prompt.startswith("Instruction:")
+        and "\nConstraints:" in prompt
+        and tail.endswith("Output:")
+    ):
+        return "unnatural_output"
+    if prompt.startswith("Rephrase each task"):
+        return "rephrase"
     if tail.endswith("Verdict:"):
         return "judge_instruction"
     if tail.endswith("Grade (1, 2 or 3):"):
@@ -516,7 +533,60 @@ def answer_for(prompt: str, kind: str, rng: random.Random, *, imitate_mix: bool 
         return batched_answer(prompt, rng)
     if kind.startswith("judge_"):
         return judge_answer(prompt, kind, rng)
+    if kind == "unnatural_core":
+        return unnatural_core_answer(prompt, rng)
+    if kind == "unnatural_output":
+        return unnatural_output_answer(prompt, rng)
+    if kind == "rephrase":
+        return rephrase_answer(prompt, rng)
     return " I am not sure what you mean."
+
+
+def unnatural_core_answer(prompt: str, rng: random.Random) -> str:
+    """The next example after the demonstrations: mostly new, sometimes a copy or malformed."""
+    shown = re.findall(r"(?m)^Instruction: (.*)$", prompt)
+    roll = rng.random()
+    if roll < 0.1 and shown:
+        instruction = _near_duplicate(rng.choice(shown), rng)
+    else:
+        instruction = new_instruction(rng, classification=roll > 0.75)
+    given = rng.choice(SENTENCES) if rng.random() < 0.8 else "None"
+    if any(hint in instruction.lower() for hint in CLASSIFICATION_HINTS):
+        labels = rng.choice(LABEL_SETS)
+        constraints = "The output should be one of: " + ", ".join(f'"{x}"' for x in labels) + "."
+    else:
+        constraints = NO_CONSTRAINTS
+    if rng.random() < 0.05:
+        return f" {instruction}\nInput: {given}\n\n"  # the constraints line is missing
+    return f" {instruction}\nInput: {given}\nConstraints: {constraints}\n\nExample 5\n"
+
+
+def unnatural_output_answer(prompt: str, rng: random.Random) -> str:
+    labels = re.findall(r'"([^"]+)"', _judged_field(prompt, "Constraints"))
+    if rng.random() < 0.05:
+        return " "
+    if labels:
+        return f" {rng.choice(labels)}\n\nInstruction:"
+    return f" {_related_output(_judged_field(prompt, 'Instruction'), rng)}\n\nInstruction:"
+
+
+def rephrase_answer(prompt: str, rng: random.Random) -> str:
+    """Rephrasings of the last task: some good, an exact copy and a too-short one now and then."""
+    count = int(re.search(r"in (\d+) different ways", prompt).group(1))  # type: ignore[union-attr]
+    task = prompt.rsplit("\n\nTask: ", 1)[-1].split("\n", 1)[0]
+    body = task.rstrip(".?!")
+    lowered = body[:1].lower() + body[1:]
+    options = [
+        f"Please {lowered}.", f"Your job is to {lowered}.", f"{body}, and keep it concise.",
+        f"Here is a task for you: {lowered}.", f"I need you to {lowered}.",
+        f"Could you {lowered}?", task, "Do it now.",
+    ]  # fmt: skip
+    chosen = rng.sample(options, min(count, len(options)))
+    return (
+        " "
+        + "\n".join(f"{n}. {text}" if n > 1 else text for n, text in enumerate(chosen, 1))
+        + "\n\nTask:"
+    )
 
 
 JUDGE_DROPS = ("brainstorm", "ideas")  # the fake judge finds these tasks too open-ended
