@@ -12,6 +12,7 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -101,7 +102,31 @@ class Usage(BaseModel):
     cost_per_accepted_example: float | None = None
 
 
+class Recipe(BaseModel):
+    """What the job was made from: enough to explain it, and to rerun it."""
+
+    mode: str
+    rng_seed: int
+    seed_set_hash: str
+    template_version: str | None
+    rerun_of: str | None = None
+    options: dict[str, Any]
+
+
+class JudgeScores(BaseModel):
+    """How the LLM judges graded the job's instances: count per grade (1-3)."""
+
+    answer: dict[str, int] = Field(default_factory=dict)
+    faithfulness: dict[str, int] = Field(default_factory=dict)
+    instructions_dropped: int = 0
+
+
 class QualityReport(BaseModel):
+    recipe: Recipe | None = None
+    judges: JudgeScores | None = Field(None, description="Only for jobs with LLM judges.")
+    reformulations: int | None = Field(
+        None, description="Unnatural mode: accepted reformulations (the rest covers cores)."
+    )
     instructions: Rejections
     instances: Rejections
     rouge_l: RougeReport

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from functools import lru_cache
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -15,8 +15,10 @@ from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.report import (
     InstanceRow,
     InstructionRow,
+    JudgeScores,
     Prices,
     QualityReport,
+    Recipe,
     VerbObjectParser,
     build_report,
 )
@@ -62,7 +64,7 @@ def job_report(session: Session, job: Job, *, sample_size: int = 2000) -> Qualit
     seeds = [task.instruction for task in load_seed_tasks(session, job.seed_set_id)]
     progress = job_progress(session, job)
     options = GenerationOptions.model_validate(job.options)
-    return build_report(
+    report = build_report(
         instructions,
         instances,
         seeds,
@@ -72,6 +74,34 @@ def job_report(session: Session, job: Job, *, sample_size: int = 2000) -> Qualit
         prices=_prices(options),
         tokenizer=TOKENIZERS[options.dedupe_tokenizer],
     )
+    report.recipe = Recipe(
+        mode=options.mode,
+        rng_seed=job.rng_seed,
+        seed_set_hash=job.seed_set.content_hash,
+        template_version=job.template_version,
+        rerun_of=None if job.rerun_of_id is None else str(job.rerun_of_id),
+        options=options.model_dump(mode="json"),
+    )
+    if options.judges is not None:
+        report.judges = _judge_scores(session, job, progress.instructions_rejected)
+    if options.mode == "unnatural":
+        report.reformulations = progress.reformulations_accepted
+    return report
+
+
+def _judge_scores(session: Session, job: Job, rejected: dict[str, int]) -> JudgeScores:
+    scores = JudgeScores(instructions_dropped=rejected.get("judge_dropped", 0))
+    for column, counts in (
+        (Instance.answer_score, scores.answer),
+        (Instance.faithfulness_score, scores.faithfulness),
+    ):
+        for grade, n in session.execute(
+            select(column, func.count())
+            .where(Instance.job_id == job.id, column.is_not(None))
+            .group_by(column)
+        ):
+            counts[str(grade)] = n
+    return scores
 
 
 def _prices(options: GenerationOptions) -> Prices | None:

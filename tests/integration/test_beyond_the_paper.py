@@ -106,6 +106,9 @@ def test_rerun_repeats_the_recipe_and_the_accepted_set(
     assert response.headers["location"] == f"/v1/jobs/{second['id']}"
     assert second["rerun_of"] == first["id"] and second["id"] != first["id"]
     assert second["rng_seed"] == first["rng_seed"] == second["options"]["seed"]
+    recipe = api.get(f"/v1/jobs/{second['id']}/report").json()["recipe"]
+    assert recipe["rerun_of"] == first["id"] and recipe["rng_seed"] == first["rng_seed"]
+    assert recipe["seed_set_hash"] == seed_set["content_hash"] and recipe["mode"] == "paper"
     for field in ("seed_set_id", "seed_set_hash", "template_version", "num_instructions"):
         assert second[field] == first[field]
     assert {**first["options"], "seed": None} == {**second["options"], "seed": None}
@@ -142,7 +145,9 @@ def test_rate_limit_holds_across_workers(
         "num_instructions": 16,
         "options": {"backend": "limited"},
     }
-    job = api.post("/v1/jobs", json=body).json()
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job = response.json()
     job = wait_for_status(api, job["id"], timeout_s=180)
     assert job["status"] == "succeeded", stack.logs()
     arrivals = sorted(limited_llm.arrivals)
@@ -340,7 +345,8 @@ def test_judges_filter_score_and_count_their_tokens(
         "answer": {"backend": "limited", "threshold": 2},  # a judge on its own backend
         "faithfulness": {"threshold": 3},
     }
-    body = {"seed_set_id": seed_set["id"], "num_instructions": 20, "options": {"judges": judges}}
+    options = {"judges": judges, "seed": 3}
+    body = {"seed_set_id": seed_set["id"], "num_instructions": 20, "options": options}
     response = api.post("/v1/jobs", json=body)
     assert response.status_code == 202, response.text
     job = wait_for_status(api, response.json()["id"], timeout_s=240)
@@ -391,6 +397,13 @@ def test_judges_filter_score_and_count_their_tokens(
     assert {"judge_instruction", "judge_answer", "judge_faithfulness"} <= purposes
     assert progress["prompt_tokens"] == sum(p for _, p, _ in calls)
 
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["recipe"]["options"]["judges"]["answer"]["backend"] == "limited"
+    judged = report["judges"]
+    assert judged["instructions_dropped"] == progress["instructions_rejected"]["judge_dropped"]
+    assert judged["answer"]["1"] >= progress["instances_rejected"]["judge_low_score"]
+    assert set(judged["faithfulness"]) <= {"1", "2", "3"} and judged["faithfulness"]["3"] > 0
+
     rows = [
         json.loads(line)
         for line in api.get(f"/v1/jobs/{job['id']}/examples.jsonl").text.splitlines()
@@ -437,6 +450,9 @@ def test_unnatural_mode_stores_cores_and_linked_reformulations(
         for line in api.get(f"/v1/jobs/{job['id']}/examples.jsonl").text.splitlines()
     ]
     assert len(rows) == progress["instances_accepted"]
+    report = api.get(f"/v1/jobs/{job['id']}/report").json()
+    assert report["reformulations"] == progress["reformulations_accepted"]
+    assert report["instructions"]["accepted"] == 15 and report["recipe"]["mode"] == "unnatural"
     cores = {r["instruction_id"]: r for r in rows if r["variant"] == "core"}
     reformulations = [r for r in rows if r["variant"] == "reformulation"]
     assert cores and len(reformulations) == progress["reformulations_accepted"]
