@@ -172,6 +172,13 @@ function drawHead(box, job) {
       el("button", { id: "cancel-button", disabled: finished ? "" : null, onclick: async () => {
         try { await api(`/v1/jobs/${job.id}/cancel`, { method: "POST" }); } catch (error) { alert(error.message); }
       } }, "Cancel"),
+      el("button", { id: "rerun-button", title: "A new job with this job's seed set, options and RNG seed", onclick: async () => {
+        try {
+          const rerun = await api(`/v1/jobs/${job.id}/rerun`, { method: "POST" });
+          location.hash = `#/jobs/${rerun.id}`;
+        } catch (error) { alert(error.message); }
+      } }, "Rerun"),
+      job.rerun_of ? el("a", { id: "rerun-of", href: `#/jobs/${job.rerun_of}` }, `rerun of ${job.rerun_of.slice(0, 8)}`) : null,
       el("span", { class: "muted" }, "Download"), format, container,
       el("button", { id: "download-button", onclick: () => download(job.id, format.value, container.value) }, "Download")),
   ].filter(Boolean));

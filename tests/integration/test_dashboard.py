@@ -194,3 +194,19 @@ def test_dashboard_end_to_end(
     )
     row = driver.find_element(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]')
     assert "succeeded" in row.text
+
+    # Rerun opens the new job, which links back to this one.
+    driver.get(f"{stack.url}/ui/#/jobs/{job_id}")
+    wait_for(lambda: driver.find_element(By.ID, "rerun-button"), what="the rerun button").click()
+    rerun_id = wait_for(
+        lambda: (
+            driver.current_url.split("#/jobs/")[1]
+            if driver.current_url.split("#/jobs/")[-1] != job_id
+            else None
+        ),
+        what="the rerun's page",
+    )
+    link = wait_for(lambda: driver.find_element(By.ID, "rerun-of"), what="the link back")
+    assert link.text == f"rerun of {job_id[:8]}"
+    assert api.get(f"/v1/jobs/{rerun_id}").json()["rerun_of"] == job_id
+    api.post(f"/v1/jobs/{rerun_id}/cancel")
