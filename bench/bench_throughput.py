@@ -590,7 +590,7 @@ def bench_scale(server: LatencyServer, target: int, workers: int, per_round: int
                 json={
                     "seed_set_id": seed_set["id"],
                     "num_instructions": target,
-                    "options": {"seed": 7},
+                    "options": {"seed": 7, "requests_per_round": per_round},
                 },
             ).json()
             next_mark = target / 10
