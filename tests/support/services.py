@@ -62,11 +62,13 @@ def create_database(admin_url: str, name: str) -> str:
 
 
 def drop_database(admin_url: str, name: str) -> None:
-    """Drop a database even while a leftover API or worker process still holds connections."""
+    """Drop a database even while a leftover API or worker process still holds connections.
+    Only client connections are ended: an autovacuum worker on the database belongs to the
+    superuser (ending it is refused), and DROP DATABASE stops it by itself."""
     with _admin_connection(admin_url) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            "WHERE datname = %s AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
             (name,),
         )
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
