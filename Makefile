@@ -7,9 +7,20 @@ MAKEFLAGS += --no-print-directory
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Reinstalled whenever pyproject.toml changes; pip keeps the compiled llama-cpp-python wheel in
-# its cache (~/.cache/pip), so only the first install on a machine pays for the compile.
+# Reinstalled whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed
+# llama-cpp-python (the `local` extra) is compiled once per machine and set of build flags, into a
+# wheel kept outside pip's cache (which is keyed by version only, not by flags). On x86-64 it is
+# built for AVX2 rather than -march=native: native builds use AMX tile instructions wherever the
+# CPU advertises them, and those fault on virtual machines that do not enable AMX state (the
+# local model server then dies on its first completion; seen on our CI machines).
+LLAMA_CPP := llama-cpp-python[server]==0.3.36
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+else
+LLAMA_CMAKE_ARGS ?=
+endif
+WHEELHOUSE := $(HOME)/.cache/selfinstruct/wheels/$(shell printf '%s' '$(LLAMA_CPP) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 EXTRAS ?= local,report,test
 PAPER_SEEDS ?= $(abspath ../shared/data/self_instruct_seed_tasks.jsonl)
 # Serial by default: -n 2 saves little on two cores and competes with the local model test.
@@ -28,8 +39,13 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@echo "installing selfinstruct[$(EXTRAS)]; the first time on a machine compiles llama-cpp-python (4-8 min)"
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	if [[ ",$(EXTRAS)," == *,local,* ]] && ! ls $(WHEELHOUSE)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+	  echo "compiling llama-cpp-python once for this machine (4-8 min)"; \
+	  CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(BIN)/python -m pip wheel --quiet --no-cache-dir --no-deps \
+	    -w $(WHEELHOUSE) '$(LLAMA_CPP)'; \
+	fi
+	@echo "installing selfinstruct[$(EXTRAS)]"
+	$(BIN)/python -m pip install --quiet --find-links $(WHEELHOUSE) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install the project with the local model and test tools

@@ -12,9 +12,13 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from app.config import Settings
 from app.migrate import upgrade_database
+
+if TYPE_CHECKING:
+    from app.localmodel import LocalModelServer
 
 
 class EmbeddedStack:
@@ -36,6 +40,7 @@ class EmbeddedStack:
         self.worker_concurrency = worker_concurrency
         self.worker: subprocess.Popen[bytes] | None = None
         self.llm_base_url: str | None = settings.openai_base_url
+        self.local_model: LocalModelServer | None = None
         self._stack = ExitStack()
 
     @property
@@ -71,6 +76,7 @@ class EmbeddedStack:
 
         self.echo("starting the local model (first run assembles it; this can take a minute)")
         server = self._stack.enter_context(LocalModelServer(self.settings.data_dir))
+        self.local_model = server
         self.llm_base_url = server.base_url
         # This process (the API, the demo) reads the same setting the worker gets.
         os.environ["OPENAI_BASE_URL"] = server.base_url
@@ -119,6 +125,17 @@ class EmbeddedStack:
 
     def worker_alive(self) -> bool:
         return self.worker is not None and self.worker.poll() is None
+
+    def failure(self) -> str | None:
+        """Why the stack can no longer finish a job (a child process died), or None."""
+        model = self.local_model
+        if model is not None and not model.running():
+            return (
+                f"the local model server exited ({model.exit_description()}):\n{model.log_tail()}"
+            )
+        if self.worker is not None and self.worker.poll() is not None:
+            return f"the worker exited with code {self.worker.returncode}; see {self.log_dir}"
+        return None
 
     def close(self) -> None:
         self._stack.close()

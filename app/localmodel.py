@@ -204,6 +204,16 @@ class LocalModelServer:
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
 
+    def exit_description(self) -> str:
+        """How the server process ended: its exit code, or the signal that killed it (a
+        crash in the inference library shows as a signal, e.g. SIGSEGV)."""
+        code = None if self._process is None else self._process.poll()
+        if code is None:
+            return "running"
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -11,7 +12,7 @@ import typer
 from rich.console import Console
 
 from app.cli import cli
-from app.cli.progress import wait_for_job
+from app.cli.progress import StackFailed, wait_for_job
 from app.client import APIClient, APIError
 from app.config import Settings, get_settings
 
@@ -56,10 +57,15 @@ def demo(
                 num_instructions=num_instructions,
                 options=job_options,
             )
-            job = wait_for_job(client, job["id"], console)
+            job = wait_for_job(client, job["id"], console, check=stack.failure)
             lines = client.download(job["id"], output)
         except APIError as exc:
             console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(code=1) from exc
+        except StackFailed as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False, markup=False)
+            with contextlib.suppress(APIError):
+                client.cancel(job["id"])
             raise typer.Exit(code=1) from exc
     _summary(job, lines, output)
     if job["status"] != "succeeded":

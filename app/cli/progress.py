@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -25,10 +26,20 @@ def describe(job: dict[str, Any]) -> str:
     )
 
 
+class StackFailed(Exception):
+    """A process the job depends on has died: the job cannot finish."""
+
+
 def wait_for_job(
-    client: APIClient, job_id: str, console: Console, *, poll_s: float = 1.0
+    client: APIClient,
+    job_id: str,
+    console: Console,
+    *,
+    poll_s: float = 1.0,
+    check: Callable[[], str | None] | None = None,
 ) -> dict[str, Any]:
-    """Poll until the job finishes, drawing accepted instructions and instances as bars."""
+    """Poll until the job finishes, drawing accepted instructions and instances as bars.
+    `check` names a failure of the processes serving the job (raised as StackFailed)."""
     job = client.job(job_id)
     target = job["num_instructions"]
     columns = (
@@ -57,5 +68,7 @@ def wait_for_job(
             )
             if job["status"] in FINISHED:
                 return job
+            if check is not None and (failure := check()) is not None:
+                raise StackFailed(failure)
             time.sleep(poll_s)
             job = client.job(job_id)
