@@ -14,10 +14,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.selfinstruct.filters import filter_instances, instruction_rejection
+from app.selfinstruct.filters import filter_instances
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.prompts import normalize_instruction
-from app.selfinstruct.rouge import RougeLIndex, word_counter
+from app.selfinstruct.rouge import RougeLIndex
+from app.selfinstruct.rounds import filter_instruction, pool_decision
 from app.selfinstruct.types import (
     CandidateDecision,
     Completion,
@@ -148,14 +149,7 @@ def _judge(
         return CandidateDecision(text, prompt_index, InstructionReason.TRUNCATED_RESPONSE)
     if task is None:
         return CandidateDecision("", prompt_index, InstructionReason.INVALID_INSTANCE)
-    reason = instruction_rejection(
-        task.instruction,
-        min_words=options.min_words,
-        max_words=options.max_words,
-        keyword_blacklist=options.keyword_blacklist,
-        count_words=word_counter(options.dedupe_tokenizer),
-        reject_non_ascii_start=options.reject_non_ascii_start,
-    )
+    reason = filter_instruction(task.instruction, options)
     (instance,) = filter_instances(
         [ParsedInstance(task.input, task.output)], truncated=False, max_per_task=1
     )
@@ -163,17 +157,7 @@ def _judge(
         reason = InstructionReason.INVALID_INSTANCE
     if reason is not None:
         return CandidateDecision(task.instruction, prompt_index, reason, instance=instance)
-    match = index.best(task.instruction)
-    nearest = index.text(match.item) if match.item is not None else None
-    if match.score > options.rouge_threshold:
-        reason = InstructionReason.NEAR_DUPLICATE
-    elif remaining <= 0:
-        reason = InstructionReason.OVER_TARGET
+    reason, score, nearest = pool_decision(task.instruction, index, options, remaining)
     return CandidateDecision(
-        task.instruction,
-        prompt_index,
-        reason,
-        max_rouge=match.score,
-        nearest=nearest,
-        instance=instance,
+        task.instruction, prompt_index, reason, max_rouge=score, nearest=nearest, instance=instance
     )

@@ -110,7 +110,19 @@ def _judge(
 ) -> CandidateDecision:
     if completion.truncated:
         return CandidateDecision(text, prompt_index, InstructionReason.TRUNCATED_RESPONSE)
-    reason = instruction_rejection(
+    reason = filter_instruction(text, options)
+    if reason is not None:
+        return CandidateDecision(text, prompt_index, reason)
+    reason, score, nearest = pool_decision(text, index, options, remaining, verdict)
+    note = verdict.note if verdict is not None else None
+    return CandidateDecision(
+        text, prompt_index, reason, max_rouge=score, nearest=nearest, judge_note=note
+    )
+
+
+def filter_instruction(text: str, options: GenerationOptions) -> InstructionReason | None:
+    """The paper's instruction filters (length, keywords, starts) with the job's settings."""
+    return instruction_rejection(
         text,
         min_words=options.min_words,
         max_words=options.max_words,
@@ -118,20 +130,27 @@ def _judge(
         count_words=word_counter(options.dedupe_tokenizer),
         reject_non_ascii_start=options.reject_non_ascii_start,
     )
-    if reason is not None:
-        return CandidateDecision(text, prompt_index, reason)
+
+
+def pool_decision(
+    text: str,
+    index: RougeLIndex,
+    options: GenerationOptions,
+    remaining: int,
+    verdict: InstructionVerdict | None = None,
+) -> tuple[InstructionReason | None, float, str | None]:
+    """For a text that passed the filters: near-duplicate of the pool, dropped by the judge, or
+    over the job's target (None: accepted), with its highest ROUGE-L and nearest pool text."""
     match = index.best(text)
     nearest = index.text(match.item) if match.item is not None else None
+    reason = None
     if match.score > options.rouge_threshold:
         reason = InstructionReason.NEAR_DUPLICATE
     elif verdict is not None and not verdict.keep:
         reason = InstructionReason.JUDGE_DROPPED
     elif remaining <= 0:
         reason = InstructionReason.OVER_TARGET
-    note = verdict.note if verdict is not None else None
-    return CandidateDecision(
-        text, prompt_index, reason, max_rouge=match.score, nearest=nearest, judge_note=note
-    )
+    return reason, match.score, nearest
 
 
 def judgeable(
@@ -143,21 +162,14 @@ def judgeable(
     """The round's candidates worth a judge call: they pass the filters and are not near
     duplicates of the pool as it stands (the round's own texts are compared later, in order)."""
     texts: dict[str, None] = {}
-    count_words = word_counter(options.dedupe_tokenizer)
     for prompt_index, completion in enumerate(completions):
         if completion.truncated:
             continue
         first = first_numbers[prompt_index] if first_numbers else options.prompt_instructions + 1
         for text in parse_instruction_completion(completion.text, first_number=first):
-            rejected = instruction_rejection(
-                text,
-                min_words=options.min_words,
-                max_words=options.max_words,
-                keyword_blacklist=options.keyword_blacklist,
-                count_words=count_words,
-                reject_non_ascii_start=options.reject_non_ascii_start,
-            )
-            if rejected is None and not index.exceeds(text, options.rouge_threshold):
+            if filter_instruction(text, options) is None and not index.exceeds(
+                text, options.rouge_threshold
+            ):
                 texts.setdefault(text)
     return list(texts)
 

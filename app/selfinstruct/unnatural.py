@@ -21,11 +21,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.selfinstruct.filters import filter_instances, instruction_rejection
+from app.selfinstruct.filters import filter_instances
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.parsing import parse_instruction_completion
 from app.selfinstruct.prompts import normalize_instruction
-from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex, word_counter
+from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex
+from app.selfinstruct.rounds import filter_instruction, pool_decision
 from app.selfinstruct.types import (
     CandidateDecision,
     Completion,
@@ -175,28 +176,12 @@ def _judge_core(
             else InstructionReason.UNPARSEABLE
         )
         return CandidateDecision(completion.text.strip()[:500], prompt_index, reason)
-    reason = _instruction_rejection(core.instruction, options)
+    reason = filter_instruction(core.instruction, options)
     if reason is not None:
         return CandidateDecision(core.instruction, prompt_index, reason, core=core)
-    match = index.best(core.instruction)
-    nearest = index.text(match.item) if match.item is not None else None
-    if match.score > options.rouge_threshold:
-        reason = InstructionReason.NEAR_DUPLICATE
-    elif remaining <= 0:
-        reason = InstructionReason.OVER_TARGET
+    reason, score, nearest = pool_decision(core.instruction, index, options, remaining)
     return CandidateDecision(
-        core.instruction, prompt_index, reason, max_rouge=match.score, nearest=nearest, core=core
-    )
-
-
-def _instruction_rejection(text: str, options: GenerationOptions) -> InstructionReason | None:
-    return instruction_rejection(
-        text,
-        min_words=options.min_words,
-        max_words=options.max_words,
-        keyword_blacklist=options.keyword_blacklist,
-        count_words=word_counter(options.dedupe_tokenizer),
-        reject_non_ascii_start=options.reject_non_ascii_start,
+        core.instruction, prompt_index, reason, max_rouge=score, nearest=nearest, core=core
     )
 
 
@@ -267,7 +252,7 @@ def judge_reformulations(
     core_tokens = tokenize(core_instruction)
     decided = []
     for text in texts:
-        reason = _instruction_rejection(text, options)
+        reason = filter_instruction(text, options)
         if reason is not None:
             decided.append(Reformulation(text, reason))
             continue

@@ -588,30 +588,28 @@ def _instance_graders(llm_factory: LLMFactory, options: GenerationOptions) -> li
     judges = options.judges
     if judges is None:
         return []
-    graders = []
-    if judges.answer is not None:
-        graders.append(
-            _Grader(
-                "judge_answer",
-                judges.answer,
-                llm_factory(judge_options(options, judges.answer)),
-                judges.answer.prompt or ANSWER_JUDGE_PROMPT,
-                InstanceReason.JUDGE_LOW_SCORE,
-                needs_input=False,
-            )
+    kinds = (
+        ("judge_answer", judges.answer, ANSWER_JUDGE_PROMPT, InstanceReason.JUDGE_LOW_SCORE, False),
+        (
+            "judge_faithfulness",
+            judges.faithfulness,
+            FAITHFULNESS_JUDGE_PROMPT,
+            InstanceReason.JUDGE_UNFAITHFUL,
+            True,
+        ),
+    )
+    return [
+        _Grader(
+            purpose,
+            step,
+            llm_factory(judge_options(options, step)),
+            step.prompt or default_prompt,
+            reason,
+            needs_input,
         )
-    if judges.faithfulness is not None:
-        graders.append(
-            _Grader(
-                "judge_faithfulness",
-                judges.faithfulness,
-                llm_factory(judge_options(options, judges.faithfulness)),
-                judges.faithfulness.prompt or FAITHFULNESS_JUDGE_PROMPT,
-                InstanceReason.JUDGE_UNFAITHFUL,
-                needs_input=True,
-            )
-        )
-    return graders
+        for purpose, step, default_prompt, reason, needs_input in kinds
+        if step is not None
+    ]
 
 
 def _bounded_caller(llm: LLMClient) -> Callable[..., Awaitable[_CallRecord]]:
