@@ -494,11 +494,6 @@ def fail_job(job_id: uuid.UUID, message: str) -> None:
     forget_job_index(job_id)
 
 
-def record_failed_calls(job_id: uuid.UUID, errors: Sequence[tuple[str, int | None, str]]) -> None:
-    """Persist LLM calls that failed before a retry, so the job's request count stays honest."""
-    _record_calls(job_id, [_CallRecord(p, r, None, error=e) for p, r, e in errors])
-
-
 def _record_calls(job_id: uuid.UUID, records: Sequence[_CallRecord]) -> None:
     with session_scope() as session:
         if session.get(Job, job_id) is not None:
