@@ -61,12 +61,20 @@ class InstructionVerdict:
 
 
 def placeholders(template: str) -> set[str]:
-    """The {fields} a prompt template uses (ValueError on a malformed template)."""
-    return {name for _, name, _, _ in Formatter().parse(template) if name is not None}
+    """The {fields} a prompt template uses (ValueError on a malformed template, or on a
+    conversion or format spec: "{output:>999999999}" would make a worker build a huge string)."""
+    names = set()
+    for _, name, spec, conversion in Formatter().parse(template):
+        if name is None:
+            continue
+        if spec or conversion:
+            raise ValueError(f"{{{name}}} takes no conversion or format spec")
+        names.add(name)
+    return names
 
 
 def check_template(template: str, allowed: frozenset[str]) -> None:
-    """A custom judge prompt may use only the fields its step fills in."""
+    """A custom judge prompt may use only the fields its step fills in, plainly."""
     try:
         used = placeholders(template)
     except ValueError as exc:

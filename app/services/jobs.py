@@ -39,6 +39,11 @@ def create_job(
     tasks = load_seed_tasks(session, seed_set_id)
     if options.classification_only and not any(t.is_classification for t in tasks):
         raise InvalidInput("options.classification_only: the seed set has no classification tasks")
+    if options.mode != "paper" and not any(t.instances for t in tasks):
+        raise InvalidInput(
+            f"options.mode: {options.mode} mode shows seed tasks with their instances, and "
+            "no task of this seed set has one"
+        )
     job = Job(
         seed_set_id=seed_set_id,
         num_instructions=num_instructions,

@@ -487,3 +487,12 @@ def test_unnatural_mode_stores_cores_and_linked_reformulations(
     assert len(core_texts) == 15
     for position, text in enumerate(core_texts):
         assert RougeLIndex(core_texts[:position]).best(text).score <= 0.7
+
+
+@pytest.mark.parametrize("mode", ["unnatural", "batched"])
+def test_modes_that_show_instances_need_seeds_with_instances(api: httpx.Client, mode: str) -> None:
+    tasks = [{"instruction": "Name a colour."}, {"instruction": "Write a haiku about rain."}]
+    body = {"seed_tasks": tasks, "num_instructions": 5, "options": {"mode": mode}}
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 422, response.text
+    assert "options.mode" in response.text and "instances" in response.text

@@ -59,6 +59,9 @@ def test_custom_prompts_may_use_only_their_fields() -> None:
         )
     with pytest.raises(ValidationError, match="not a valid prompt template"):
         GenerationOptions.model_validate({"judges": {"answer": {"prompt": "Grade {input"}}})
+    for risky in ("{output:>999999999}", "{input!r}", "{instruction.__class__}", "{0}"):
+        with pytest.raises(ValidationError, match=r"judges\.answer\.prompt"):
+            GenerationOptions.model_validate({"judges": {"answer": {"prompt": risky}}})
     with pytest.raises(ValidationError, match="threshold"):
         GenerationOptions.model_validate({"judges": {"faithfulness": {"threshold": 4}}})
     ok = GenerationOptions.model_validate(
