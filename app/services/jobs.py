@@ -172,7 +172,7 @@ def cancel_job(session: Session, job_id: uuid.UUID, caller: Caller = ANYONE) -> 
     return job
 
 
-def job_progress(session: Session, job: Job) -> Progress:
+def job_progress(session: Session, job: Job, options: GenerationOptions | None = None) -> Progress:
     """Counters are derived from the stored rows, so they can never drift from the data."""
     counted = session.execute(
         select(Instruction.variant, Instruction.accepted, Instruction.reason, func.count())
@@ -207,7 +207,7 @@ def job_progress(session: Session, job: Job) -> Progress:
     accepted = sum(n for ok, _, n in instr if ok)
     tokens = int(calls[2]) + int(calls[3])
     rejected = {str(r): n for ok, r, n in instr if not ok}
-    targets = GenerationOptions.model_validate(job.options).balance
+    targets = (options or GenerationOptions.model_validate(job.options)).balance
     balance = (
         None
         if targets is None
@@ -241,17 +241,18 @@ def _summed(rows: Iterable[tuple[bool, str | None, int]]) -> list[tuple[bool, st
 
 
 def job_read(session: Session, job: Job) -> JobRead:
+    options = GenerationOptions.model_validate(job.options)
     return JobRead(
         id=job.id,
         status=job.status,  # type: ignore[arg-type]
         seed_set_id=job.seed_set_id,
         num_instructions=job.num_instructions,
-        options=GenerationOptions.model_validate(job.options),
+        options=options,
         rng_seed=job.rng_seed,
         seed_set_hash=job.seed_set.content_hash,
         template_version=job.template_version,
         rerun_of=job.rerun_of_id,
-        progress=job_progress(session, job),
+        progress=job_progress(session, job, options),
         error=job.error,
         stopped_reason=job.stopped_reason,
         created_at=job.created_at,

@@ -62,8 +62,8 @@ def job_report(session: Session, job: Job, *, sample_size: int = 2000) -> Qualit
         )
     ]
     seeds = [task.instruction for task in load_seed_tasks(session, job.seed_set_id)]
-    progress = job_progress(session, job)
     options = GenerationOptions.model_validate(job.options)
+    progress = job_progress(session, job, options)
     report = build_report(
         instructions,
         instances,

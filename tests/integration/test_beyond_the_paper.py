@@ -9,10 +9,11 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import Row, Select, create_engine, select
 
 from app.models import Instance, Instruction, LLMCall
 from app.selfinstruct.balance import count_verbs
@@ -79,14 +80,19 @@ def _examples(api: httpx.Client, job_id: str) -> Counter[tuple[str, str, str, bo
     )
 
 
-def _prompt_hashes(pg_url: str, job_id: str) -> Counter[tuple[str, str | None]]:
+def _rows(pg_url: str, statement: Select[Any]) -> list[Row[Any]]:
+    """Run one query against the stack's database, outside the API."""
     engine = create_engine(pg_url)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(LLMCall.purpose, LLMCall.prompt_sha256).where(LLMCall.job_id == job_id)
-        ).all()
-    engine.dispose()
-    return Counter((purpose, digest) for purpose, digest in rows)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(statement).all())
+    finally:
+        engine.dispose()
+
+
+def _prompt_hashes(pg_url: str, job_id: str) -> Counter[tuple[str, str | None]]:
+    query = select(LLMCall.purpose, LLMCall.prompt_sha256).where(LLMCall.job_id == job_id)
+    return Counter((purpose, digest) for purpose, digest in _rows(pg_url, query))
 
 
 def test_rerun_repeats_the_recipe_and_the_accepted_set(
@@ -160,15 +166,10 @@ def test_rate_limit_holds_across_workers(
 
 
 def _accepted_texts(pg_url: str, job_id: str) -> list[str]:
-    engine = create_engine(pg_url)
-    with engine.connect() as conn:
-        texts = conn.scalars(
-            select(Instruction.text).where(
-                Instruction.job_id == job_id, Instruction.accepted.is_(True)
-            )
-        ).all()
-    engine.dispose()
-    return list(texts)
+    query = select(Instruction.text).where(
+        Instruction.job_id == job_id, Instruction.accepted.is_(True)
+    )
+    return [text for (text,) in _rows(pg_url, query)]
 
 
 def test_balancing_steers_the_mix_and_caps_verbs(
@@ -359,23 +360,21 @@ def test_judges_filter_score_and_count_their_tokens(
     assert limited_llm.counts["judge_answer"] > 0  # the answer judge ran where it was told
     assert not {k for k in limited_llm.counts if k.startswith("judge_") and k != "judge_answer"}
 
-    engine = create_engine(pg_url)
-    with engine.connect() as conn:
-        instructions = conn.execute(
-            select(
-                Instruction.text, Instruction.accepted, Instruction.reason, Instruction.judge_note
-            ).where(Instruction.job_id == job["id"])
-        ).all()
-        instances = conn.execute(
-            select(Instance.input, Instance.accepted, Instance.reason, Instance.answer_score,
-                   Instance.faithfulness_score).where(Instance.job_id == job["id"])
-        ).all()  # fmt: skip
-        calls = conn.execute(
-            select(LLMCall.purpose, LLMCall.prompt_tokens, LLMCall.completion_tokens).where(
-                LLMCall.job_id == job["id"]
-            )
-        ).all()
-    engine.dispose()
+    instructions = _rows(
+        pg_url,
+        select(Instruction.text, Instruction.accepted, Instruction.reason, Instruction.judge_note)
+        .where(Instruction.job_id == job["id"]),
+    )  # fmt: skip
+    instances = _rows(
+        pg_url,
+        select(Instance.input, Instance.accepted, Instance.reason, Instance.answer_score,
+               Instance.faithfulness_score).where(Instance.job_id == job["id"]),
+    )  # fmt: skip
+    calls = _rows(
+        pg_url,
+        select(LLMCall.purpose, LLMCall.prompt_tokens, LLMCall.completion_tokens)
+        .where(LLMCall.job_id == job["id"]),
+    )  # fmt: skip
     for text, accepted, reason, note in instructions:
         if accepted:
             assert not any(w in text.lower() for w in ("brainstorm", "ideas")) and note
@@ -472,18 +471,16 @@ def test_unnatural_mode_stores_cores_and_linked_reformulations(
     )
     assert alpaca.status_code == 200 and len(alpaca.text.splitlines()) == len(rows)
     # The ROUGE pool holds the cores: no two accepted cores are near-duplicates.
-    engine = create_engine(pg_url)
-    with engine.connect() as conn:
-        core_texts = conn.scalars(
-            select(Instruction.text)
-            .where(
-                Instruction.job_id == job["id"],
-                Instruction.accepted.is_(True),
-                Instruction.variant == 0,
-            )
-            .order_by(Instruction.round, Instruction.slot)
-        ).all()
-    engine.dispose()
+    cores = (
+        select(Instruction.text)
+        .where(
+            Instruction.job_id == job["id"],
+            Instruction.accepted.is_(True),
+            Instruction.variant == 0,
+        )
+        .order_by(Instruction.round, Instruction.slot)
+    )
+    core_texts = [text for (text,) in _rows(pg_url, cores)]
     assert len(core_texts) == 15
     for position, text in enumerate(core_texts):
         assert RougeLIndex(core_texts[:position]).best(text).score <= 0.7

@@ -17,9 +17,10 @@ from app.selfinstruct.balance import (
     seed_weights,
 )
 from app.selfinstruct.options import BalanceTargets, GenerationOptions
+from app.selfinstruct.prompts import build_instruction_prompt
 from app.selfinstruct.rouge import RougeLIndex
 from app.selfinstruct.rounds import accept_round, plan_round
-from app.selfinstruct.sampling import weighted_sample
+from app.selfinstruct.sampling import sample_prompt_instructions, weighted_sample
 from app.selfinstruct.types import Completion, InstructionReason, SeedInstance, SeedTask
 
 
@@ -73,7 +74,11 @@ def test_weighted_plan_differs_and_unweighted_plan_is_the_papers() -> None:
     options = GenerationOptions(prompt_instructions=4, machine_instructions_per_prompt=0)
     texts = [s.instruction for s in SEEDS]
     plain = plan_round(texts, [], options, random.Random(1))
-    assert plain == plan_round(texts, [], options, random.Random(1), None)
+    rng = random.Random(1)  # without weights: the paper's uniform sampler, draw for draw
+    assert plain == [
+        build_instruction_prompt(sample_prompt_instructions(texts, [], rng, total=4, machine=0))
+        for _ in range(options.requests_per_round)
+    ]
     weights = [100.0 if s.is_classification else 1.0 for s in SEEDS]
     steered = plan_round(texts, [], options, random.Random(1), weights)
     assert all("Classify task number 0." in p and "Classify task number 1." in p for p in steered)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,7 @@ def test_wait_for_job_raises_when_the_stack_fails() -> None:
         wait_for_job(
             client,  # type: ignore[arg-type]
             "j",
-            Console(file=open("/dev/null", "w")),  # noqa: SIM115
+            Console(file=io.StringIO()),
             poll_s=0.01,
             check=lambda: next(failures),
         )
