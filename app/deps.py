@@ -21,7 +21,11 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function" commits before the response is sent. With the default ("request") the commit
+# ran after it, so a client could see 201 for a seed set and get 404 for it on its next request
+# (seen in CI on a slow run); a failing commit would also go unreported. Streaming responses open
+# sessions of their own.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `selfinstruct keys create`.")
