@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -104,10 +104,21 @@ class Settings(BaseSettings):
         900.0, description="A job fails when every LLM request has failed for this long."
     )
     job_lease_s: float = Field(
-        600.0,
-        description="A running job untouched this long is stalled: its next step is sent again.",
+        30.0,
+        gt=0,
+        description="A claim on a round or instance batch not renewed for this long belongs to a "
+        "dead task, and a job with no heartbeat this long has lost its messages: the sweeper "
+        "sends their work again.",
     )
-    sweep_interval_s: float = Field(15.0, description="How often workers look for stalled jobs.")
+    heartbeat_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="How often a worker process renews the claims of the tasks it runs "
+        "(at most a third of job_lease_s).",
+    )
+    sweep_interval_s: float = Field(
+        5.0, gt=0, description="How often workers look for stalled work."
+    )
     llm_concurrency: int = Field(
         16,
         ge=1,
@@ -121,6 +132,29 @@ class Settings(BaseSettings):
     instructions_per_instance_task: int = Field(
         5, description="Accepted instructions handled by one instance-generation task."
     )
+    db_pool_size: int = Field(
+        10, ge=1, le=200, description="Pooled database connections per process."
+    )
+    db_max_overflow: int = Field(
+        10, ge=0, le=200, description="Connections a process may open beyond its pool."
+    )
+    api_db_wait_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long an API request may wait for a database slot before a 503.",
+    )
+    api_db_slots: int = Field(
+        4,
+        ge=1,
+        le=200,
+        description="API requests using the database at once (never more than its pool allows).",
+    )
+    api_stream_threads: int = Field(
+        2, ge=1, le=64, description="Threads making download chunks at once, per API process."
+    )
+    api_max_waiting: int = Field(
+        2000, ge=1, description="Requests that may wait for a database slot before 503s."
+    )
     max_seed_upload_bytes: int = 10 * 1024 * 1024
     max_seed_line_bytes: int = 256 * 1024
     max_seed_tasks: int = 10_000
@@ -128,6 +162,22 @@ class Settings(BaseSettings):
         200 * 1024 * 1024, description="Largest dataset upload for mixtures."
     )
     max_dataset_records: int = Field(1_000_000, description="Most records in one dataset.")
+    max_dataset_line_bytes: int = Field(
+        8 * 1024 * 1024, description="Longest line (one record) of a dataset upload."
+    )
+    max_json_body_bytes: int = Field(
+        16 * 1024 * 1024, description="Largest request body other than a file upload."
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_well_under_lease(self) -> Settings:
+        """Several missed heartbeats in a row, not one slow beat, must be what ends a claim."""
+        if self.heartbeat_interval_s * 3 > self.job_lease_s:
+            raise ValueError(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s}) must be at most a third of "
+                f"job_lease_s ({self.job_lease_s})"
+            )
+        return self
 
     @property
     def embedded(self) -> bool:

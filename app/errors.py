@@ -1,14 +1,19 @@
-"""One error shape for every 4xx: {"error": Name, "detail": message}."""
+"""One error shape for every 4xx and 5xx: {"error": Name, "detail": message, "errors": [...]}."""
 
 from __future__ import annotations
 
+import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
 
 
 class ErrorBody(BaseModel):
@@ -19,11 +24,21 @@ class ErrorBody(BaseModel):
 
 class AppError(Exception):
     status_code = 400
+    # Sent as `Retry-After` (seconds) when set: overload 503s and rate-limit 429s.
+    retry_after_s: int | None = None
 
-    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
+        if retry_after_s is not None:
+            self.retry_after_s = max(1, retry_after_s)
 
 
 class NotFound(AppError):
@@ -44,6 +59,7 @@ class PayloadTooLarge(AppError):
 
 class ServiceUnavailable(AppError):
     status_code = 503
+    retry_after_s = 5  # every 503 says when to come back (the spec declares the header)
 
 
 class Unauthorized(AppError):
@@ -52,6 +68,7 @@ class Unauthorized(AppError):
 
 class TooManyRequests(AppError):
     status_code = 429
+    retry_after_s = 60
 
 
 def _body(name: str, detail: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -59,19 +76,48 @@ def _body(name: str, detail: str, errors: list[dict[str, Any]] | None = None) ->
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
-    return ".".join(parts) or "body"
+    """("body", "sources", 0, "path") -> "sources.0.path": only the leading location goes (a field
+    may well be called "path")."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
+    return ".".join(str(p) for p in parts) or "body"
+
+
+def error_response(exc: AppError) -> JSONResponse:
+    """The response for an AppError; also for middleware that answers before any route runs."""
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    return JSONResponse(
+        _body(type(exc).__name__, exc.detail, exc.errors),
+        status_code=exc.status_code,
+        headers=headers,
+    )
+
+
+# Names for the statuses Starlette and FastAPI raise themselves: unknown paths and methods, and
+# bodies that cannot be parsed.
+_HTTP_NAMES = {
+    400: "BadRequest",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "PayloadTooLarge",
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-        return JSONResponse(
-            _body(type(exc).__name__, exc.detail, exc.errors),
-            status_code=exc.status_code,
-            headers=headers,
-        )
+        return error_response(exc)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        """A lost or refused database connection (a restart, a failover) is a 503 to retry, in
+        the same shape as every other error, rather than a bare 500."""
+        log.warning("database unavailable: %s", exc)
+        return error_response(ServiceUnavailable("the database is unavailable; retry shortly"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -83,11 +129,28 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(_body("ValidationError", detail, errors), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        name = "NotFound" if exc.status_code == 404 else "HTTPError"
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        name = _HTTP_NAMES.get(exc.status_code, "HTTPError")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and (methods := allowed_methods(request)):
+            headers["Allow"] = ", ".join(methods)
         return JSONResponse(
-            _body(name, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+            _body(name, str(exc.detail)), status_code=exc.status_code, headers=headers or None
         )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every documented method at the request's path. Starlette's own `Allow` names only the first
+    route whose path matched, so /v1/jobs (GET and POST, two routes) said just POST."""
+    path = request.url.path
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]+\}", template))
+        if re.fullmatch(pattern, path):
+            return sorted(m.upper() for m in operations if m.upper() in _METHODS)
+    return []
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

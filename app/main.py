@@ -12,6 +12,8 @@ from app import __version__
 from app.api import backends, datasets, health, jobs, mixtures, seed_sets
 from app.api.metrics import install_metrics
 from app.errors import install_error_handlers
+from app.limits import BodyLimitMiddleware
+from app.openapi import install_openapi
 
 
 def create_app() -> FastAPI:
@@ -19,8 +21,12 @@ def create_app() -> FastAPI:
         title="selfinstruct",
         version=__version__,
         description="Turn seed tasks into an instruction-tuning dataset with Self-Instruct.",
+        lifespan=health.health_monitoring,
     )
     install_error_handlers(app)
+    install_openapi(app)
+    # Before the metrics middleware, which then wraps it and counts its 413s and 422s too.
+    app.add_middleware(BodyLimitMiddleware)
     app.include_router(seed_sets.router)
     app.include_router(jobs.router)
     app.include_router(datasets.router)

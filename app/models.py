@@ -154,6 +154,25 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(index=True)
     # Since when every LLM request of the job has failed; cleared by the next success.
     llm_unavailable_since: Mapped[datetime | None] = mapped_column()
+    # The task working on the job's next round (or its scheduled retry) holds this claim; its
+    # worker process extends it while the task runs (app/services/leases.py).
+    round_claim_token: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    round_claimed_until: Mapped[datetime | None] = mapped_column()
+    round_claimed_by: Mapped[str | None] = mapped_column(String(200))  # host:pid
+
+
+class JobSummary(Base):
+    """A job's progress counters as last computed, so that status reads cost an indexed read
+    instead of aggregating the job's rows: recomputed at most about once a second per job
+    (across every API process) while it runs, and once more after it has finished."""
+
+    __tablename__ = "job_summaries"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON)
+    computed_at: Mapped[datetime] = mapped_column()
 
 
 class Instruction(Base):
@@ -187,6 +206,9 @@ class Instruction(Base):
     extra: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     is_classification: Mapped[bool | None] = mapped_column(Boolean)
     instances_state: Mapped[str | None] = mapped_column(String(16))
+    # The instance task generating this instruction's instances holds this claim while it runs.
+    claim_token: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    claimed_until: Mapped[datetime | None] = mapped_column(index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.recipes import Recipe
 from app.selfinstruct.seeds import SeedTaskModel
+from app.selfinstruct.untrusted import JsonNumbers
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -24,14 +25,63 @@ class SeedSetRead(BaseModel):
     created_at: datetime
 
 
-class JobCreate(BaseModel):
+def _contains(**properties: object) -> dict[str, object]:
+    """Schema: the seed_tasks list has an item with these properties."""
+    return {
+        "properties": {
+            "seed_tasks": {"contains": {"required": list(properties), "properties": properties}}
+        }
+    }
+
+
+def _options(**properties: object) -> dict[str, object]:
+    return {"properties": {"options": {"properties": properties}}}
+
+
+# The validators' rules in the JSON schema: exactly one seed source (given and not null), and
+# inline seed tasks that suit the options (`create_job` checks an uploaded set the same way, but
+# its content is not part of the request).
+_ONE_SEED_SOURCE = {
+    "oneOf": [
+        {
+            "required": ["seed_set_id"],
+            "properties": {"seed_set_id": {"type": "string"}, "seed_tasks": {"type": "null"}},
+        },
+        {
+            "required": ["seed_tasks"],
+            "properties": {
+                "seed_tasks": {"type": "array", "minItems": 1},
+                "seed_set_id": {"type": "null"},
+            },
+            "allOf": [
+                {
+                    "anyOf": [
+                        _options(classification_only={"const": False}),
+                        _contains(is_classification={"const": True}),
+                    ]
+                },
+                {
+                    "anyOf": [
+                        _options(mode={"const": "paper"}),
+                        _contains(instances={"type": "array", "minItems": 1}),
+                    ]
+                },
+            ],
+        },
+    ]
+}
+
+
+class JobCreate(JsonNumbers):
     """Start a job from an uploaded seed set or from inline seed tasks (exactly one of them)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_SEED_SOURCE)
 
     seed_set_id: uuid.UUID | None = Field(None, description="A seed set from POST /v1/seed-sets.")
     seed_tasks: list[SeedTaskModel] | None = Field(
-        None, description="Inline seed tasks in the Self-Instruct seed format.", max_length=10_000
+        None,
+        description="Inline seed tasks in the Self-Instruct seed format (ids unique).",
+        max_length=10_000,
     )
     num_instructions: int = Field(
         ..., ge=1, le=1_000_000, description="Target number of accepted machine instructions."

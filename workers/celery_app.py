@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, task_prerun, worker_process_init
 
 from app.config import Settings, get_settings
 from app.db import reset_engine
+from app.services.fairness import PRIORITY_STEPS
 
 ROUND_TASK = "selfinstruct.run_round"
 INSTANCES_TASK = "selfinstruct.generate_instances"
 MIXTURE_TASK = "selfinstruct.build_mixture"
-QUEUE = "selfinstruct"
+QUEUE = "selfinstruct"  # bulk work: instance generation, mixtures
+# Step 1, the job's critical path, has a queue of its own that workers read first, so a round
+# never waits behind a backlog of instance tasks (only for a free pool process).
+ROUND_QUEUE = "selfinstruct.rounds"
+WORKER_QUEUES = (ROUND_QUEUE, QUEUE)
 
 
 def create_celery(settings: Settings) -> Celery:
     app = Celery("selfinstruct", broker=settings.resolved_broker_url, include=["workers.tasks"])
     app.conf.update(
         task_default_queue=QUEUE,
+        task_routes={ROUND_TASK: {"queue": ROUND_QUEUE}},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
@@ -31,7 +40,13 @@ def create_celery(settings: Settings) -> Celery:
     if not settings.resolved_broker_url.startswith("sqla+"):
         # Longer than the longest task, so an unacknowledged round is not redelivered early.
         # (The SQLAlchemy transport passes its options to create_engine and has no such timeout.)
-        app.conf.broker_transport_options = {"visibility_timeout": 3600}
+        # Priorities (0 first) carry fairness between API keys: app.services.fairness.
+        app.conf.broker_transport_options = {
+            "visibility_timeout": 3600,
+            "priority_steps": PRIORITY_STEPS,
+            "sep": ":",
+            "queue_order_strategy": "priority",
+        }
     return app
 
 
@@ -50,3 +65,17 @@ def _configure_logging(loglevel: int | str | None = None, **_: object) -> None:
 def _fresh_engine_per_process(**_: object) -> None:
     """A connection pool must not cross a fork."""
     reset_engine()
+
+
+@task_prerun.connect
+def _message_left_the_queue(
+    task: object = None, args: tuple[object, ...] | None = None, **_: object
+) -> None:
+    """Fairness: a job's message has left the queue, so its key's backlog is one shorter."""
+    if getattr(task, "name", None) in (ROUND_TASK, INSTANCES_TASK) and args:
+        from app.services.queue import job_started
+
+        try:
+            job_started(uuid.UUID(str(args[0])))
+        except Exception:  # fairness is best effort; the task itself must run
+            logging.getLogger(__name__).warning("fairness: no backlog update", exc_info=True)

@@ -3,7 +3,11 @@
 Retries: an unreachable LLM is retried with exponential backoff and jitter until the job's outage
 limit (`llm_unreachable_timeout_s`) or the retry count runs out; a lost database connection is
 retried the same way. Anything else is a bug and fails loudly in the worker log; the sweeper
-then re-sends the step when the job's lease runs out.
+then re-sends the step when its claim runs out.
+
+Claims (app/services/leases.py): each task holds the work it does while it runs, renewed by a
+heartbeat thread of its worker process; a retry or a Batch API poll inherits them, through the
+`claim` argument carrying the holder's token.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from app.config import get_settings
 from app.llm.base import LLMPermanentError, LLMTransientError
 from app.logs import current_job_id
-from app.services import mixtures, pipeline, sweeper
+from app.services import leases, mixtures, pipeline, sweeper
 from app.services.batches import BatchPending
 from app.services.llm import llm_for
 from app.services.queue import enqueue_instances, enqueue_round
@@ -41,57 +45,70 @@ def _backoff(retries: int) -> float:
     return base + random.uniform(0, base)
 
 
+def _retry(self: Task, hold: leases.Hold, exc: Exception, countdown: float) -> Exception:
+    """A retry that inherits the task's claims, so no sweeper re-sends the work meanwhile."""
+    kwargs = {**(self.request.kwargs or {}), "claim": hold.hand_over(countdown)}
+    return self.retry(exc=exc, countdown=countdown, kwargs=kwargs)
+
+
 @celery_app.task(name=ROUND_TASK, bind=True, max_retries=None)
-def run_round(self: Task, job_id: str, round_no: int) -> None:
+def run_round(self: Task, job_id: str, round_no: int, claim: str | None = None) -> None:
     jid = uuid.UUID(job_id)
-    try:
-        result = pipeline.run_round(jid, round_no, llm_for)
-    except BatchPending as pending:  # a new message, so polls do not use up the retries
-        enqueue_round(jid, round_no, countdown=pending.poll_after_s)
-        return
-    except LLMPermanentError as exc:
-        pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")
-        return
-    except LLMTransientError as exc:
-        if pipeline.note_llm_outage(jid, str(exc)):
+    with leases.holding(jid, claim) as hold:
+        try:
+            result = pipeline.run_round(jid, round_no, llm_for, hold)
+        except BatchPending as pending:  # a new message, so polls do not use up the retries
+            token = hold.hand_over(pending.poll_after_s)
+            enqueue_round(jid, round_no, countdown=pending.poll_after_s, claim=token)
             return
-        if self.request.retries >= _max_retries():
-            pipeline.fail_job(
-                jid,
-                f"LLM backend unavailable after {_max_retries()} retries of round {round_no}: {exc}",
-            )
+        except LLMPermanentError as exc:
+            pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")
             return
-        raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
-    except DATABASE_ERRORS as exc:
-        raise self.retry(exc=exc, countdown=_backoff(min(self.request.retries, 4))) from exc
+        except LLMTransientError as exc:
+            if pipeline.note_llm_outage(jid, str(exc)):
+                return
+            if self.request.retries >= _max_retries():
+                pipeline.fail_job(
+                    jid,
+                    f"LLM backend unavailable after {_max_retries()} retries of round "
+                    f"{round_no}: {exc}",
+                )
+                return
+            raise _retry(self, hold, exc, _backoff(self.request.retries)) from exc
+        except DATABASE_ERRORS as exc:
+            raise _retry(self, hold, exc, _backoff(min(self.request.retries, 4))) from exc
     for batch in result.instance_batches:
         enqueue_instances(jid, batch)
     if result.next_round is not None:
-        enqueue_round(jid, result.next_round)
+        enqueue_round(jid, result.next_round, behind_bulk=result.next_round_after_instances)
     pipeline.finalize_if_complete(jid)
 
 
 @celery_app.task(name=INSTANCES_TASK, bind=True, max_retries=None)
-def generate_instances(self: Task, job_id: str, instruction_ids: list[str]) -> None:
+def generate_instances(
+    self: Task, job_id: str, instruction_ids: list[str], claim: str | None = None
+) -> None:
     jid = uuid.UUID(job_id)
     ids = [uuid.UUID(i) for i in instruction_ids]
-    try:
-        pipeline.generate_instances(jid, ids, llm_for)
-    except BatchPending as pending:
-        enqueue_instances(jid, ids, countdown=pending.poll_after_s)
-        return
-    except LLMPermanentError as exc:
-        pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")
-        return
-    except LLMTransientError as exc:
-        if pipeline.note_llm_outage(jid, str(exc)):
+    with leases.holding(jid, claim) as hold:
+        try:
+            pipeline.generate_instances(jid, ids, llm_for, hold)
+        except BatchPending as pending:
+            token = hold.hand_over(pending.poll_after_s)
+            enqueue_instances(jid, ids, countdown=pending.poll_after_s, claim=token)
             return
-        if self.request.retries < _max_retries():
-            raise self.retry(exc=exc, countdown=_backoff(self.request.retries)) from exc
-        log.warning("job %s: giving up on instances of %d instructions: %s", jid, len(ids), exc)
-        pipeline.mark_instances_failed(jid, ids)
-    except DATABASE_ERRORS as exc:
-        raise self.retry(exc=exc, countdown=_backoff(min(self.request.retries, 4))) from exc
+        except LLMPermanentError as exc:
+            pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")
+            return
+        except LLMTransientError as exc:
+            if pipeline.note_llm_outage(jid, str(exc)):
+                return
+            if self.request.retries < _max_retries():
+                raise _retry(self, hold, exc, _backoff(self.request.retries)) from exc
+            log.warning("job %s: giving up on instances of %d instructions: %s", jid, len(ids), exc)
+            pipeline.mark_instances_failed(jid, ids)
+        except DATABASE_ERRORS as exc:
+            raise _retry(self, hold, exc, _backoff(min(self.request.retries, 4))) from exc
     pipeline.finalize_if_complete(jid)
 
 
@@ -102,12 +119,12 @@ def build_mixture(self: Task, mixture_id: str) -> None:
         mixtures.build(mid, llm_for)
     except DATABASE_ERRORS as exc:
         if self.request.retries >= _max_retries():
-            mixtures.fail(mid, f"database unavailable: {exc}")
+            mixtures.fail(mid, f"database unavailable ({type(exc).__name__})")
             return
         raise self.retry(exc=exc, countdown=_backoff(min(self.request.retries, 4))) from exc
     except Exception as exc:  # a bug: say so on the mixture rather than leave it running
         log.exception("mixture %s failed", mid)
-        mixtures.fail(mid, f"internal error: {type(exc).__name__}: {exc}")
+        mixtures.fail(mid, f"internal error ({type(exc).__name__}); see the worker log")
 
 
 # --- log context: every line a task writes names its job (or mixture) ----------------------------

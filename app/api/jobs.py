@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Annotated, Literal
 
@@ -9,21 +10,24 @@ from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
+from app.admission import produced_in_threads
+from app.api import job_reads
 from app.api.seed_sets import seed_errors
-from app.deps import CallerDep, SessionDep
+from app.deps import CallerDep, CredentialsDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidInput, ServiceUnavailable
 from app.models import Job
 from app.schemas import JobCreate, JobPage, JobRead
 from app.selfinstruct.formats import ExportFormat
 from app.selfinstruct.report import QualityReport
-from app.selfinstruct.seeds import SeedFileError, validate_seed_tasks
+from app.selfinstruct.seeds import NO_NUL_PATTERN, SeedFileError, validate_seed_tasks
 from app.services import jobs as job_service
 from app.services import report as report_service
 from app.services.browse import browse
-from app.services.export import Container, examples_jsonl, export_stream
+from app.services.export import Container, examples_jsonl, export_stream, in_chunks
 from app.services.queue import enqueue_round
 from app.services.seed_sets import create_seed_set
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
@@ -80,35 +84,34 @@ def rerun_job(
 def _start(session: Session, job: Job, response: Response) -> JobRead:
     session.commit()  # the worker must find the job before it gets the message
     try:
-        enqueue_round(job.id, 1)
+        enqueue_round(job.id, 1, owner=job.owner_key_id)
     except Exception as exc:
-        job_service.fail_unqueued(session, job, f"could not reach the task broker: {exc}")
+        log.warning("could not enqueue %s: %s", job.id, exc)
+        # The exception text names the broker's address: server configuration, not for tenants.
+        job_service.fail_unqueued(
+            session, job, f"could not reach the task broker ({type(exc).__name__})"
+        )
         session.commit()
         raise ServiceUnavailable("the task broker is unavailable; the job was not started") from exc
+    job_reads.forget_job(job.id, job.owner_key_id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_service.job_read(session, job)
 
 
 @router.get("", response_model=JobPage)
-def list_jobs(
-    session: SessionDep,
-    caller: CallerDep,
+async def list_jobs(
+    credentials: CredentialsDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-) -> JobPage:
-    """Jobs, newest first."""
-    jobs, total = job_service.list_jobs(session, limit=limit, offset=offset, caller=caller)
-    return JobPage(
-        items=[job_service.job_read(session, j) for j in jobs],
-        total=total,
-        limit=limit,
-        offset=offset,
-    )
+) -> Response:
+    """Jobs, newest first (each as `GET /v1/jobs/{id}` shows it)."""
+    return await job_reads.job_page(credentials, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=ERROR_RESPONSES)
-def read_job(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> JobRead:
-    return job_service.job_read(session, job_service.get_job(session, job_id, caller))
+async def read_job(job_id: uuid.UUID, credentials: CredentialsDep) -> Response:
+    """Status and progress; counters are at most a second old while the job runs."""
+    return await job_reads.job_status(job_id, credentials)
 
 
 @router.get("/{job_id}/report", response_model=QualityReport, responses=ERROR_RESPONSES)
@@ -133,10 +136,12 @@ def browse_items(
     session: SessionDep,
     caller: CallerDep,
     view: Literal["accepted", "rejected_instructions", "rejected_instances"] = "accepted",
-    q: Annotated[str | None, Query(max_length=200, description="Text to search for.")] = None,
-    reason: Annotated[str | None, Query(max_length=64)] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, pattern=NO_NUL_PATTERN, description="Text to search for.")
+    ] = None,
+    reason: Annotated[str | None, Query(max_length=64, pattern=NO_NUL_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> dict[str, object]:
     """A page of accepted examples or of rejections (with their reason), for browsing."""
     job = job_service.get_job(session, job_id, caller)
@@ -151,6 +156,7 @@ def browse_items(
 def cancel_job(job_id: uuid.UUID, session: SessionDep, caller: CallerDep) -> JobRead:
     """Stop a job; what it has generated so far stays downloadable."""
     job = job_service.cancel_job(session, job_id, caller)
+    job_reads.forget_job(job.id, job.owner_key_id)
     return job_service.job_read(session, job)
 
 
@@ -172,7 +178,9 @@ def download_examples(
     instructions and instances with their reason codes."""
     job = job_service.get_job(session, job_id, caller)
     return StreamingResponse(
-        examples_jsonl(job.id, include_rejected=include == "rejected"),
+        produced_in_threads(
+            in_chunks(examples_jsonl(job.id, include_rejected=include == "rejected"))
+        ),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="{job.id}.jsonl"'},
     )
@@ -211,7 +219,9 @@ def export_examples(
     job = job_service.get_job(session, job_id, caller)
     media, extension = MEDIA_TYPES[container]
     return StreamingResponse(
-        export_stream(job.id, format, container, system_prompt=system_prompt),
+        produced_in_threads(
+            in_chunks(export_stream(job.id, format, container, system_prompt=system_prompt))
+        ),
         media_type=media,
         headers={"Content-Disposition": f'attachment; filename="{job.id}.{format}.{extension}"'},
     )

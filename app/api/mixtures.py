@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 
+from app.admission import produced_in_threads
 from app.api.jobs import MEDIA_TYPES
 from app.deps import CallerDep, SessionDep
 from app.errors import ERROR_RESPONSES, Conflict, NotFound, ServiceUnavailable
 from app.models import MixtureStatus
 from app.schemas import MixtureRead
-from app.selfinstruct.recipes import Recipe
+from app.selfinstruct.recipes import ApiRecipe
 from app.services import mixtures as mixture_service
-from app.services.export import Container
+from app.services.export import Container, in_chunks
 from app.services.queue import enqueue_mixture
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/mixtures", tags=["mixtures"])
 
 
@@ -28,7 +31,7 @@ router = APIRouter(prefix="/v1/mixtures", tags=["mixtures"])
     responses={**ERROR_RESPONSES, 503: {"description": "Task broker unavailable"}},
 )
 def create_mixture(
-    recipe: Recipe, session: SessionDep, caller: CallerDep, response: Response
+    recipe: ApiRecipe, session: SessionDep, caller: CallerDep, response: Response
 ) -> MixtureRead:
     """Build a training mixture from jobs and uploaded datasets; poll the `Location`."""
     mixture = mixture_service.create_mixture(session, recipe, caller)
@@ -36,7 +39,9 @@ def create_mixture(
     try:
         enqueue_mixture(mixture.id)
     except Exception as exc:
-        mixture_service.fail(mixture.id, f"could not reach the task broker: {exc}")
+        log.warning("could not enqueue %s: %s", mixture.id, exc)
+        # The exception text names the broker's address: server configuration, not for tenants.
+        mixture_service.fail(mixture.id, f"could not reach the task broker ({type(exc).__name__})")
         raise ServiceUnavailable(
             "the task broker is unavailable; the mixture was not built"
         ) from exc
@@ -77,7 +82,7 @@ def download_stage(
         raise NotFound(f"mixture {mixture_id} has {stages} stage(s)")
     media, extension = MEDIA_TYPES[container]
     return StreamingResponse(
-        mixture_service.stage_stream(mixture.id, stage, container),
+        produced_in_threads(in_chunks(mixture_service.stage_stream(mixture.id, stage, container))),
         media_type=media,
         headers={
             "Content-Disposition": f'attachment; filename="{mixture.id}.stage{stage}.{extension}"'

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import IO, Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile, status
+from starlette.concurrency import run_in_threadpool
 
 from app.config import get_settings
+from app.db import session_scope
 from app.deps import CallerDep, SessionDep
-from app.errors import ERROR_RESPONSES, InvalidInput, PayloadTooLarge
+from app.errors import ERROR_RESPONSES, InvalidInput
+from app.limits import upload_name, upload_too_large
 from app.schemas import SeedSetRead
 from app.selfinstruct.seed_formats import SeedFormat, to_seed_jsonl
-from app.selfinstruct.seeds import SeedFileError, parse_seed_jsonl
+from app.selfinstruct.seeds import NO_NUL_PATTERN, SeedFileError, parse_seed_jsonl
+from app.selfinstruct.types import SeedTask
+from app.services.keys import Caller
 from app.services.seed_sets import create_seed_set, get_seed_set, seed_set_read
 
 router = APIRouter(prefix="/v1/seed-sets", tags=["seed sets"])
@@ -29,10 +34,9 @@ def seed_errors(exc: SeedFileError) -> list[dict[str, object]]:
     responses={**ERROR_RESPONSES, 413: {"description": "Upload too large"}},
 )
 async def upload_seed_set(
-    session: SessionDep,
     caller: CallerDep,
     file: Annotated[UploadFile, File(description="JSONL, one seed task per line")],
-    name: Annotated[str | None, Form(max_length=200)] = None,
+    name: Annotated[str | None, Form(max_length=200, pattern=NO_NUL_PATTERN)] = None,
     format: Annotated[
         SeedFormat,
         Form(description="self_instruct (JSONL), natural_instructions, alpaca, or lines."),
@@ -40,23 +44,35 @@ async def upload_seed_set(
 ) -> SeedSetRead:
     """Upload seed tasks: JSONL in the Self-Instruct seed format (the paper's file loads as is),
     a Natural Instructions task file, Alpaca JSON, or one instruction per line."""
+    too_large = upload_too_large(file, get_settings().max_seed_upload_bytes)
+    if too_large is not None:
+        raise too_large
+    stored_name = upload_name(name, file, "seed tasks")
+    return await run_in_threadpool(_store, file.file, format, stored_name, caller)
+
+
+def _store(stream: IO[bytes], fmt: SeedFormat, name: str, caller: Caller) -> SeedSetRead:
+    """Parse and store in a worker thread with a session of its own (not on the event loop)."""
+    tasks = _parse(stream, fmt)
+    with session_scope() as session:
+        seed_set = create_seed_set(session, name=name, tasks=tasks, caller=caller)
+        return seed_set_read(session, seed_set)
+
+
+def _parse(stream: IO[bytes], fmt: SeedFormat) -> list[SeedTask]:
+    """JSONL is read line by line; the other formats are one JSON document (or need a whole
+    conversion first), within the upload limit already checked."""
     settings = get_settings()
-    data = await file.read(settings.max_seed_upload_bytes + 1)
-    if len(data) > settings.max_seed_upload_bytes:
-        raise PayloadTooLarge(f"file: larger than {settings.max_seed_upload_bytes} bytes")
     try:
-        tasks = parse_seed_jsonl(
-            to_seed_jsonl(data, format),
+        source = stream if fmt == SeedFormat.SELF_INSTRUCT else to_seed_jsonl(stream.read(), fmt)
+        return parse_seed_jsonl(
+            source,
             max_bytes=settings.max_seed_upload_bytes,
             max_line_bytes=settings.max_seed_line_bytes,
             max_tasks=settings.max_seed_tasks,
         )
     except SeedFileError as exc:
         raise InvalidInput(f"file: {exc}", errors=seed_errors(exc)) from exc
-    seed_set = create_seed_set(
-        session, name=name or file.filename or "seed tasks", tasks=tasks, caller=caller
-    )
-    return seed_set_read(session, seed_set)
 
 
 @router.get("/{seed_set_id}", response_model=SeedSetRead, responses=ERROR_RESPONSES)

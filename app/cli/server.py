@@ -32,6 +32,10 @@ def serve(
             "Default: on when DATABASE_URL and CELERY_BROKER_URL are unset.",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, max=64, help="API processes (uvicorn workers); not with --embedded."),
+    ] = 1,
 ) -> None:
     """Run the HTTP API (uvicorn)."""
     import uvicorn
@@ -47,8 +51,12 @@ def serve(
     configure_logging(settings)
     run = {"factory": True, "host": host, "port": port, "log_config": None}
     if not embedded:
-        uvicorn.run("app.main:create_app", **run)  # type: ignore[arg-type]
+        uvicorn.run("app.main:create_app", workers=workers, **run)  # type: ignore[arg-type]
         return
+    if workers > 1:
+        raise typer.BadParameter(
+            "the embedded stack serves from one process", param_hint="--workers"
+        )
     from app.embedded import EmbeddedStack
 
     with EmbeddedStack(settings, console_echo=typer.echo):
@@ -60,11 +68,12 @@ def worker(
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
-    """Run a Celery worker for the pipeline tasks."""
-    from workers.celery_app import QUEUE, celery_app
+    """Run a Celery worker for the pipeline tasks (rounds first, then bulk work)."""
+    from workers.celery_app import WORKER_QUEUES, celery_app
 
+    queues = ",".join(WORKER_QUEUES)
     celery_app.worker_main(
-        ["worker", f"--loglevel={loglevel}", "-Q", QUEUE, f"--concurrency={concurrency}"]
+        ["worker", f"--loglevel={loglevel}", "-Q", queues, f"--concurrency={concurrency}"]
     )
 
 

@@ -13,8 +13,15 @@ from typing import Any
 
 import openai
 
+from app.config import DEFAULT_BACKEND
 from app.llm.base import LLMError, LLMPermanentError, LLMRequest, LLMResponse, LLMTransientError
-from app.llm.openai_compat import Endpoint, HTTPStatusError, redact, translate_error
+from app.llm.openai_compat import (
+    Endpoint,
+    HTTPStatusError,
+    backend_label,
+    scrub,
+    translate_error,
+)
 
 # Batch states: https://platform.openai.com/docs/api-reference/batch/object
 RUNNING_STATES = frozenset({"validating", "in_progress", "finalizing", "cancelling"})
@@ -42,8 +49,11 @@ class OpenAIBatchClient:
         endpoint: Endpoint = "completions",
         timeout_s: float = 120.0,
         max_retries: int = 4,
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.backend = backend
+        self.label = backend_label(backend)
         self.endpoint = endpoint
         self.model = model
         self._api_key = api_key
@@ -96,7 +106,7 @@ class OpenAIBatchClient:
             )
         except openai.NotFoundError as exc:
             raise LLMPermanentError(
-                f"{self.base_url} does not offer the Batch API (HTTP 404 on /files or /batches); "
+                f"{self.label} does not offer the Batch API (HTTP 404 on /files or /batches); "
                 "turn batch_api off for this backend"
             ) from exc
         except openai.OpenAIError as exc:
@@ -121,7 +131,8 @@ class OpenAIBatchClient:
             if batch.status not in FINISHED_STATES:  # failed: the input was refused as a whole
                 errors = getattr(batch.errors, "data", None) or []
                 reasons = "; ".join(
-                    redact(str(getattr(e, "message", e)), self._api_key) for e in errors[:3]
+                    scrub(str(getattr(e, "message", e)), self.base_url, self._api_key)
+                    for e in errors[:3]
                 )
                 return BatchState(batch.status, error=reasons or f"batch {batch.status}")
             answers: list[LLMResponse | LLMError] = [
@@ -154,7 +165,7 @@ class OpenAIBatchClient:
             error = item.get("error") or (body.get("error") if isinstance(body, dict) else None)
             message = error.get("message") if isinstance(error, dict) else str(error or "")
             failure = HTTPStatusError(status or 500, str(message or "")[:300], None)
-            return translate_error(failure, self.base_url, self._api_key)
+            return translate_error(failure, self.backend, self._api_key, self.base_url)
         choices = body.get("choices") or []
         choice = choices[0] if choices and isinstance(choices[0], dict) else {}
         if self.endpoint == "chat":
@@ -162,7 +173,7 @@ class OpenAIBatchClient:
         else:
             text = choice.get("text")
         if not isinstance(text, str):
-            return LLMTransientError(f"{self.base_url} answered without text")
+            return LLMTransientError(f"{self.label} answered without text")
         usage = body.get("usage") or {}
         return LLMResponse(
             text=text,
@@ -175,12 +186,12 @@ class OpenAIBatchClient:
     def _translate(self, exc: openai.OpenAIError) -> LLMTransientError | LLMPermanentError:
         if isinstance(exc, openai.APIStatusError):
             failure = HTTPStatusError(exc.status_code, _sdk_detail(exc), None)
-            return translate_error(failure, self.base_url, self._api_key)
+            return translate_error(failure, self.backend, self._api_key, self.base_url)
         if isinstance(exc, openai.APITimeoutError):
-            return LLMTransientError(f"{self.base_url}: request timed out")
+            return LLMTransientError(f"{self.label}: request timed out")
         if isinstance(exc, openai.APIConnectionError):
-            return LLMTransientError(f"{self.base_url}: cannot connect")
-        return LLMTransientError(f"{self.base_url}: {type(exc).__name__}")
+            return LLMTransientError(f"{self.label}: cannot connect")
+        return LLMTransientError(f"{self.label}: {type(exc).__name__}")
 
 
 def _sdk_detail(exc: openai.APIStatusError) -> str:

@@ -9,7 +9,9 @@ Batch API (`batch_api.py`), where requests are few and large.
 
 Retries (tenacity): timeouts, refused connections, 408/409/425/429 and 5xx, with exponential
 backoff and jitter, honouring Retry-After. What is left after them is sorted into transient
-(retry the task later) and permanent (fail the job) errors.
+(retry the task later) and permanent (fail the job) errors. Their messages end up in jobs'
+`error`, which tenants read, so they name the backend by its configured name: its URL and key
+are server configuration and are scrubbed from whatever the server or the network said.
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import errno
 import json
 import random
 import re
+import socket
 import time
 import weakref
 from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 from tenacity import (
@@ -51,6 +56,7 @@ Endpoint = Literal["completions", "chat"]
 
 # Servers may echo (part of) the key in an error body, e.g. OpenAI's "Incorrect API key: sk-ab***".
 _KEY_LIKE = re.compile(r"\b(?:sk|pk|key)-[\w*.-]+")
+_URL_LIKE = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
 _RETRY_STATUSES = frozenset({408, 409, 425, 429})
 _MAX_RETRY_AFTER_S = 60.0
 _MAX_BACKOFF_S = 8.0
@@ -115,8 +121,10 @@ class OpenAICompatClient:
         timeout_s: float = 120.0,
         max_retries: int = 4,
         limiter: RateLimiter | None = None,
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.backend = backend
         self.limiter = limiter
         self.endpoint = endpoint
         self.timeout_s = timeout_s
@@ -212,7 +220,8 @@ class OpenAICompatClient:
         models = listing.get("data") or []
         if not models or not isinstance(models[0], dict) or not models[0].get("id"):
             raise LLMPermanentError(
-                f"{self.base_url} lists no models; set SELFINSTRUCT_MODEL or the job's model option"
+                f"{backend_label(self.backend)} lists no models; set SELFINSTRUCT_MODEL or the "
+                "job's model option"
             )
         return str(models[0]["id"])
 
@@ -296,19 +305,19 @@ class OpenAICompatClient:
         return state.session
 
     def _translate(self, exc: BaseException) -> LLMTransientError | LLMPermanentError:
-        return translate_error(exc, self.base_url, self._api_key)
+        return translate_error(exc, self.backend, self._api_key, self.base_url)
 
     def _first_choice(self, reply: dict[str, Any]) -> tuple[str, str | None]:
         choices = reply.get("choices") or []
         if not choices or not isinstance(choices[0], dict):
-            raise LLMTransientError(f"{self.base_url} answered with no choices")
+            raise LLMTransientError(f"{backend_label(self.backend)} answered with no choices")
         choice = choices[0]
         if self.endpoint == "chat":
             text = (choice.get("message") or {}).get("content")
         else:
             text = choice.get("text")
         if not isinstance(text, str):
-            raise LLMTransientError(f"{self.base_url} answered without text")
+            raise LLMTransientError(f"{backend_label(self.backend)} answered without text")
         return text, choice.get("finish_reason")
 
 
@@ -325,22 +334,54 @@ def close_all_clients() -> None:
 atexit.register(close_all_clients)
 
 
+def backend_label(backend: str) -> str:
+    """How errors name a backend: by its configured name, never by its URL."""
+    return f"backend {backend!r}"
+
+
 def translate_error(
-    exc: BaseException, base_url: str, api_key: str
+    exc: BaseException, backend: str, api_key: str, base_url: str = ""
 ) -> LLMTransientError | LLMPermanentError:
-    """Map what is left after the retries to retry-later or give-up; the server's own words
-    are scrubbed of anything that looks like the key."""
+    """Map what is left after the retries to retry-later or give-up. The message names the
+    backend; the server's own words are scrubbed of its address and of anything like the key."""
+    label = backend_label(backend)
     if isinstance(exc, TimeoutError):
-        return LLMTransientError(f"{base_url}: request timed out")
+        return LLMTransientError(f"{label}: request timed out")
     if isinstance(exc, aiohttp.ClientConnectionError):
-        return LLMTransientError(f"{base_url}: cannot connect ({redact(str(exc), api_key)})")
+        return LLMTransientError(f"{label}: {connection_failure(exc)}")
     if isinstance(exc, HTTPStatusError):
-        detail = redact(exc.detail, api_key)
-        message = f"{base_url}: HTTP {exc.status}{': ' + detail if detail else ''}"
+        detail = scrub(exc.detail, base_url, api_key)
+        message = f"{label}: HTTP {exc.status}{': ' + detail if detail else ''}"
         return LLMTransientError(message) if exc.retryable else LLMPermanentError(message)
     if isinstance(exc, ValueError):
-        return LLMTransientError(f"{base_url}: the answer is not valid JSON")
-    return LLMTransientError(f"{base_url}: {type(exc).__name__}")
+        return LLMTransientError(f"{label}: the answer is not valid JSON")
+    return LLMTransientError(f"{label}: {type(exc).__name__}")
+
+
+def connection_failure(exc: aiohttp.ClientConnectionError) -> str:
+    """What went wrong, without the host and port that aiohttp's messages carry."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if isinstance(cause, socket.gaierror):
+        return "cannot resolve the host name"
+    code = getattr(cause, "errno", None)
+    if code == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(code, int) and code > 0:
+        return f"cannot connect ({errno.errorcode.get(code, code)})"
+    return f"cannot connect ({type(exc).__name__})"
+
+
+def scrub(message: str, base_url: str, api_key: str) -> str:
+    """A server's words without the key, the backend's address or any other URL."""
+    message = redact(message, api_key)
+    parts = urlsplit(base_url)
+    for address in (base_url.rstrip("/"), parts.netloc, parts.hostname):
+        if address:  # whole words only: a host called "llm" leaves "llm-judge" alone
+            pattern = rf"(?<![\w.-]){re.escape(address)}(?![\w-])"
+            message = re.sub(pattern, "[backend]", message)
+    return _URL_LIKE.sub("[url]", message)
 
 
 def _short_detail(raw: bytes) -> str:
@@ -390,6 +431,7 @@ def build_llm_client(settings: Settings, options: GenerationOptions) -> LLMClien
         endpoint=options.endpoint,
         timeout_s=settings.llm_timeout_s,
         max_retries=settings.llm_max_retries,
+        backend=options.backend or DEFAULT_BACKEND,
         limiter=limiter_for(
             options.backend or DEFAULT_BACKEND,
             Limits(backend.requests_per_minute, backend.tokens_per_minute),

@@ -30,6 +30,14 @@ MIN_KNOWN = 10
 _SHARE_FLOOR = 0.02  # never ask for none of a kind: the model would lose the pattern entirely
 
 
+def steers_on_instances(balance: BalanceTargets | None) -> bool:
+    """Whether the job's prompts are steered by what steps 2 and 3 decided (its shares): then
+    its next round is better planned after the instance tasks already queued than before them."""
+    return balance is not None and (
+        balance.classification_share is not None or balance.input_share is not None
+    )
+
+
 @dataclass
 class MixSoFar:
     """What a job has produced so far, as far as steps 2 and 3 have decided it."""

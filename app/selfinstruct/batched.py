@@ -18,7 +18,7 @@ from app.selfinstruct.filters import filter_instances
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.prompts import normalize_instruction
 from app.selfinstruct.rouge import RougeLIndex
-from app.selfinstruct.rounds import filter_instruction, pool_decision
+from app.selfinstruct.rounds import filter_instruction, oversized_candidate, pool_decision
 from app.selfinstruct.types import (
     CandidateDecision,
     Completion,
@@ -125,6 +125,9 @@ def accept_batched_round(
     far, then its instance. Only a truncated response's last task is lost to the truncation."""
     outcome = RoundOutcome()
     for prompt_index, completion in enumerate(completions):
+        if completion.oversized:
+            outcome.decisions.append(oversized_candidate(completion, prompt_index))
+            continue
         tasks = parse_batched_completion(completion.text)
         for position, task in enumerate(tasks):
             cut = completion.truncated and position == len(tasks) - 1

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from app.selfinstruct.judges import INSTANCE_FIELDS, INSTRUCTION_FIELDS, check_template
+from app.selfinstruct.untrusted import JsonNumbers
 
 PAPER_KEYWORD_BLACKLIST: tuple[str, ...] = (
     "image", "images", "graph", "graphs", "picture", "pictures", "file", "files",
@@ -17,8 +25,13 @@ INSTRUCTION_STOP: tuple[str, ...] = ("\n\n", "\n16", "16.", "16 .")
 INSTANCE_STOP: tuple[str, ...] = ("Example 6", "Task:")
 CLASSIFY_STOP: tuple[str, ...] = ("\n", "Task")
 
+# The job's RNG seed is stored in a 32-bit signed integer column (jobs.rng_seed).
+SEED_MIN, SEED_MAX = -(2**31), 2**31 - 1
+MAX_KEYWORDS = 1000
+Keyword = Annotated[str, Field(max_length=200)]
 
-class BalanceTargets(BaseModel):
+
+class BalanceTargets(JsonNumbers):
     """The mix a job should produce, steered while it generates (see balance.py)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -30,11 +43,14 @@ class BalanceTargets(BaseModel):
         None, ge=0.0, le=1.0, description="Target share of tasks whose instances have an input."
     )
     max_per_verb: int | None = Field(
-        None, ge=1, description="Most accepted instructions per root verb (e.g. 'write')."
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Most accepted instructions per root verb (e.g. 'write').",
     )
 
 
-class JudgeStep(BaseModel):
+class JudgeStep(JsonNumbers):
     """Where a judge runs and what it is asked; unset fields follow the job's backend and model."""
 
     model_config = ConfigDict(extra="forbid")
@@ -91,10 +107,25 @@ class JudgeOptions(BaseModel):
         return {name: step for name, step in named.items() if step is not None}
 
 
-class GenerationOptions(BaseModel):
+def _when(field: str, allowed: list[object], **then: object) -> dict[str, object]:
+    """Schema: `field` is absent or one of `allowed`, or else every `then` field is (absent or)
+    its given value."""
+    otherwise = {name: {"const": value} for name, value in then.items()}
+    return {"anyOf": [{"properties": {field: {"enum": allowed}}}, {"properties": otherwise}]}
+
+
+# `_paper_mode_options` as JSON Schema, so the document does not allow what validation refuses.
+_MODE_RULES = [
+    _when("mode", ["paper", "batched"], batch_api=False, classification_only=False),
+    _when("balance", [None], mode="paper"),
+    _when("judges", [None], mode="paper", batch_api=False),
+]
+
+
+class GenerationOptions(JsonNumbers):
     """Everything that shapes a job's output; recorded with the job so a run can be explained."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": _MODE_RULES})
 
     backend: str | None = Field(
         None,
@@ -109,8 +140,13 @@ class GenerationOptions(BaseModel):
         "completions",
         description="completions (the paper's) or chat (prompt sent as one user message).",
     )
-    seed: int | None = Field(None, description="RNG seed for prompt sampling; random when omitted.")
-    classification_only: bool = Field(
+    seed: int | None = Field(
+        None,
+        ge=SEED_MIN,
+        le=SEED_MAX,
+        description="RNG seed for prompt sampling (a 32-bit signed integer); random when omitted.",
+    )
+    classification_only: StrictBool = Field(
         False, description="Generate classification tasks only, from the classification seeds."
     )
 
@@ -137,7 +173,7 @@ class GenerationOptions(BaseModel):
         256, ge=16, le=32768, description="Unnatural mode: max_tokens of a core example."
     )
 
-    batch_api: bool = Field(
+    batch_api: StrictBool = Field(
         False,
         description="Send each step's requests through the OpenAI Batch API (half the price, "
         "up to 24 h per batch) instead of one by one; same prompts and filters. A round waits "
@@ -159,14 +195,18 @@ class GenerationOptions(BaseModel):
     # Instruction filters.
     min_words: int = Field(4, ge=1, le=1000, description="Fewer words than this are rejected.")
     max_words: int = Field(150, ge=1, le=10000, description="More words than this are rejected.")
-    keyword_blacklist: list[str] = Field(default_factory=lambda: list(PAPER_KEYWORD_BLACKLIST))
+    keyword_blacklist: list[Keyword] = Field(
+        default_factory=lambda: list(PAPER_KEYWORD_BLACKLIST),
+        max_length=MAX_KEYWORDS,
+        description="Instructions containing any of these words or phrases are rejected.",
+    )
     dedupe_tokenizer: Literal["rouge_score", "unicode_words", "characters"] = Field(
         "rouge_score",
         description="Tokens for ROUGE-L (and word counts): rouge_score (the paper's, exact; "
         "keeps only a-z and 0-9, so it cannot compare non-Latin text), unicode_words (letters "
         "of any script), characters (one token per character for Chinese, Japanese, Thai).",
     )
-    reject_non_ascii_start: bool = Field(
+    reject_non_ascii_start: StrictBool = Field(
         True, description="Reject instructions starting with a non-ASCII character (the paper's)."
     )
     rouge_threshold: float = Field(
@@ -202,9 +242,11 @@ class GenerationOptions(BaseModel):
     # Budgets, checked before each step (a step already sent finishes). When a token or request
     # budget is reached the job stops cleanly as succeeded, with a stopped_reason.
     max_total_tokens: int | None = Field(
-        None, ge=1, description="Stop after this many prompt + completion tokens."
+        None, ge=1, le=10**15, description="Stop after this many prompt + completion tokens."
     )
-    max_llm_requests: int | None = Field(None, ge=1, description="Stop after this many requests.")
+    max_llm_requests: int | None = Field(
+        None, ge=1, le=10**12, description="Stop after this many requests."
+    )
     max_llm_errors: int = Field(
         200, ge=1, le=1_000_000, description="Fail the job after this many failed LLM requests."
     )

@@ -7,32 +7,70 @@ writes inverted instructions with an LLM, so this module stays free of I/O.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import IO, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from app.selfinstruct.formats import ExportFormat, convert
 from app.selfinstruct.mixing import cap_per_key, invert, mix, two_stages, with_plain_text
 from app.selfinstruct.options import GenerationOptions
+from app.selfinstruct.untrusted import JsonNumbers, iter_lines, json_number, loads_bounded
 
 SourceKind = Literal["instructions", "chat", "text"]
+MAX_DATASET_LINE_BYTES = 8 * 1024 * 1024
+MAX_SOURCES = 100
+MAX_RECORDS = 100_000_000  # records in a mixture; positions are 32-bit integer columns
+SOURCE_NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+SourceName = Annotated[str, Field(min_length=1, max_length=100, pattern=SOURCE_NAME_PATTERN)]
+WeightKey = Annotated[str, Field(min_length=1, max_length=100)]  # unknown names: see below
+Weight = Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False), BeforeValidator(json_number)]
 Record = dict[str, Any]
 # Given an example, the instruction of the task that goes the other way (or None to fall back
 # to a template).
 InverseWriter = Callable[[Mapping[str, Any]], str | None]
 
 
+def _one_origin_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """The validator's "exactly one origin" rule in the JSON schema: one branch per origin, each
+    requiring it to be non-null and the others null or absent; a job's examples are
+    instructions."""
+    origins: tuple[str, ...] = getattr(cls, "ORIGINS", ())
+    branches: list[dict[str, Any]] = []
+    for origin in origins:
+        others = {other: {"type": "null"} for other in origins if other != origin}
+        branch: dict[str, Any] = {
+            "required": [origin],
+            "properties": {origin: {"type": "string"}, **others},
+        }
+        if origin == "job_id":
+            branch["properties"]["kind"] = {"enum": ["instructions", None]}
+        branches.append(branch)
+    schema["oneOf"] = branches
+
+
 class SourceSpec(BaseModel):
     """One source: a file (CLI), a job's accepted examples, or an uploaded dataset (API)."""
 
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_origin_schema)
+    ORIGINS: ClassVar[tuple[str, ...]] = ("path", "job_id", "dataset_id")
+
+    name: str = Field(min_length=1, max_length=100, pattern=SOURCE_NAME_PATTERN)
     kind: SourceKind | None = Field(
         None,
         description="instructions, chat (multi-turn dialogues) or text (plain documents); "
@@ -46,19 +84,42 @@ class SourceSpec(BaseModel):
     def _exactly_one_origin(self) -> SourceSpec:
         given = [f for f in ("path", "job_id", "dataset_id") if getattr(self, f) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of path, job_id or dataset_id")
+            raise ValueError(f"give exactly one of {_either(self.ORIGINS)}")
         if self.job_id is not None and self.kind not in (None, "instructions"):
             raise ValueError("a job's examples are of kind instructions")
         return self
 
 
-class Stage2(BaseModel):
+def _either(names: Sequence[str]) -> str:
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+class ApiSourceSpec(SourceSpec):
+    """A source over HTTP: a job's examples or an uploaded dataset (the API reads no files)."""
+
+    ORIGINS: ClassVar[tuple[str, ...]] = ("job_id", "dataset_id")
+
+    path: Annotated[str | None, WithJsonSchema({"type": "null", "description": "CLI only."})] = None
+
+    @field_validator("path")
+    @classmethod
+    def _no_files(cls, path: str | None) -> str | None:
+        if path is not None:
+            raise ValueError("the API reads jobs and datasets, not files")
+        return path
+
+
+class Stage2(JsonNumbers):
     """A second training stage: its own sources plus a replay of stage-1 examples."""
 
     model_config = ConfigDict(extra="forbid")
-    sources: list[str] = Field(min_length=1, description="Names of sources used in stage 2 only.")
+    sources: list[SourceName] = Field(
+        min_length=1, max_length=MAX_SOURCES, description="Names of sources used in stage 2 only."
+    )
     replay_fraction: float = Field(0.0, ge=0, lt=1, description="Share of stage 2 replayed.")
-    easy_to_hard: bool = Field(False, description="Order each stage by `difficulty`, easy first.")
+    easy_to_hard: StrictBool = Field(
+        False, description="Order each stage by `difficulty`, easy first."
+    )
     difficulty: str = Field(
         "length",
         min_length=1,
@@ -68,21 +129,25 @@ class Stage2(BaseModel):
     )
 
 
-class Recipe(BaseModel):
+class Recipe(JsonNumbers):
     """What to mix and how; every choice is recorded in the manifest."""
 
     model_config = ConfigDict(extra="forbid")
-    seed: int = Field(0, ge=0, le=2**63 - 1)
+    seed: int = Field(0, ge=0, le=2**53, description="RNG seed (exact in JSON doubles).")
     format: ExportFormat = ExportFormat.ALPACA
     system_prompt: str | None = Field(None, max_length=4000)
-    sources: list[SourceSpec] = Field(min_length=1, max_length=100)
-    total: int | None = Field(None, ge=1, le=100_000_000)
-    cap: int | None = Field(None, ge=1, description="Per-source cap K.")
+    sources: list[SourceSpec] = Field(min_length=1, max_length=MAX_SOURCES)
+    total: int | None = Field(None, ge=1, le=MAX_RECORDS)
+    cap: int | None = Field(None, ge=1, le=MAX_RECORDS, description="Per-source cap K.")
     temperature: float = Field(1.0, gt=0, le=1e9)
-    weights: dict[str, float] | None = None
-    per_instruction_cap: int | None = Field(None, ge=1)
+    weights: dict[WeightKey, Weight] | None = Field(
+        None, max_length=MAX_SOURCES, description="Fixed weight per source name."
+    )
+    per_instruction_cap: int | None = Field(None, ge=1, le=MAX_RECORDS)
     invert_fraction: float = Field(0.0, ge=0, le=1, description="Share of examples to invert.")
-    invert_cap: int | None = Field(None, ge=0, description="At most this many inverted examples.")
+    invert_cap: int | None = Field(
+        None, ge=0, le=MAX_RECORDS, description="At most this many inverted examples."
+    )
     invert_writer: Literal["template", "llm"] = Field(
         "template", description="Who writes an inverted task's instruction."
     )
@@ -106,9 +171,13 @@ class Recipe(BaseModel):
             unknown = wanted - set(names)
             if unknown:
                 raise ValueError(f"{label}: unknown source(s) {sorted(unknown)}")
-        if self.weights is not None and any(w < 0 for w in self.weights.values()):
-            raise ValueError("weights: must not be negative")
         return self
+
+
+class ApiRecipe(Recipe):
+    """A recipe sent to the API: its sources are jobs and uploaded datasets."""
+
+    sources: list[ApiSourceSpec] = Field(min_length=1, max_length=MAX_SOURCES)
 
 
 @dataclass
@@ -197,38 +266,75 @@ def parse_dataset(
     data: bytes, kind: SourceKind, *, max_records: int = 1_000_000, max_errors: int = 20
 ) -> list[Record]:
     """JSONL records of a kind; a text dataset may also hold one plain document per line."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DatasetFileError([LineError(1, f"not UTF-8 text ({exc.reason})")]) from exc
-    records: list[Record] = []
+    return list(
+        iter_dataset(io.BytesIO(data), kind, max_records=max_records, max_errors=max_errors)
+    )
+
+
+def iter_dataset(
+    stream: IO[bytes],
+    kind: SourceKind,
+    *,
+    max_records: int = 1_000_000,
+    max_errors: int = 20,
+    max_line_bytes: int = MAX_DATASET_LINE_BYTES,
+) -> Iterator[Record]:
+    """`parse_dataset` line by line, in the memory of one line: records are yielded as they are
+    read, until the first bad line; the bad lines (up to `max_errors`) are raised at the end as
+    DatasetFileError, so a consumer that stores records must roll them back then."""
     errors: list[LineError] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if kind == "text" and not line.lstrip().startswith("{"):
-            records.append({"text": line})
-            continue
-        try:
-            record = normalise_record(json.loads(line), kind)
-        except json.JSONDecodeError as exc:
-            errors.append(LineError(number, f"invalid JSON ({exc.msg})"))
-        else:
-            problem = validate_record(record, kind)
-            if problem:
-                errors.append(LineError(number, problem))
-            else:
-                records.append(record)
-        if len(errors) >= max_errors:
-            break
-        if len(records) > max_records:
-            errors.append(LineError(number, f"more than {max_records} records"))
+    count = 0
+    for number, line in iter_lines(stream, max_line_bytes):
+        outcome = _dataset_line(number, line, kind, max_line_bytes)
+        if isinstance(outcome, LineError):
+            errors.append(outcome)
+        elif outcome is not None:
+            count += 1
+            if count > max_records:
+                errors.append(LineError(number, f"more than {max_records} records"))
+            elif not errors:
+                yield outcome
+        if len(errors) >= max_errors or count > max_records:
             break
     if errors:
         raise DatasetFileError(errors)
-    if not records:
+    if not count:
         raise DatasetFileError([LineError(1, "no records")])
-    return records
+
+
+def _dataset_line(
+    number: int, raw: bytes | None, kind: SourceKind, max_line_bytes: int
+) -> Record | LineError | None:
+    """The record on one line, why it is not one, or None for a blank line."""
+    if raw is None:
+        return LineError(number, f"longer than {max_line_bytes} bytes")
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return LineError(number, f"not UTF-8 text ({exc.reason})")
+    if not line.strip():
+        return None
+    if kind == "text" and not line.lstrip().startswith("{"):
+        return {"text": line}
+    try:
+        record = normalise_record(loads_bounded(line), kind)
+    except json.JSONDecodeError as exc:
+        return LineError(number, f"invalid JSON ({exc.msg})")
+    except ValueError as exc:  # nested too deep, NaN/Infinity, an over-long integer
+        return LineError(number, f"invalid JSON ({exc})")
+    problem = validate_record(record, kind) or _unencodable(line, record)
+    return LineError(number, problem) if problem else record
+
+
+def _unencodable(line: str, record: Record) -> str | None:
+    """A \\u escape can make a lone surrogate, which no UTF-8 export or hash can encode."""
+    if "\\u" not in line:
+        return None
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "text must not contain unpaired surrogates"
+    return None
 
 
 def render_plain_text(text: str, fmt: ExportFormat) -> Record:

@@ -19,11 +19,14 @@ from app.selfinstruct.parsing import parse_instances, parse_instruction_completi
 from app.selfinstruct.prompts import build_instruction_prompt
 from app.selfinstruct.rouge import RougeLIndex, word_counter
 from app.selfinstruct.sampling import sample_prompt_instructions
+from app.selfinstruct.sanitize import excerpt
 from app.selfinstruct.types import (
     CandidateDecision,
     Completion,
     InstanceDecision,
+    InstanceReason,
     InstructionReason,
+    ParsedInstance,
     RoundOutcome,
     SeedTask,
 )
@@ -84,6 +87,9 @@ def accept_round(
     cap = options.balance.max_per_verb if options.balance else None
     verbs = Counter() if verbs is None else verbs
     for prompt_index, completion in enumerate(completions):
+        if completion.oversized:
+            outcome.decisions.append(oversized_candidate(completion, prompt_index))
+            continue
         first = first_numbers[prompt_index] if first_numbers else options.prompt_instructions + 1
         for text in parse_instruction_completion(completion.text, first_number=first):
             verdict = verdicts.get(text) if verdicts else None
@@ -97,6 +103,13 @@ def accept_round(
                     verbs[verb] += 1
             outcome.decisions.append(decision)
     return outcome
+
+
+def oversized_candidate(completion: Completion, prompt_index: int) -> CandidateDecision:
+    """An answer cut at the sanitizer's cap is not parsed: one rejection with its start."""
+    return CandidateDecision(
+        excerpt(completion.text), prompt_index, InstructionReason.OVERSIZED_RESPONSE
+    )
 
 
 def _judge(
@@ -163,7 +176,7 @@ def judgeable(
     duplicates of the pool as it stands (the round's own texts are compared later, in order)."""
     texts: dict[str, None] = {}
     for prompt_index, completion in enumerate(completions):
-        if completion.truncated:
+        if completion.truncated or completion.oversized:
             continue
         first = first_numbers[prompt_index] if first_numbers else options.prompt_instructions + 1
         for text in parse_instruction_completion(completion.text, first_number=first):
@@ -178,6 +191,9 @@ def judge_instances(
     completion: Completion, *, is_classification: bool, options: GenerationOptions
 ) -> list[InstanceDecision]:
     """Parse one instance-generation response and apply the paper's instance filters."""
+    if completion.oversized:
+        rejected = ParsedInstance(input="", output=excerpt(completion.text))
+        return [InstanceDecision(rejected, InstanceReason.OVERSIZED_RESPONSE)]
     parsed = parse_instances(completion.text, is_classification=is_classification)
     return filter_instances(
         parsed, truncated=completion.truncated, max_per_task=options.max_instances_per_task

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from app.selfinstruct.seeds import MAX_INSTANCES_PER_SEED, SeedError, SeedFileError
+from app.selfinstruct.untrusted import MAX_JSON_DEPTH, JSONTooDeep, loads_bounded
 
 
 class SeedFormat(StrEnum):
@@ -53,11 +54,14 @@ def _decode(data: bytes) -> str:
 
 
 def _records(text: str) -> list[Any]:
-    """One JSON document (an object, or an array of them) or JSONL."""
+    """One JSON document (an object, or an array of them) or JSONL; nesting is bounded before
+    anything is parsed (see untrusted.py)."""
     try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
-        whole = None
+        whole = loads_bounded(text)
+    except JSONTooDeep:
+        too_deep = True
+    except ValueError:
+        too_deep = False
     else:
         return whole if isinstance(whole, list) else [whole]
     records = []
@@ -65,12 +69,21 @@ def _records(text: str) -> list[Any]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise SeedFileError(
-                [SeedError(number, None, f"invalid JSON: {exc.msg} at column {exc.colno}")]
-            ) from exc
+            records.append(loads_bounded(line))
+        except JSONTooDeep as exc:
+            raise SeedFileError([SeedError(number, None, f"invalid JSON: {exc}")]) from exc
+        except ValueError as exc:
+            if too_deep:  # one document over several lines: no single line is to blame
+                message = str(JSONTooDeep(MAX_JSON_DEPTH))
+                raise SeedFileError([SeedError(None, None, f"invalid JSON: {message}")]) from exc
+            raise SeedFileError([SeedError(number, None, f"invalid JSON: {_why(exc)}")]) from exc
     return records
+
+
+def _why(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at column {exc.colno}"
+    return str(exc)  # NaN/Infinity or an over-long integer
 
 
 def _jsonl(records: Any) -> bytes:
@@ -91,6 +104,11 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _list(value: Any) -> list[Any]:
+    """A field that should hold a list; anything else (a number, a string) counts as none."""
+    return value if isinstance(value, list) else []
+
+
 def _from_alpaca(record: Any, number: int) -> dict[str, Any]:
     item = _require_object(record, number)
     task: dict[str, Any] = {"instruction": item.get("instruction")}
@@ -105,8 +123,8 @@ def _from_natural_instructions(record: Any, number: int) -> dict[str, Any]:
         raise SeedFileError(
             [SeedError(number, "Definition", "missing (not a Natural Instructions task)")]
         )
-    positives = [e for e in item.get("Positive Examples") or [] if isinstance(e, dict)]
-    categories = [str(c) for c in item.get("Categories") or []]
+    positives = [e for e in _list(item.get("Positive Examples")) if isinstance(e, dict)]
+    categories = [str(c) for c in _list(item.get("Categories"))]
     task: dict[str, Any] = {
         "instruction": _text(item["Definition"]).strip(),
         "instances": [
@@ -121,7 +139,7 @@ def _from_natural_instructions(record: Any, number: int) -> dict[str, Any]:
             "categories": categories,
             "explanations": [_text(e.get("explanation")) for e in positives],
             "negative_examples": [
-                e for e in item.get("Negative Examples") or [] if isinstance(e, dict)
+                e for e in _list(item.get("Negative Examples")) if isinstance(e, dict)
             ],
         },
     }

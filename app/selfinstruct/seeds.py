@@ -11,11 +11,12 @@ import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -26,13 +27,15 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from app.selfinstruct.types import SeedInstance, SeedTask
+from app.selfinstruct.untrusted import JSONTooDeep, iter_lines, loads_bounded
 
 MAX_INSTRUCTION_CHARS = 10_000
+MAX_INSTANCE_CHARS = 20_000  # an instance's input or output (Natural Instructions' longest fit)
 MAX_INSTANCES_PER_SEED = 100
+MAX_SOURCE_KEYS = 100
 MAX_ID_CHARS = 200  # the width of the id and name columns where seed tasks are stored
 MAX_REPORTED_ERRORS = 100  # a garbage upload must not turn into a huge error response
 ERRORS_IN_MESSAGE = 20
-_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def _storable(text: str) -> str:
@@ -54,15 +57,35 @@ def _not_blank(text: str) -> str:
     return text
 
 
-SeedText = Annotated[StrictStr, AfterValidator(_storable)]
+def _storable_first(value: Any) -> Any:
+    """`_storable` before the length check, which would report a surrogate less clearly."""
+    return _storable(value) if isinstance(value, str) else value
+
+
+# The validators' rules, also in the JSON schema so that clients (and the API fuzzer) see them:
+# no NUL anywhere, and an instruction has a character other than whitespace. (Unpaired surrogates
+# are refused too, but JSON Schema patterns have no way to say so.)
+NO_NUL_PATTERN = r"^[^\x00]*$"
+NOT_BLANK_PATTERN = r"^[^\x00]*[^\x00\s][^\x00]*$"
+
+SeedText = Annotated[
+    StrictStr,
+    StringConstraints(max_length=MAX_INSTANCE_CHARS),
+    BeforeValidator(_storable_first),
+    Field(json_schema_extra={"pattern": NO_NUL_PATTERN}),
+]
 SeedLabel = Annotated[
-    StrictStr, StringConstraints(min_length=1, max_length=MAX_ID_CHARS), AfterValidator(_storable)
+    StrictStr,
+    StringConstraints(min_length=1, max_length=MAX_ID_CHARS),
+    AfterValidator(_storable),
+    Field(json_schema_extra={"pattern": NO_NUL_PATTERN}),
 ]
 SeedInstruction = Annotated[
     StrictStr,
     StringConstraints(max_length=MAX_INSTRUCTION_CHARS),
     AfterValidator(_storable),
     AfterValidator(_not_blank),
+    Field(json_schema_extra={"pattern": NOT_BLANK_PATTERN}),
 ]
 
 
@@ -113,6 +136,7 @@ class SeedTaskModel(BaseModel):
     )
     source: dict[str, Any] | None = Field(
         None,
+        max_length=MAX_SOURCE_KEYS,
         description="Where the task came from, kept as is (for example a Natural Instructions "
         "task's negative examples and explanations).",
     )
@@ -168,17 +192,19 @@ def _describe(errors: Sequence[SeedError]) -> str:
 
 
 def parse_seed_jsonl(
-    data: bytes, *, max_bytes: int, max_line_bytes: int, max_tasks: int
+    data: bytes | IO[bytes], *, max_bytes: int, max_line_bytes: int, max_tasks: int
 ) -> list[SeedTask]:
-    """Parse a JSONL seed file, or raise SeedFileError listing every problem with its line."""
-    if len(data) > max_bytes:
+    """Parse a JSONL seed file (bytes, or a binary file read line by line), or raise
+    SeedFileError listing every problem with its line."""
+    if isinstance(data, bytes) and len(data) > max_bytes:
         raise SeedFileError([SeedError(None, None, f"larger than {max_bytes} bytes")])
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
     errors: list[SeedError] = []
     tasks: list[SeedTask] = []
     first_line_of_id: dict[str, int] = {}
     task_lines = 0
     stopped_at: int | None = None
-    for number, text in _lines(data, max_line_bytes, errors):
+    for number, text in _lines(stream, max_line_bytes, errors):
         if len(errors) >= MAX_REPORTED_ERRORS:
             stopped_at = number
             break
@@ -197,6 +223,8 @@ def parse_seed_jsonl(
             continue
         first_line_of_id[task.id] = number
         tasks.append(task)
+    if stream.tell() > max_bytes:
+        errors = [SeedError(None, None, f"larger than {max_bytes} bytes")]
     if task_lines == 0 and not errors:
         errors.append(SeedError(None, None, "no seed tasks found"))
     if errors:
@@ -205,13 +233,11 @@ def parse_seed_jsonl(
 
 
 def _lines(
-    data: bytes, max_line_bytes: int, errors: list[SeedError]
+    stream: IO[bytes], max_line_bytes: int, errors: list[SeedError]
 ) -> Iterator[tuple[int, str | None]]:
     """(1-based line number, decoded text) per line; None where the line was already reported."""
-    body = data.removeprefix(_UTF8_BOM)
-    for number, raw_line in enumerate(io.BytesIO(body), start=1):
-        raw = raw_line.removesuffix(b"\n").removesuffix(b"\r")
-        if len(raw) > max_line_bytes:
+    for number, raw in iter_lines(stream, max_line_bytes):
+        if raw is None:
             errors.append(SeedError(number, None, f"longer than {max_line_bytes} bytes"))
             yield number, None
             continue
@@ -226,15 +252,12 @@ def _parse_task(
     text: str, number: int, *, position: int, errors: list[SeedError]
 ) -> SeedTask | None:
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = loads_bounded(text)
     except json.JSONDecodeError as exc:
         errors.append(SeedError(number, None, f"invalid JSON: {exc.msg} at column {exc.colno}"))
         return None
-    except ValueError as exc:  # an over-long integer or NaN/Infinity
+    except (JSONTooDeep, ValueError) as exc:  # too deep, an over-long integer or NaN/Infinity
         errors.append(SeedError(number, None, f"invalid JSON: {exc}"))
-        return None
-    except RecursionError:
-        errors.append(SeedError(number, None, "invalid JSON: nested too deeply"))
         return None
     if not isinstance(value, dict):
         errors.append(SeedError(number, None, f"expected a JSON object, got {_json_kind(value)}"))
@@ -245,10 +268,6 @@ def _parse_task(
         errors.extend(_schema_errors(exc, line=number))
         return None
     return model.to_seed_task(position=position)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in JSON")
 
 
 def _json_kind(value: object) -> str:

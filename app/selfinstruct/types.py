@@ -42,6 +42,7 @@ class InstructionReason(StrEnum):
     VERB_CAP = "verb_cap"  # balance.max_per_verb: its root verb has enough instructions
     JUDGE_DROPPED = "judge_dropped"  # the instruction judge said drop
     UNPARSEABLE = "unparseable"  # Unnatural-Instructions mode: no instruction/input/constraints
+    OVERSIZED_RESPONSE = "oversized_response"  # the answer was far longer than max_tokens allows
 
 
 class InstanceReason(StrEnum):
@@ -56,6 +57,11 @@ class InstanceReason(StrEnum):
     OVER_LIMIT = "over_limit"
     JUDGE_LOW_SCORE = "judge_low_score"  # the answer judge graded it below its threshold
     JUDGE_UNFAITHFUL = "judge_unfaithful"  # the faithfulness judge did
+    OVERSIZED_RESPONSE = "oversized_response"  # the answer was far longer than max_tokens allows
+
+
+# The finish reason of an answer cut at its character cap (app/selfinstruct/sanitize.py).
+OVERSIZED_FINISH = "oversized"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,11 @@ class Completion:
     @property
     def truncated(self) -> bool:
         return self.finish_reason == "length"
+
+    @property
+    def oversized(self) -> bool:
+        """Cut at the sanitizer's cap: rejected as a whole rather than parsed."""
+        return self.finish_reason == OVERSIZED_FINISH
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,11 +26,13 @@ from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.parsing import parse_instruction_completion
 from app.selfinstruct.prompts import normalize_instruction
 from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex
-from app.selfinstruct.rounds import filter_instruction, pool_decision
+from app.selfinstruct.rounds import filter_instruction, oversized_candidate, pool_decision
+from app.selfinstruct.sanitize import excerpt
 from app.selfinstruct.types import (
     CandidateDecision,
     Completion,
     InstanceDecision,
+    InstanceReason,
     InstructionReason,
     ParsedInstance,
     RoundOutcome,
@@ -152,6 +154,9 @@ def accept_unnatural_round(
     """One core per answer: the instruction filters, then ROUGE-L against the pool so far."""
     outcome = RoundOutcome()
     for prompt_index, completion in enumerate(completions):
+        if completion.oversized:
+            outcome.decisions.append(oversized_candidate(completion, prompt_index))
+            continue
         core = parse_core(completion.text)
         decision = _judge_core(core, prompt_index, completion, index, options, remaining)
         if decision.accepted:
@@ -201,6 +206,9 @@ def build_output_prompt(core: CoreExample) -> str:
 
 def judge_output(core: CoreExample, completion: Completion) -> InstanceDecision:
     """The instance filters on (input, output); a truncated answer is cut off."""
+    if completion.oversized:
+        rejected = ParsedInstance(core.input, excerpt(completion.text))
+        return InstanceDecision(rejected, InstanceReason.OVERSIZED_RESPONSE)
     (decision,) = filter_instances(
         [ParsedInstance(core.input, completion.text.strip())],
         truncated=completion.truncated,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import insert, select
@@ -25,31 +26,40 @@ def create_dataset(
     *,
     name: str,
     kind: SourceKind,
-    records: Sequence[dict[str, Any]],
+    records: Iterable[dict[str, Any]],
     caller: Caller = ANYONE,
 ) -> Dataset:
-    digest = hashlib.sha256()
-    for record in records:
-        digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+    """Store records as they come (an iterator need never be held whole), hashing as it goes.
+    An exception from `records` propagates: the caller's transaction then drops them all."""
     dataset = Dataset(
-        name=name,
-        kind=kind,
-        record_count=len(records),
-        content_hash=digest.hexdigest(),
-        owner_key_id=caller.key_id,
+        name=name, kind=kind, record_count=0, content_hash="", owner_key_id=caller.key_id
     )
     session.add(dataset)
     session.flush()
-    # Core inserts in batches: an ORM object per record would cost seconds at 100K records.
-    for start in range(0, len(records), _INSERT_BATCH):
+    digest = hashlib.sha256()
+    count = 0
+    for chunk in _chunks(records, _INSERT_BATCH):
+        for record in chunk:
+            digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+        # Core inserts in batches: an ORM object per record would cost seconds at 100K records.
         session.execute(
             insert(DatasetRecord),
             [
-                {"dataset_id": dataset.id, "position": start + offset, "record": record}
-                for offset, record in enumerate(records[start : start + _INSERT_BATCH])
+                {"dataset_id": dataset.id, "position": count + offset, "record": record}
+                for offset, record in enumerate(chunk)
             ],
         )
+        count += len(chunk)
+    dataset.record_count = count
+    dataset.content_hash = digest.hexdigest()
+    session.flush()
     return dataset
+
+
+def _chunks(items: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def get_dataset(session: Session, dataset_id: uuid.UUID, caller: Caller = ANYONE) -> Dataset:

@@ -1,4 +1,4 @@
-"""Stream a job's examples as JSONL in constant memory (server-side cursor, rows in batches)."""
+"""Stream a job's examples as JSONL in constant memory (a page of rows per short transaction)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,32 @@ import hashlib
 import json
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import select
 
-from app.db import session_scope
+from app.db import paged_rows
 from app.models import Instance, Instruction
 from app.selfinstruct.formats import ExportFormat, convert
 
 _BATCH = 500
+
+
+def in_chunks(parts: Iterable[bytes], size: int = 256 * 1024) -> Iterator[bytes]:
+    """Join small parts (a line each) into chunks of about `size` bytes. A streaming response
+    takes each chunk of a sync iterator in a thread hop of its own: one hop per line made a
+    download cost far more CPU than the rows it sends."""
+    buffer = bytearray()
+    for part in parts:
+        buffer += part
+        if len(buffer) >= size:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)
 
 
 def _line(record: dict[str, Any]) -> bytes:
@@ -47,38 +61,36 @@ def iter_examples(job_id: uuid.UUID) -> Iterator[dict[str, Any]]:
             Instance.accepted.is_(True),
             Instruction.accepted.is_(True),
         )
-        .order_by(Instruction.round, Instruction.slot, Instruction.variant, Instance.position)
-        .execution_options(yield_per=_BATCH)
     )
-    with session_scope() as session:
-        for (
-            inst_id,
-            inp,
-            out,
-            instr_id,
-            text,
-            is_cls,
-            *judged,
-            variant,
-            core,
-            extra,
-        ) in session.execute(stmt):
-            record = {
-                "id": str(inst_id),
-                "instruction_id": str(instr_id),
-                "job_id": str(job_id),
-                "instruction": text,
-                "input": inp,
-                "output": out,
-                "is_classification": bool(is_cls),
-            }
-            if verdicts := _judge_fields(*judged):
-                record["judge"] = verdicts
-            if extra is not None:  # Unnatural-Instructions mode: which example is which
-                record["constraints"] = extra.get("constraints")
-                record["variant"] = "reformulation" if variant else "core"
-                record["core_id"] = str(core) if core else str(instr_id)
-            yield record
+    order = (Instruction.round, Instruction.slot, Instruction.variant, Instance.position)
+    for (
+        inst_id,
+        inp,
+        out,
+        instr_id,
+        text,
+        is_cls,
+        *judged,
+        variant,
+        core,
+        extra,
+    ) in paged_rows(stmt, order, _BATCH):
+        record = {
+            "id": str(inst_id),
+            "instruction_id": str(instr_id),
+            "job_id": str(job_id),
+            "instruction": text,
+            "input": inp,
+            "output": out,
+            "is_classification": bool(is_cls),
+        }
+        if verdicts := _judge_fields(*judged):
+            record["judge"] = verdicts
+        if extra is not None:  # Unnatural-Instructions mode: which example is which
+            record["constraints"] = extra.get("constraints")
+            record["variant"] = "reformulation" if variant else "core"
+            record["core_id"] = str(core) if core else str(instr_id)
+        yield record
 
 
 def _judge_fields(
@@ -95,50 +107,45 @@ def _judge_fields(
 
 def iter_rejected(job_id: uuid.UUID) -> Iterator[dict[str, Any]]:
     """Rejected instructions, then rejected instances, each with its reason code."""
-    instructions = (
-        select(Instruction)
-        .where(Instruction.job_id == job_id, Instruction.accepted.is_(False))
-        .order_by(Instruction.round, Instruction.slot)
-        .execution_options(yield_per=_BATCH)
+    instructions = select(Instruction).where(
+        Instruction.job_id == job_id, Instruction.accepted.is_(False)
     )
     instances = (
         select(Instance, Instruction.text)
         .join(Instruction, Instance.instruction_id == Instruction.id)
         .where(Instance.job_id == job_id, Instance.accepted.is_(False))
-        .order_by(Instruction.round, Instruction.slot, Instance.position)
-        .execution_options(yield_per=_BATCH)
     )
-    with session_scope() as session:
-        for row in session.scalars(instructions):
-            yield {
-                "kind": "instruction",
-                "status": "rejected",
-                "id": str(row.id),
-                "job_id": str(job_id),
-                "round": row.round,
-                "instruction": row.text,
-                "reason": row.reason,
-                "max_rouge": row.max_rouge,
-                "nearest": row.nearest,
-                **({"judge": _judge_fields(None, None, row.judge_note)} if row.judge_note else {}),
-            }
-        for inst, text in session.execute(instances):
-            yield {
-                "kind": "instance",
-                "status": "rejected",
-                "id": str(inst.id),
-                "instruction_id": str(inst.instruction_id),
-                "job_id": str(job_id),
-                "instruction": text,
-                "input": inst.input,
-                "output": inst.output,
-                "reason": inst.reason,
-                **(
-                    {"judge": judged}
-                    if (judged := _judge_fields(inst.answer_score, inst.faithfulness_score, None))
-                    else {}
-                ),
-            }
+    by_instruction = (Instruction.round, Instruction.slot, Instruction.variant)
+    for (row,) in paged_rows(instructions, by_instruction, _BATCH):
+        yield {
+            "kind": "instruction",
+            "status": "rejected",
+            "id": str(row.id),
+            "job_id": str(job_id),
+            "round": row.round,
+            "instruction": row.text,
+            "reason": row.reason,
+            "max_rouge": row.max_rouge,
+            "nearest": row.nearest,
+            **({"judge": _judge_fields(None, None, row.judge_note)} if row.judge_note else {}),
+        }
+    for inst, text in paged_rows(instances, (*by_instruction, Instance.position), _BATCH):
+        yield {
+            "kind": "instance",
+            "status": "rejected",
+            "id": str(inst.id),
+            "instruction_id": str(inst.instruction_id),
+            "job_id": str(job_id),
+            "instruction": text,
+            "input": inst.input,
+            "output": inst.output,
+            "reason": inst.reason,
+            **(
+                {"judge": judged}
+                if (judged := _judge_fields(inst.answer_score, inst.faithfulness_score, None))
+                else {}
+            ),
+        }
 
 
 def examples_jsonl(job_id: uuid.UUID, *, include_rejected: bool = False) -> Iterator[bytes]:

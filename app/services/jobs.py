@@ -9,11 +9,21 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, selectinload
 
 from app.config import get_settings
 from app.errors import Conflict, InvalidInput, NotFound, TooManyRequests
-from app.models import Instance, InstancesState, Instruction, Job, JobStatus, LLMCall
+from app.models import (
+    Instance,
+    InstancesState,
+    Instruction,
+    Job,
+    JobStatus,
+    JobSummary,
+    LLMCall,
+)
 from app.schemas import JobRead, Progress
 from app.selfinstruct.options import GenerationOptions, judge_options
 from app.selfinstruct.reproducibility import template_version
@@ -120,7 +130,8 @@ def _check_rate_limits(session: Session, caller: Caller) -> None:
     if (active or 0) >= settings.max_active_jobs_per_key:
         raise TooManyRequests(
             f"{active} jobs are queued or running for this key (limit "
-            f"{settings.max_active_jobs_per_key}); wait for one to finish or cancel one"
+            f"{settings.max_active_jobs_per_key}); wait for one to finish or cancel one",
+            retry_after_s=30,
         )
     since = datetime.now(UTC) - timedelta(minutes=1)
     recent = session.scalar(
@@ -131,7 +142,8 @@ def _check_rate_limits(session: Session, caller: Caller) -> None:
     if (recent or 0) >= settings.max_jobs_per_minute_per_key:
         raise TooManyRequests(
             f"more than {settings.max_jobs_per_minute_per_key} jobs started in the last minute "
-            "for this key; try again shortly"
+            "for this key; try again shortly",
+            retry_after_s=60,
         )
 
 
@@ -150,10 +162,13 @@ def list_jobs(
     jobs = session.scalars(
         select(Job)
         .where(mine)
+        .options(selectinload(Job.seed_set))
         .order_by(Job.created_at.desc(), Job.id.desc())
         .limit(limit)
         .offset(offset)
     ).all()
+    # Into the identity map in one query, so job_read finds each job's summary without another.
+    session.scalars(select(JobSummary).where(JobSummary.job_id.in_([j.id for j in jobs]))).all()
     return list(jobs), total
 
 
@@ -172,8 +187,78 @@ def cancel_job(session: Session, job_id: uuid.UUID, caller: Caller = ANYONE) -> 
     return job
 
 
+# While a job runs, its summary is recomputed at most this often (cluster-wide); a poller sees
+# counters at most this old. After the job ends, tasks that were in flight may still land rows
+# for up to about an LLM timeout, so the summary is kept fresh that long, then frozen.
+SUMMARY_MAX_AGE_S = 1.0
+SUMMARY_SETTLE_S = 150.0
+
+
 def job_progress(session: Session, job: Job, options: GenerationOptions | None = None) -> Progress:
-    """Counters are derived from the stored rows, so they can never drift from the data."""
+    """The job's counters from its summary row when fresh; otherwise one request recomputes it
+    (the others keep serving the previous one meanwhile rather than queue behind the scan)."""
+    now = datetime.now(UTC)
+    summary = session.get(JobSummary, job.id)
+    if summary is None or not _summary_fresh(summary, job, now):
+        summary = _refresh_summary(session, job, options, summary, now)
+    progress = Progress.model_validate(summary.progress)
+    # Kept on the job row by the pipeline: always current, and free to read.
+    progress.rounds_completed = job.rounds_completed
+    progress.dedupe_seconds = round(job.dedupe_s or 0.0, 3)
+    return progress
+
+
+def _summary_fresh(summary: JobSummary, job: Job, now: datetime) -> bool:
+    if job.finished_at is not None:
+        if summary.computed_at < job.finished_at:
+            return False  # counted before the end: the last rows may be missing
+        if summary.computed_at >= job.finished_at + timedelta(seconds=SUMMARY_SETTLE_S):
+            return True
+    return summary.computed_at >= now - timedelta(seconds=SUMMARY_MAX_AGE_S)
+
+
+def _refresh_summary(
+    session: Session,
+    job: Job,
+    options: GenerationOptions | None,
+    summary: JobSummary | None,
+    now: datetime,
+) -> JobSummary:
+    if summary is not None:
+        # SKIP LOCKED: whoever holds the row is recomputing it; serve what is there meanwhile.
+        locked = session.scalar(
+            select(JobSummary)
+            .where(JobSummary.job_id == job.id)
+            .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)
+        )
+        if locked is None:
+            return summary
+    progress = count_progress(session, job, options).model_dump(mode="json")
+    values = {"job_id": job.id, "progress": progress, "computed_at": now}
+    upsert = _dialect_insert(session)(JobSummary).values(**values)
+    session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[JobSummary.job_id],
+            set_={"progress": progress, "computed_at": now},
+        )
+    )
+    stored = session.get(JobSummary, job.id, populate_existing=True)
+    assert stored is not None
+    return stored
+
+
+def _dialect_insert(session: Session):  # type: ignore[no-untyped-def]
+    """INSERT with ON CONFLICT for the session's database (both dialects have one)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql_insert
+    return sqlite_insert
+
+
+def count_progress(
+    session: Session, job: Job, options: GenerationOptions | None = None
+) -> Progress:
+    """Counters aggregated from the stored rows: exact, and as costly as the job is large."""
     counted = session.execute(
         select(Instruction.variant, Instruction.accepted, Instruction.reason, func.count())
         .where(Instruction.job_id == job.id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from app.config import get_settings
+from app.config import DEFAULT_BACKEND, get_settings
 from app.llm.base import LLMClient, LLMPermanentError
 from app.llm.batch_api import OpenAIBatchClient
 from app.llm.openai_compat import build_llm_client
@@ -38,6 +38,7 @@ def batch_client_for(options: GenerationOptions) -> OpenAIBatchClient:
         endpoint=options.endpoint,
         timeout_s=settings.llm_timeout_s,
         max_retries=settings.llm_max_retries,
+        backend=options.backend or DEFAULT_BACKEND,
     )
 
 

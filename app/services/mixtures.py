@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from app.db import session_scope
+from app.db import paged_rows, session_scope
 from app.errors import InvalidInput, NotFound
 from app.llm.base import LLMClient, LLMError, LLMRequest
 from app.models import Job, Mixture, MixtureRecord, MixtureStatus
@@ -215,14 +215,11 @@ def mixture_read(mixture: Mixture) -> MixtureRead:
 
 
 def iter_stage(mixture_id: uuid.UUID, stage: int) -> Iterator[dict[str, Any]]:
-    stmt = (
-        select(MixtureRecord.record)
-        .where(MixtureRecord.mixture_id == mixture_id, MixtureRecord.stage == stage)
-        .order_by(MixtureRecord.position)
-        .execution_options(yield_per=_BATCH)
+    stmt = select(MixtureRecord.record).where(
+        MixtureRecord.mixture_id == mixture_id, MixtureRecord.stage == stage
     )
-    with session_scope() as session:
-        yield from session.scalars(stmt)
+    for (record,) in paged_rows(stmt, (MixtureRecord.position,), _BATCH):
+        yield record
 
 
 def stage_stream(mixture_id: uuid.UUID, stage: int, container: Container) -> Iterator[bytes]:

@@ -26,7 +26,7 @@ from app.db import session_scope
 from app.llm.aio import run_sync
 from app.llm.base import LLMClient, LLMError, LLMRequest, LLMResponse, LLMTransientError
 from app.models import Instance, InstancesState, Instruction, Job, JobStatus, LLMCall
-from app.selfinstruct.balance import count_verbs, seed_weights
+from app.selfinstruct.balance import count_verbs, seed_weights, steers_on_instances
 from app.selfinstruct.batched import accept_batched_round, batched_stop, plan_batched_round
 from app.selfinstruct.judges import (
     ANSWER_JUDGE_PROMPT,
@@ -57,6 +57,7 @@ from app.selfinstruct.rounds import (
     plan_round,
     prompt_seeds,
 )
+from app.selfinstruct.sanitize import clean_completion, clean_text, completion_char_cap
 from app.selfinstruct.types import (
     CandidateDecision,
     Completion,
@@ -78,7 +79,7 @@ from app.selfinstruct.unnatural import (
     plan_unnatural_round,
     rephrase_stop,
 )
-from app.services import batches
+from app.services import batches, leases
 from app.services.balance import mix_so_far
 from app.services.seed_sets import load_seed_tasks
 
@@ -94,6 +95,8 @@ class RoundResult:
     instance_batches: list[list[uuid.UUID]] = field(default_factory=list)
     next_round: int | None = None
     finished: bool = False
+    # The next round waits for the queued instance tasks (balance steering needs their results).
+    next_round_after_instances: bool = False
 
 
 @dataclass
@@ -106,19 +109,39 @@ class _CallRecord:
     prompt_sha256: str | None = None
 
     def row(self, job_id: uuid.UUID) -> LLMCall:
+        """The stored call; what the server sent is bounded to what the columns hold."""
         r = self.response
         return LLMCall(
             job_id=job_id,
             purpose=self.purpose,
             round=self.round,
             ok=r is not None,
-            finish_reason=r.finish_reason if r else None,
-            prompt_tokens=r.prompt_tokens if r else 0,
-            completion_tokens=r.completion_tokens if r else 0,
+            finish_reason=clean_text(r.finish_reason)[:32] if r and r.finish_reason else None,
+            prompt_tokens=_count(r.prompt_tokens) if r else 0,
+            completion_tokens=_count(r.completion_tokens) if r else 0,
             latency_ms=round((r.latency_s if r else self.latency_s) * 1000),
             error=self.error,
             prompt_sha256=self.prompt_sha256,
         )
+
+
+_MAX_COUNT = 2**31 - 1  # an INTEGER column
+
+
+def _count(tokens: int) -> int:
+    """A token count as a server reported it, within the column's range."""
+    return min(max(int(tokens), 0), _MAX_COUNT)
+
+
+def _cleaned(answer: LLMResponse, request: LLMRequest) -> LLMResponse:
+    """The answer as the pure core's parsers may see it (see app/selfinstruct/sanitize.py)."""
+    cap = completion_char_cap(request.max_tokens)
+    completion = clean_completion(answer.text, answer.finish_reason, max_chars=cap)
+    return replace(answer, text=completion.text, finish_reason=completion.finish_reason)
+
+
+def _error_text(error: Exception) -> str:
+    return clean_text(str(error)[:2000])
 
 
 def _calls(
@@ -142,18 +165,20 @@ def _records(
     for answer, request in zip(answers, requests, strict=True):
         digest = prompt_sha256(request.prompt)
         if isinstance(answer, LLMResponse):
-            records.append(_CallRecord(purpose, round_no, answer, prompt_sha256=digest))
+            cleaned = _cleaned(answer, request)
+            records.append(_CallRecord(purpose, round_no, cleaned, prompt_sha256=digest))
             continue
         if not isinstance(answer, LLMTransientError):
             raise answer
         records.append(
-            _CallRecord(purpose, round_no, None, str(answer)[:2000], answer.latency_s, digest)
+            _CallRecord(purpose, round_no, None, _error_text(answer), answer.latency_s, digest)
         )
     return records
 
 
 def prompt_sha256(prompt: str) -> str:
-    return hashlib.sha256(prompt.encode()).hexdigest()
+    """The same digest as ever for any valid text; a stray surrogate cannot make it raise."""
+    return hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # --- the per-process ROUGE index cache ---------------------------------------------------------
@@ -220,22 +245,20 @@ def forget_job_index(job_id: uuid.UUID) -> None:
 # --- step 1: one instruction round ---------------------------------------------------------------
 
 
-def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> RoundResult:
+def run_round(
+    job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory, hold: leases.Hold | None = None
+) -> RoundResult:
+    """Step 1 for one round. `hold` is the calling task's (its claims are renewed while it
+    runs); without one, the call holds the round itself for its duration."""
+    if hold is None:
+        with leases.holding(job_id) as own:
+            return run_round(job_id, round_no, llm_factory, own)
+    if not _start_round(job_id, round_no, hold):
+        return RoundResult()
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None or JobStatus(job.status).finished:
             return RoundResult(finished=True)
-        if job.rounds_completed >= round_no:
-            # A redelivery after the commit. Sending the follow-up again could start a second
-            # chain of rounds; if the follow-up was lost, the sweeper sends it (see sweeper.py).
-            return RoundResult()
-        if job.rounds_completed != round_no - 1:
-            log.warning("job %s: round %s arrived out of order; ignored", job_id, round_no)
-            return RoundResult()
-        if job.status == JobStatus.QUEUED:
-            job.status = JobStatus.RUNNING
-            job.started_at = datetime.now(UTC)
-        job.heartbeat_at = datetime.now(UTC)
         options = GenerationOptions.model_validate(job.options)
         if _stop_for_budget(session, job, options):
             return RoundResult()
@@ -328,6 +351,31 @@ def run_round(job_id: uuid.UUID, round_no: int, llm_factory: LLMFactory) -> Roun
         dedupe_s * 1000,
     )
     return result
+
+
+def _start_round(job_id: uuid.UUID, round_no: int, hold: leases.Hold) -> bool:
+    """Claim the round for this task, in a transaction of its own (the job row stays free for
+    the job's other tasks while the round is planned); False when there is nothing to do."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None or JobStatus(job.status).finished:
+            return False
+        if job.rounds_completed >= round_no:
+            # A redelivery after the commit. Sending the follow-up again could start a second
+            # chain of rounds; if the follow-up was lost, the sweeper sends it (see sweeper.py).
+            return False
+        if job.rounds_completed != round_no - 1:
+            log.warning("job %s: round %s arrived out of order; ignored", job_id, round_no)
+            return False
+        if not leases.claim_round(session, job_id, round_no, hold):
+            log.info(
+                "job %s: round %s is held by a live task; this copy skips it", job_id, round_no
+            )
+            return False
+        if job.status == JobStatus.QUEUED:
+            job.status = JobStatus.RUNNING
+            job.started_at = datetime.now(UTC)
+    return True
 
 
 def _round_max_tokens(options: GenerationOptions) -> int:
@@ -426,6 +474,7 @@ def _commit_round(
         session.add_all(r.row(job_id) for r in records)
         new_accepted = [row for row in rows if row.accepted]
         job.heartbeat_at = datetime.now(UTC)
+        job.round_claim_token = job.round_claimed_until = job.round_claimed_by = None
         if any(r.response is not None for r in records):
             job.llm_unavailable_since = None
         job.rounds_completed = round_no
@@ -455,6 +504,7 @@ def _commit_round(
             cached.rounds_completed = round_no
             cached.machine_texts.extend(r.text for r in new_accepted)
         result = _after_round(job, round_no)
+        result.next_round_after_instances = steers_on_instances(options.balance)
         pending = [r.id for r in new_accepted if r.instances_state == InstancesState.PENDING]
         result.instance_batches = _batches(pending)
         return result
@@ -482,7 +532,7 @@ def _after_round(job: Job, round_no: int) -> RoundResult:
 
 def _fail(job: Job, message: str) -> None:
     job.status = JobStatus.FAILED
-    job.error = message
+    job.error = clean_text(message)  # it may quote a server's answer
     job.finished_at = datetime.now(UTC)
 
 
@@ -514,13 +564,20 @@ class _InstanceResult:
 
 
 def generate_instances(
-    job_id: uuid.UUID, instruction_ids: Sequence[uuid.UUID], llm_factory: LLMFactory
+    job_id: uuid.UUID,
+    instruction_ids: Sequence[uuid.UUID],
+    llm_factory: LLMFactory,
+    hold: leases.Hold | None = None,
 ) -> bool:
-    """Classify and generate instances for a batch of accepted instructions.
+    """Classify and generate instances for a batch of accepted instructions: those of them
+    still pending that no live task holds (`hold` as in run_round).
 
     Returns True when the whole batch is done; raises LLMTransientError (after committing what
     succeeded) when some instructions must be retried.
     """
+    if hold is None:
+        with leases.holding(job_id) as own:
+            return generate_instances(job_id, instruction_ids, llm_factory, own)
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None or JobStatus(job.status).finished:
@@ -530,11 +587,12 @@ def generate_instances(
         if _stop_for_budget(session, job, options):
             _give_up_instances(session, job_id, instruction_ids)
             return True
+        session.flush()  # the job row first (see leases.claim_instructions)
+        claimed = leases.claim_instructions(session, job_id, instruction_ids, hold)
         pending = session.execute(
-            select(Instruction.id, Instruction.text, Instruction.extra).where(
-                Instruction.id.in_(list(instruction_ids)),
-                Instruction.instances_state == InstancesState.PENDING,
-            )
+            select(Instruction.id, Instruction.text, Instruction.extra)
+            .where(Instruction.id.in_(claimed))
+            .order_by(Instruction.round, Instruction.slot, Instruction.variant)
         ).all()
     if not pending:
         return True
@@ -616,10 +674,10 @@ def _bounded_caller(llm: LLMClient) -> Callable[..., Awaitable[_CallRecord]]:
         async with gate:
             digest = prompt_sha256(request.prompt)
             try:
-                answer = await client.acomplete(request)
+                answer = _cleaned(await client.acomplete(request), request)
                 return _CallRecord(purpose, None, answer, None, 0.0, digest)
             except LLMTransientError as exc:
-                return _CallRecord(purpose, None, None, str(exc)[:2000], exc.latency_s, digest)
+                return _CallRecord(purpose, None, None, _error_text(exc), exc.latency_s, digest)
 
     return call
 
@@ -849,6 +907,8 @@ def _commit_instances(job_id: uuid.UUID, results: Sequence[_InstanceResult]) -> 
                 .values(
                     instances_state=InstancesState.DONE,
                     is_classification=result.is_classification,
+                    claim_token=None,
+                    claimed_until=None,
                 )
             ).rowcount
             if not claimed:
@@ -923,7 +983,7 @@ def _give_up_instances(
             Instruction.id.in_(list(instruction_ids)),
             Instruction.instances_state == InstancesState.PENDING,
         )
-        .values(instances_state=InstancesState.FAILED)
+        .values(instances_state=InstancesState.FAILED, claim_token=None, claimed_until=None)
     )
 
 

@@ -38,11 +38,11 @@ def batch_stack(
         "OPENAI_BASE_URL": batch_llm.base_url,
         "OPENAI_API_KEY": "test-key",
         "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
+        # Batches complete in a second here, so polls come often; lease, heartbeat and sweeps
+        # are the production defaults (a poll inherits its step's claim, see leases.py).
         "SELFINSTRUCT_BATCH_POLL_INTERVAL_S": "0.3",
         "SELFINSTRUCT_TASK_RETRY_BACKOFF_S": "0.2",
         "SELFINSTRUCT_INSTRUCTIONS_PER_INSTANCE_TASK": "20",
-        "SELFINSTRUCT_JOB_LEASE_S": "6",
-        "SELFINSTRUCT_SWEEP_INTERVAL_S": "1",
     }
     with ServiceStack(env, tmp / "logs") as running:
         running.start_api()

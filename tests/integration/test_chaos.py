@@ -53,8 +53,8 @@ def chaos_stack(
         "OPENAI_BASE_URL": hostile_llm.base_url,
         "OPENAI_API_KEY": "test-key",
         "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
-        "SELFINSTRUCT_JOB_LEASE_S": "6",
-        "SELFINSTRUCT_SWEEP_INTERVAL_S": "1",
+        # Lease, heartbeat and sweeps at their production defaults; fast retries only keep the
+        # many injected 5xx and 429 answers from spreading the test over minutes.
         "SELFINSTRUCT_TASK_RETRY_BACKOFF_S": "0.2",
         "SELFINSTRUCT_LLM_MAX_RETRIES": "1",
         "SELFINSTRUCT_LLM_TIMEOUT_S": "10",

@@ -40,9 +40,10 @@ def fault_stack(
         "OPENAI_BASE_URL": flaky_llm.base_url,
         "OPENAI_API_KEY": "test-key",
         "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
-        # Short leases and fast retries keep the test quick; production defaults are minutes.
-        "SELFINSTRUCT_JOB_LEASE_S": "4",
-        "SELFINSTRUCT_SWEEP_INTERVAL_S": "1",
+        # The lease, heartbeat and sweep intervals are the production defaults (a killed
+        # worker's job moves again within a minute). Retries, LLM timeouts and the outage limit
+        # are shortened only so the LLM-outage tests fail their jobs in seconds rather than after
+        # the default 15 minutes of backoff.
         "SELFINSTRUCT_TASK_RETRY_BACKOFF_S": "0.2",
         "SELFINSTRUCT_LLM_MAX_RETRIES": "1",
         "SELFINSTRUCT_LLM_TIMEOUT_S": "5",

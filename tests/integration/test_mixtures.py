@@ -215,9 +215,7 @@ def test_bad_uploads_and_recipes_are_clear_4xx(
             ],
             stage2=None,
         ),
-        "recipe.sources[0].path": _recipe(
-            sources, sources=[{"name": "x", "path": "a.jsonl"}], stage2=None
-        ),
+        "sources.0.path": _recipe(sources, sources=[{"name": "x", "path": "a.jsonl"}], stage2=None),
         "recipe.sources[3].kind": _recipe(
             sources,
             sources=[

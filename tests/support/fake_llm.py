@@ -77,6 +77,12 @@ class FakeLLMConfig:
     # Like a real model, write classification tasks about as often as the prompt shows them
     # (instead of a fixed 25%): what balancing the prompts relies on.
     imitate_mix: bool = False
+    # Only answers to prompts of these kinds (see KINDS) are slow; empty: any kind.
+    slow_kinds: tuple[str, ...] = ()
+    # Answers a broken server or a runaway model sends: NUL bytes, lone surrogates (valid JSON
+    # escapes no UTF-8 database stores) or megabytes of text, in this share of answers.
+    hostile_rate: float = 0.0
+    hostile_bytes: int = 3_000_000  # the size of a runaway answer
 
 
 # --- vocabulary ------------------------------------------------------------------------------------
@@ -419,6 +425,24 @@ def garbage(rng: random.Random) -> str:
     return "".join(rng.choice("#@!?.;:-*") for _ in range(rng.randint(5, 40)))
 
 
+HOSTILE_KINDS = ("nul", "surrogate", "huge")
+
+
+def poison(text: str, kind: str, rng: random.Random, size: int = 3_000_000) -> str:
+    """`text` as a broken server might send it: NULs and escape codes sprinkled in, lone
+    surrogates in the middle of words, or the answer followed by megabytes of repetition."""
+    if kind == "huge":
+        filler = "and so on " * (size // 10)
+        return f"{text}{filler}"
+    bad = (
+        ("\x00", "\x1b[0m\x00", "\x07\x00\x00") if kind == "nul" else ("\ud800", "\udfff", "\udc00")
+    )
+    chars = list(text)
+    for _ in range(rng.randint(1, 4)):
+        chars.insert(rng.randrange(len(chars) + 1), rng.choice(bad))
+    return "".join(chars)
+
+
 def apply_limits(text: str, stop: list[str], max_tokens: int) -> tuple[str, str]:
     """Cut at the first stop string, then at max_tokens whitespace tokens, like a server does."""
     cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
@@ -624,6 +648,14 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     )
 
 
+def _as_json(reply: Any) -> Any:
+    """A reply dict as JSON with ASCII escapes: a lone surrogate becomes the escape "\\ud800",
+    as a real server's JSON encoder writes it, where UTF-8 encoding would fail."""
+    if isinstance(reply, dict):
+        return Response(json.dumps(reply), media_type="application/json")
+    return reply
+
+
 def _unauthorised(request: Request) -> JSONResponse:
     """Like OpenAI's answer, which echoes a masked copy of the key it was given."""
     given = request.headers.get("authorization", "").removeprefix("Bearer ")
@@ -739,14 +771,15 @@ class FakeLLMServer:
         rng = self._rng_for(prompt)
         if self.config.latency_s:
             time.sleep(self.config.latency_s * (0.5 + rng.random()))
-        if rng.random() < self.config.slow_rate:
+        kind = prompt_kind(prompt)
+        slow_kinds = self.config.slow_kinds
+        if rng.random() < self.config.slow_rate and (not slow_kinds or kind in slow_kinds):
             with self._lock:
                 self.counts["fault_slow"] += 1
             time.sleep(self.config.slow_s)
         fault = self._http_fault(rng)
         if fault is not None:
             return fault
-        kind = prompt_kind(prompt)
         with self._lock:
             self.counts[kind] += 1
         if rng.random() < self.config.empty_choices_rate:
@@ -767,6 +800,11 @@ class FakeLLMServer:
             stops = [stop] if isinstance(stop, str) else list(stop)
             max_tokens = int(body.get("max_tokens") or (4096 if chat else 16))  # OpenAI's defaults
             text, finish = apply_limits(text, stops, max_tokens)
+        if self.config.hostile_rate and rng.random() < self.config.hostile_rate:
+            hostile = rng.choice(HOSTILE_KINDS)
+            with self._lock:
+                self.counts[f"fault_{hostile}"] += 1
+            text = poison(text, hostile, rng, self.config.hostile_bytes)
         if chat:
             message = {"role": "assistant", "content": text}
             return [{"index": 0, "message": message, "finish_reason": finish}]
@@ -824,7 +862,7 @@ class FakeLLMServer:
                 return _unauthorised(request)
             prompt = body.get("prompt", "")
             prompt = prompt[0] if isinstance(prompt, list) and prompt else prompt
-            return self._respond(body, str(prompt), chat=False)
+            return _as_json(self._respond(body, str(prompt), chat=False))
 
         self._batch_routes(app)
 
@@ -833,7 +871,7 @@ class FakeLLMServer:
             if not self._authorised(request):
                 return _unauthorised(request)
             messages = body.get("messages") or [{}]
-            return self._respond(body, str(messages[-1].get("content", "")), chat=True)
+            return _as_json(self._respond(body, str(messages[-1].get("content", "")), chat=True))
 
         return app
 

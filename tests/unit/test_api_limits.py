@@ -39,7 +39,7 @@ def test_jobs_per_minute_limit_is_per_key(
 ) -> None:
     import app.api.jobs as jobs_api
 
-    monkeypatch.setattr(jobs_api, "enqueue_round", lambda *_: None)  # no worker here
+    monkeypatch.setattr(jobs_api, "enqueue_round", lambda *_, **__: None)  # no worker here
     with session_scope() as session:
         first = create_key(session, "first")[1]
         second = create_key(session, "second")[1]

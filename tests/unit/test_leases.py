@@ -1,0 +1,244 @@
+"""Claims on rounds and instance batches (SQLite): one live holder at a time, renewed by the
+heartbeat, handed to a retry, released on any exit; the sweeper re-sends only dead or lost work."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from app.config import get_settings
+from app.db import reset_engine, session_scope
+from app.migrate import upgrade_database
+from app.models import InstancesState, Instruction, Job
+from app.selfinstruct.options import GenerationOptions
+from app.selfinstruct.seeds import parse_seed_jsonl
+from app.services import leases, pipeline, sweeper
+from app.services.jobs import create_job
+from app.services.llm import llm_for, reset_llm_clients
+from app.services.seed_sets import create_seed_set
+from tests.support.fake_llm import FakeLLMServer
+
+LEASE_S = 30.0
+
+
+@pytest.fixture
+def job_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_llm: FakeLLMServer, default_seeds: Path
+) -> Iterator[uuid.UUID]:
+    url = f"sqlite:///{tmp_path / 'leases.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "x")
+    monkeypatch.setenv("SELFINSTRUCT_JOB_LEASE_S", str(LEASE_S))
+    get_settings.cache_clear()
+    reset_engine()
+    reset_llm_clients()
+    upgrade_database(url)
+    tasks = parse_seed_jsonl(
+        default_seeds.read_bytes(), max_bytes=10**7, max_line_bytes=10**6, max_tasks=10**4
+    )
+    with session_scope() as session:
+        seed_set = create_seed_set(session, name="seeds", tasks=tasks)
+        job = create_job(
+            session,
+            seed_set_id=seed_set.id,
+            num_instructions=1000,
+            options=GenerationOptions(seed=3),
+        )
+        created = job.id
+    yield created
+    pipeline.forget_job_index(created)
+    get_settings.cache_clear()
+    reset_engine()
+    reset_llm_clients()
+
+
+def _job(job_id: uuid.UUID) -> Job:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        session.expunge(job)
+        return job
+
+
+def _claim_round(job_id: uuid.UUID, hold: leases.Hold, round_no: int = 1) -> bool:
+    with session_scope() as session:
+        return leases.claim_round(session, job_id, round_no, hold)
+
+
+def _pending(job_id: uuid.UUID) -> list[uuid.UUID]:
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(Instruction.id)
+                .where(
+                    Instruction.job_id == job_id,
+                    Instruction.instances_state == InstancesState.PENDING,
+                )
+                .order_by(Instruction.slot)
+            )
+        )
+
+
+def _no_llm(_: object) -> object:
+    raise AssertionError("a copy of held work must not call the LLM")
+
+
+def test_a_round_has_one_live_holder(job_id: uuid.UUID) -> None:
+    first, second = leases.Hold(job_id), leases.Hold(job_id)
+    assert _claim_round(job_id, first)
+    assert not _claim_round(job_id, second)
+    assert _claim_round(job_id, leases.Hold(job_id, first.token))  # a retry it handed over to
+    job = _job(job_id)
+    assert job.round_claim_token == first.token
+    assert job.round_claimed_by == leases.holder_name()
+    with session_scope() as session:  # the holder went silent for a lease
+        session.get(Job, job_id).round_claimed_until = datetime.now(UTC) - timedelta(seconds=1)  # type: ignore[union-attr]
+    assert _claim_round(job_id, second)
+    assert not _claim_round(job_id, leases.Hold(job_id), round_no=2)  # not the next round
+
+
+def test_a_copy_of_a_held_round_skips_it_without_calling_the_llm(job_id: uuid.UUID) -> None:
+    assert _claim_round(job_id, leases.Hold(job_id))
+    result = pipeline.run_round(job_id, 1, _no_llm)  # type: ignore[arg-type]
+    assert result.next_round is None and not result.instance_batches
+    assert _job(job_id).rounds_completed == 0
+
+
+def test_a_committed_round_frees_its_claim(job_id: uuid.UUID) -> None:
+    result = pipeline.run_round(job_id, 1, llm_for)
+    assert result.next_round == 2
+    job = _job(job_id)
+    assert job.rounds_completed == 1 and job.round_claim_token is None
+    assert job.heartbeat_at is not None
+
+
+def test_claims_are_released_when_the_task_raises(job_id: uuid.UUID) -> None:
+    with pytest.raises(RuntimeError), leases.holding(job_id) as hold:
+        assert _claim_round(job_id, hold)
+        assert hold in leases.running_holds()
+        raise RuntimeError("a bug in the task")
+    assert hold not in leases.running_holds()
+    job = _job(job_id)
+    assert job.round_claim_token is None and job.round_claimed_until is None
+
+
+def test_a_retry_inherits_the_claim_for_its_countdown(job_id: uuid.UUID) -> None:
+    with leases.holding(job_id) as hold:
+        assert _claim_round(job_id, hold)
+        token = hold.hand_over(120)
+    job = _job(job_id)
+    assert job.round_claim_token == uuid.UUID(token)
+    left = (job.round_claimed_until - datetime.now(UTC)).total_seconds()  # type: ignore[operator]
+    assert 120 + LEASE_S - 5 < left <= 120 + LEASE_S
+    assert not _claim_round(job_id, leases.Hold(job_id))  # a sweeper's copy skips it
+    with leases.holding(job_id, token) as retry:
+        assert _claim_round(job_id, retry)
+
+
+def test_the_heartbeat_renews_claims_while_the_task_runs(
+    job_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fast heartbeat keeps the test short; the interval is only how often renew() runs.
+    monkeypatch.setenv("SELFINSTRUCT_HEARTBEAT_INTERVAL_S", "0.05")
+    get_settings.cache_clear()
+    with leases.holding(job_id) as hold:
+        assert _claim_round(job_id, hold)
+        before = _job(job_id)
+        time.sleep(0.05)
+        leases.beat_now()
+        deadline = time.monotonic() + 5
+        while _job(job_id).round_claimed_until == before.round_claimed_until:
+            assert time.monotonic() < deadline, "the heartbeat did not renew the claim"
+            time.sleep(0.02)
+        after = _job(job_id)
+    assert after.round_claimed_until > before.round_claimed_until  # type: ignore[operator]
+    assert after.heartbeat_at > before.heartbeat_at  # type: ignore[operator]
+    assert _job(job_id).round_claim_token is None  # released at the end
+
+
+def test_instance_batches_skip_instructions_a_live_task_holds(
+    job_id: uuid.UUID, fake_llm: FakeLLMServer
+) -> None:
+    pipeline.run_round(job_id, 1, llm_for)
+    pending = _pending(job_id)
+    assert len(pending) >= 3
+    other = leases.Hold(job_id)
+    with session_scope() as session:
+        held = leases.claim_instructions(session, job_id, pending[:2], other)
+    assert sorted(held) == sorted(pending[:2])
+    before = len(fake_llm.requests)
+    pipeline.generate_instances(job_id, pending, llm_for)
+    assert set(_pending(job_id)) == set(pending[:2])  # the held ones are left to their holder
+    assert len(fake_llm.requests) - before == 2 * (len(pending) - 2)  # classify + instances
+    with session_scope() as session:  # the holder died: its claims expire
+        for row in session.scalars(select(Instruction).where(Instruction.id.in_(held))):
+            row.claimed_until = datetime.now(UTC) - timedelta(seconds=1)
+    pipeline.generate_instances(job_id, pending, llm_for)
+    assert _pending(job_id) == []
+    with session_scope() as session:
+        claims = session.execute(
+            select(Instruction.claim_token, Instruction.claimed_until).where(
+                Instruction.id.in_(pending)
+            )
+        ).all()
+    assert set(claims) == {(None, None)}
+
+
+def test_the_sweeper_leaves_live_work_alone(job_id: uuid.UUID) -> None:
+    with leases.holding(job_id) as hold:
+        assert _claim_round(job_id, hold)
+        assert sweeper.stalled_jobs() == []
+        # Even a job quiet for longer than the lease keeps a round whose claim is live.
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+            job.heartbeat_at = datetime.now(UTC) - timedelta(seconds=2 * LEASE_S)  # type: ignore[union-attr]
+            job.round_claimed_until = datetime.now(UTC) + timedelta(seconds=LEASE_S)  # type: ignore[union-attr]
+        assert sweeper.stalled_jobs() == []
+
+
+def test_the_sweeper_resends_a_dead_round_even_when_the_job_is_busy(job_id: uuid.UUID) -> None:
+    assert _claim_round(job_id, leases.Hold(job_id))  # a task that then died
+    later = datetime.now(UTC) + timedelta(seconds=LEASE_S + 1)
+    with session_scope() as session:  # other tasks of the job beat on
+        session.get(Job, job_id).heartbeat_at = later  # type: ignore[union-attr]
+    (resend,) = sweeper.stalled_jobs(now=later)
+    assert resend.round_no == 1 and resend.instance_batches == []
+    assert _job(job_id).round_claim_token is None
+    assert sweeper.stalled_jobs(now=later) == []  # one sweeper re-sends it, once
+
+
+def test_the_sweeper_resends_a_quiet_jobs_unclaimed_work_once_per_lease(
+    job_id: uuid.UUID,
+) -> None:
+    pipeline.run_round(job_id, 1, llm_for)
+    pending = _pending(job_id)
+    later = datetime.now(UTC) + timedelta(seconds=LEASE_S + 1)
+    (resend,) = sweeper.stalled_jobs(now=later)
+    assert resend.round_no == 2
+    assert [i for batch in resend.instance_batches for i in batch] == pending
+    assert sweeper.stalled_jobs(now=later) == []
+    (again,) = sweeper.stalled_jobs(now=later + timedelta(seconds=LEASE_S + 1))
+    assert again.round_no == 2
+
+
+def test_the_sweeper_resends_only_the_dead_part_of_a_busy_job(job_id: uuid.UUID) -> None:
+    pipeline.run_round(job_id, 1, llm_for)
+    pending = _pending(job_id)
+    dead, live = leases.Hold(job_id), leases.Hold(job_id)
+    with session_scope() as session:
+        session.get(Job, job_id)
+        leases.claim_instructions(session, job_id, pending[:2], dead)
+        leases.claim_instructions(session, job_id, pending[2:], live)
+    assert _claim_round(job_id, live, round_no=2)
+    later = datetime.now(UTC) + timedelta(seconds=LEASE_S + 1)
+    leases.renew([live], now=later)  # the live task's heartbeat goes on; the dead one's stopped
+    (resend,) = sweeper.stalled_jobs(now=later + timedelta(seconds=1))
+    assert resend.round_no is None
+    assert resend.instance_batches == [pending[:2]]
