@@ -9,15 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from sqlalchemy import create_engine, select
 
 from app.models import Job
-from app.services.fairness import PRIORITY_STEPS
 from tests.integration.conftest import upload
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
-from tests.support.stack import ServiceStack, wait_for_status
-from workers.celery_app import QUEUE
+from tests.support.stack import ServiceStack, llm_stack, queued_bulk_messages, wait_for_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,27 +35,15 @@ def path_stack(
     slow_llm: FakeLLMServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServiceStack]:
-    tmp = tmp_path_factory.mktemp("critical-path")
-    env = {
-        "DATABASE_URL": pg_url,
-        "CELERY_BROKER_URL": broker_url,
-        "OPENAI_BASE_URL": slow_llm.base_url,
-        "OPENAI_API_KEY": "test-key",
-        "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
+    with llm_stack(
+        pg_url=pg_url,
+        broker_url=broker_url,
+        llm_url=slow_llm.base_url,
+        tmp=tmp_path_factory.mktemp("critical-path"),
         # One instruction per instance task: a large job makes a long queue of bulk work fast.
-        "SELFINSTRUCT_INSTRUCTIONS_PER_INSTANCE_TASK": "1",
-    }
-    with ServiceStack(env, tmp / "logs") as running:
-        running.start_api()
-        running.start_worker()  # two pool processes
+        SELFINSTRUCT_INSTRUCTIONS_PER_INSTANCE_TASK="1",
+    ) as running:
         yield running
-
-
-def bulk_queued(broker_url: str) -> int:
-    """Instance-task messages waiting in the broker, over all priority levels."""
-    client = redis.Redis.from_url(broker_url)
-    names = [QUEUE, *(f"{QUEUE}:{p}" for p in PRIORITY_STEPS[1:])]
-    return sum(int(client.llen(name)) for name in names)
 
 
 def rounds_completed(pg_url: str, job_id: str) -> int:
@@ -87,10 +72,10 @@ def test_a_round_does_not_wait_behind_a_backlog_of_instance_tasks(
         seed_set = upload(client, default_seeds)["id"]
         big = start_job(client, seed_set, 100, seed=43, requests_per_round=10)
         deadline = time.monotonic() + 120
-        while bulk_queued(broker_url) < 20:
+        while queued_bulk_messages(broker_url) < 20:
             assert time.monotonic() < deadline, path_stack.logs()
             time.sleep(0.05)
-        ahead = bulk_queued(broker_url)
+        ahead = queued_bulk_messages(broker_url)
         small, queued_at = start_job(client, seed_set, 3, seed=44), time.monotonic()
         while rounds_completed(pg_url, small) < 1:
             assert time.monotonic() < deadline, path_stack.logs()

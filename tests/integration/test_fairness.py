@@ -16,8 +16,7 @@ from app.config import get_settings
 from app.services import fairness
 from tests.integration.conftest import upload
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
-from tests.support.stack import ServiceStack, wait_for_status
-from workers.celery_app import QUEUE
+from tests.support.stack import ServiceStack, llm_stack, queued_bulk_messages, wait_for_status
 
 pytestmark = pytest.mark.integration
 
@@ -79,18 +78,14 @@ def one_worker_stack(
 ) -> Iterator[ServiceStack]:
     """One worker process, so that every job competes for it; one instruction per instance task
     (instead of 5) so that the big jobs' backlog is many messages deep."""
-    tmp = tmp_path_factory.mktemp("fair")
-    env = {
-        "DATABASE_URL": pg_url,
-        "CELERY_BROKER_URL": broker_url,
-        "OPENAI_BASE_URL": slowish_llm.base_url,
-        "OPENAI_API_KEY": "test-key",
-        "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
-        "SELFINSTRUCT_INSTRUCTIONS_PER_INSTANCE_TASK": "1",
-    }
-    with ServiceStack(env, tmp / "logs") as running:
-        running.start_api()
-        running.start_worker(concurrency=1)
+    with llm_stack(
+        pg_url=pg_url,
+        broker_url=broker_url,
+        llm_url=slowish_llm.base_url,
+        tmp=tmp_path_factory.mktemp("fair"),
+        concurrency=1,
+        SELFINSTRUCT_INSTRUCTIONS_PER_INSTANCE_TASK="1",
+    ) as running:
         yield running
 
 
@@ -113,7 +108,7 @@ def test_a_small_job_of_another_key_does_not_wait_behind_a_big_backlog(
             for n in range(3)
         ]
         deadline = time.monotonic() + 120
-        while (queued := _queued(broker_url)) < 25:
+        while (queued := queued_bulk_messages(broker_url)) < 25:
             assert time.monotonic() < deadline, f"no backlog built: {queued} queued"
             time.sleep(0.2)
         small_seeds = upload(small, default_seeds)
@@ -131,10 +126,3 @@ def test_a_small_job_of_another_key_does_not_wait_behind_a_big_backlog(
     fifo_at_best = queued * INSTANCE_ANSWER_S
     print(f"small job: {small_wall:.1f} s; behind {queued} messages FIFO: >= {fifo_at_best:.1f} s")
     assert small_wall < fifo_at_best / 2, (small_wall, queued)
-
-
-def _queued(broker_url: str) -> int:
-    """Messages waiting in the task queue, over all its priority levels."""
-    client = redis.Redis.from_url(broker_url)
-    names = [QUEUE, *(f"{QUEUE}:{p}" for p in fairness.PRIORITY_STEPS[1:])]
-    return sum(int(client.llen(name)) for name in names)

@@ -15,7 +15,7 @@ from app.selfinstruct.sanitize import OVERSIZED
 from app.selfinstruct.types import InstanceReason, InstructionReason
 from tests.integration.conftest import upload
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
-from tests.support.stack import ServiceStack, wait_for_status
+from tests.support.stack import ServiceStack, llm_stack, wait_for_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,17 +43,12 @@ def hostile_stack(
     hostile_llm: FakeLLMServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServiceStack]:
-    tmp = tmp_path_factory.mktemp("hostile")
-    env = {
-        "DATABASE_URL": pg_url,
-        "CELERY_BROKER_URL": broker_url,
-        "OPENAI_BASE_URL": hostile_llm.base_url,
-        "OPENAI_API_KEY": "test-key",
-        "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
-    }
-    with ServiceStack(env, tmp / "logs") as running:
-        running.start_api()
-        running.start_worker()
+    with llm_stack(
+        pg_url=pg_url,
+        broker_url=broker_url,
+        llm_url=hostile_llm.base_url,
+        tmp=tmp_path_factory.mktemp("hostile"),
+    ) as running:
         yield running
 
 

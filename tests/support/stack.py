@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -150,3 +151,41 @@ def wait_for_status(
             return job
         time.sleep(0.3)
     raise TimeoutError(f"{resource} {job_id} still {job.get('status')} after {timeout_s}s: {job}")
+
+
+@contextlib.contextmanager
+def llm_stack(
+    *,
+    pg_url: str,
+    broker_url: str,
+    llm_url: str,
+    tmp: Path,
+    concurrency: int = 2,
+    **settings: str,
+) -> Iterator[ServiceStack]:
+    """An API and one worker process (`concurrency` pool processes) on PostgreSQL and Redis,
+    pointed at the OpenAI-compatible server at `llm_url`; `settings` are more env variables."""
+    env = {
+        "DATABASE_URL": pg_url,
+        "CELERY_BROKER_URL": broker_url,
+        "OPENAI_BASE_URL": llm_url,
+        "OPENAI_API_KEY": "test-key",
+        "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
+        **settings,
+    }
+    with ServiceStack(env, tmp / "logs") as running:
+        running.start_api()
+        running.start_worker(concurrency=concurrency)
+        yield running
+
+
+def queued_bulk_messages(broker_url: str) -> int:
+    """Messages waiting in the bulk task queue (instance batches), over all priority levels."""
+    import redis
+
+    from app.services.fairness import PRIORITY_STEPS
+    from workers.celery_app import QUEUE
+
+    client = redis.Redis.from_url(broker_url)
+    names = [QUEUE, *(f"{QUEUE}:{p}" for p in PRIORITY_STEPS[1:])]
+    return sum(int(client.llen(name)) for name in names)
