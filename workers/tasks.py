@@ -57,9 +57,15 @@ def run_round(self: Task, job_id: str, round_no: int, claim: str | None = None) 
     with leases.holding(jid, claim) as hold:
         try:
             result = pipeline.run_round(jid, round_no, llm_for, hold)
-        except BatchPending as pending:  # a new message, so polls do not use up the retries
+        except BatchPending as pending:  # a poll: a new message that keeps the retry count
             token = hold.hand_over(pending.poll_after_s)
-            enqueue_round(jid, round_no, countdown=pending.poll_after_s, claim=token)
+            enqueue_round(
+                jid,
+                round_no,
+                countdown=pending.poll_after_s,
+                claim=token,
+                retries=self.request.retries,
+            )
             return
         except LLMPermanentError as exc:
             pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")
@@ -93,9 +99,11 @@ def generate_instances(
     with leases.holding(jid, claim) as hold:
         try:
             pipeline.generate_instances(jid, ids, llm_for, hold)
-        except BatchPending as pending:
+        except BatchPending as pending:  # as in run_round
             token = hold.hand_over(pending.poll_after_s)
-            enqueue_instances(jid, ids, countdown=pending.poll_after_s, claim=token)
+            enqueue_instances(
+                jid, ids, countdown=pending.poll_after_s, claim=token, retries=self.request.retries
+            )
             return
         except LLMPermanentError as exc:
             pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")

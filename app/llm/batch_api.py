@@ -8,6 +8,7 @@ client in `openai_compat.py`).
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,11 +114,12 @@ class OpenAIBatchClient:
             raise self._translate(exc) from exc
         return batch.id
 
-    def find(self, key: str) -> str | None:
-        """A batch submitted earlier with this key, newest first, if the server still lists it."""
+    def find(self, key: str, spent: Collection[str] = ()) -> str | None:
+        """A batch submitted earlier with this key, newest first, if the server still lists it;
+        `spent`: ids of batches whose answers were all errors, which a retry must not reuse."""
         try:
             for batch in self._client.batches.list(limit=100):
-                if (batch.metadata or {}).get("selfinstruct_key") == key:
+                if (batch.metadata or {}).get("selfinstruct_key") == key and batch.id not in spent:
                     return batch.id
         except openai.OpenAIError as exc:
             raise self._translate(exc) from exc

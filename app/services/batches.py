@@ -58,7 +58,8 @@ def collect(
         return [_decode(a) for a in row.answers]
     client = batch_client_for(options)
     if row.remote_id is None:
-        remote_id = client.find(key) or client.submit(list(requests), key)
+        spent = _spent_batches(job_id, key)
+        remote_id = client.find(key, spent) or client.submit(list(requests), key)
         _update(row.id, remote_id=remote_id, status="validating")
         raise BatchPending(key, "submitted")
     state = client.poll(row.remote_id, row.request_count)
@@ -69,7 +70,7 @@ def collect(
         _forget(row.id)
         raise LLMPermanentError(f"the Batch API refused the batch: {state.error}")
     if all(isinstance(a, LLMError) for a in state.answers):
-        _forget(row.id)  # the next attempt of the step submits a new batch
+        _retire(row.id, key, row.remote_id)  # the next attempt of the step submits a new batch
         raise next(a for a in state.answers if isinstance(a, LLMError))  # type: ignore[misc]
     _update(
         row.id,
@@ -109,6 +110,26 @@ def _update(row_id: uuid.UUID, **values: object) -> None:
         if row is not None:
             for name, value in values.items():
                 setattr(row, name, value)
+
+
+_SPENT = "~"  # key of a retired batch: its step's key, this mark, the remote batch's id
+
+
+def _retire(row_id: uuid.UUID, key: str, remote_id: str) -> None:
+    """Keep a batch whose answers were all errors under a key of its own, so that the step's
+    retry neither reads it as its answers nor finds it again on the server by its key."""
+    _update(row_id, key=f"{key}{_SPENT}{remote_id}"[:100])
+
+
+def _spent_batches(job_id: uuid.UUID, key: str) -> set[str]:
+    with session_scope() as session:
+        return set(
+            session.scalars(
+                select(LLMBatch.remote_id).where(
+                    LLMBatch.job_id == job_id, LLMBatch.key.startswith(f"{key}{_SPENT}")
+                )
+            )
+        ) - {None}  # type: ignore[arg-type]
 
 
 def _forget(row_id: uuid.UUID) -> None:

@@ -24,8 +24,10 @@ def enqueue_round(
     claim: str | None = None,
     owner: uuid.UUID | object | None = _UNKNOWN,
     behind_bulk: bool = False,
+    retries: int = 0,
 ) -> None:
-    """`claim`: the token of a task handing its claim on this work over to the new message.
+    """`claim`: the token of a task handing its claim on this work over to the new message;
+    `retries`: the retries it had used (a Batch API poll is a new message, not a new attempt).
 
     A round is its job's critical path, and a job has at most one in the queue: it is counted in
     its key's backlog like any message, but sent at the top priority, on the round queue that
@@ -42,6 +44,7 @@ def enqueue_round(
         countdown=countdown,
         priority=counted if behind_bulk else top,
         queue=QUEUE if behind_bulk else None,  # None: the route (ROUND_QUEUE)
+        retries=retries,
     )
 
 
@@ -52,13 +55,16 @@ def enqueue_instances(
     *,
     claim: str | None = None,
     owner: uuid.UUID | object | None = _UNKNOWN,
+    retries: int = 0,
 ) -> None:
+    """`claim` and `retries` as for enqueue_round."""
     celery_app.send_task(
         INSTANCES_TASK,
         args=[str(job_id), [str(i) for i in instruction_ids]],
         kwargs={"claim": claim} if claim else None,
         countdown=countdown,
         priority=fairness.claim_priority(_owner(job_id, owner)),
+        retries=retries,
     )
 
 

@@ -148,11 +148,43 @@ def test_killed_worker_resumes_its_batches_without_paying_twice(
     data = stored(pg_url, job_id)
     assert len(set(data["accepted"])) == len(data["accepted"]) == 30  # type: ignore[arg-type]
     remote_ids = {b.remote_id for b in data["batches"]}  # type: ignore[attr-defined]
-    keys = remote_keys(batch_llm, remote_ids)
+    # A batch whose every answer failed is retired ("~" in its key) and submitted again: the
+    # retry of a step, not the same answers bought twice.
+    answered = {b.remote_id for b in data["batches"] if "~" not in b.key}  # type: ignore[attr-defined]
+    keys = remote_keys(batch_llm, answered)
     duplicates = [k for k, n in collections.Counter(keys).items() if n > 1]
     assert not duplicates
     job_batches = [b for b in batch_llm.batches.values() if b["id"] in remote_ids]
     assert len(job_batches) == len(data["batches"])  # type: ignore[arg-type]
+
+
+def test_instances_the_backend_always_fails_are_given_up_after_the_task_retries(
+    client: httpx.Client, batch_stack: ServiceStack, batch_llm: FakeLLMServer, default_seeds: Path
+) -> None:
+    """Each retry of a step on the Batch API submits a new batch and polls it; the polls must
+    not reset the retry count, or a request the backend always fails is paid for forever."""
+    # Two retries instead of the default eight keep this test short; the bound is the same code.
+    worker = batch_stack.start_worker(env={"SELFINSTRUCT_TASK_MAX_RETRIES": "2"})
+    batch_llm.config.failing_kinds = ("instances_input_first", "instances_output_first")
+    created = batch_llm.counts["batches_created"]
+    try:
+        job_id = start_job(client, default_seeds, 8, seed=6)
+        job = wait_for_status(client, job_id, timeout_s=120)
+    finally:
+        batch_llm.config.failing_kinds = ()
+        batch_stack.kill_worker(worker, sig=15)
+    assert job["status"] in ("succeeded", "failed"), batch_stack.logs()
+    assert job["progress"]["instances_accepted"] == 0  # every instance request failed
+    instance_batches = [
+        b
+        for b in list(batch_llm.batches.values())[created:]
+        if b["metadata"]["selfinstruct_key"].startswith("instances")
+    ]
+    # At most one instance task per round and 20 instructions (this stack's task size).
+    progress = job["progress"]
+    tasks = progress["rounds_completed"] * -(-progress["instructions_accepted"] // 20)
+    # The first attempt and two retries of each instance task; no more.
+    assert 0 < len(instance_batches) <= 3 * tasks, len(instance_batches)
 
 
 def test_a_refused_batch_fails_the_job_with_the_reason(

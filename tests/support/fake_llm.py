@@ -83,6 +83,8 @@ class FakeLLMConfig:
     # escapes no UTF-8 database stores) or megabytes of text, in this share of answers.
     hostile_rate: float = 0.0
     hostile_bytes: int = 3_000_000  # the size of a runaway answer
+    # Prompts of these kinds always get an HTTP 500, like a server that crashes on them.
+    failing_kinds: tuple[str, ...] = ()
 
 
 # --- vocabulary ------------------------------------------------------------------------------------
@@ -778,6 +780,10 @@ class FakeLLMServer:
                 self.counts["fault_slow"] += 1
             time.sleep(self.config.slow_s)
         fault = self._http_fault(rng)
+        if fault is None and kind in self.config.failing_kinds:
+            with self._lock:
+                self.counts["fault_5xx"] += 1
+            fault = _error(500, "upstream failure (500)")
         if fault is not None:
             return fault
         with self._lock:

@@ -33,11 +33,13 @@ class ServiceStack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
         return subprocess.Popen(
             [sys.executable, "-m", "app", *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=REPO_ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -63,9 +65,14 @@ class ServiceStack:
             time.sleep(0.2)
         raise RuntimeError(f"API not healthy after {timeout_s}s:\n{self.log_tail('api')}")
 
-    def start_worker(self, concurrency: int = 2) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, concurrency: int = 2, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """`env`: settings for this worker only, over the stack's."""
         name = f"worker{len(self.workers)}"
-        proc = self._spawn(name, "worker", f"--concurrency={concurrency}", "--loglevel=INFO")
+        proc = self._spawn(
+            name, "worker", f"--concurrency={concurrency}", "--loglevel=INFO", env=env
+        )
         self.workers.append(proc)
         return proc
 

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from app.config import get_settings
+from app.db import reset_engine, session_scope
 from app.llm.base import LLMPermanentError, LLMRequest, LLMResponse, LLMTransientError
 from app.llm.batch_api import OpenAIBatchClient
-from app.selfinstruct.options import CLASSIFY_STOP
+from app.migrate import upgrade_database
+from app.selfinstruct.options import CLASSIFY_STOP, GenerationOptions
 from app.selfinstruct.prompts import build_classification_prompt
+from app.selfinstruct.seeds import parse_seed_jsonl
+from app.services import batches
+from app.services.jobs import create_job
+from app.services.seed_sets import create_seed_set
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
 
 TASKS = [f"Sort the numbers {n}, {n + 3} and {n + 1} from smallest to largest." for n in range(6)]
@@ -97,3 +106,54 @@ def test_a_backend_without_the_batch_api_is_a_permanent_error(server: FakeLLMSer
     client = OpenAIBatchClient(base_url=server.base_url + "/nothing", api_key="k", model="m")
     with pytest.raises(LLMPermanentError, match="does not offer the Batch API"):
         client.submit(requests(), "k")
+
+
+@pytest.fixture
+def job_on_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: FakeLLMServer, default_seeds: Path
+) -> Iterator[uuid.UUID]:
+    url = f"sqlite:///{tmp_path / 'batches.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "k")
+    get_settings.cache_clear()
+    reset_engine()
+    upgrade_database(url)
+    tasks = parse_seed_jsonl(
+        default_seeds.read_bytes(), max_bytes=10**7, max_line_bytes=10**6, max_tasks=10**4
+    )
+    with session_scope() as session:
+        seed_set = create_seed_set(session, name="seeds", tasks=tasks)
+        job = create_job(session, seed_set_id=seed_set.id, num_instructions=10, options=OPTIONS)
+        created = job.id
+    yield created
+    get_settings.cache_clear()
+    reset_engine()
+
+
+OPTIONS = GenerationOptions(batch_api=True, model="fake-model")
+
+
+def collect_when_done(job_id: uuid.UUID, batch: list[LLMRequest]) -> list[object]:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return list(batches.collect(job_id, "classify", batch, OPTIONS))
+        except batches.BatchPending:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_a_batch_whose_answers_all_failed_is_submitted_again_not_found_again(
+    server: FakeLLMServer, job_on_sqlite: uuid.UUID
+) -> None:
+    """Finding a step's batch by its key saves paying twice after a crash; it must not also
+    hand a retry the same failed batch, over and over."""
+    one = requests()[:1]
+    server.config.failing_kinds = ("classify",)
+    with pytest.raises(LLMTransientError):
+        collect_when_done(job_on_sqlite, one)
+    server.config.failing_kinds = ()
+    answers = collect_when_done(job_on_sqlite, one)
+    assert [type(a) for a in answers] == [LLMResponse]
+    assert server.counts["batches_created"] == 2
