@@ -125,6 +125,7 @@ def test_worker_killed_twice_mid_round(
     fault_stack.kill_worker(worker, sig=15)
 
 
+@pytest.mark.chaos  # restarts the services every test shares: runs alone (see the Makefile)
 def test_redis_and_postgres_restarted_mid_job(
     client: httpx.Client, fault_stack: ServiceStack, pg_url: str, default_seeds: Path
 ) -> None:
