@@ -40,6 +40,13 @@ class BackendConfig(BaseModel):
     tokens_per_minute: float | None = Field(
         None, gt=0, description="Tokens (prompt + max_tokens, settled to usage) per minute."
     )
+    max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="Most requests in flight to this backend, shared by all workers; the limit "
+        "adapts below it (none: at most 1024).",
+    )
 
 
 class Settings(BaseSettings):
@@ -70,6 +77,19 @@ class Settings(BaseSettings):
     )
     llm_tokens_per_minute: float | None = Field(
         None, gt=0, description="The default backend's token limit, shared by all workers."
+    )
+    llm_max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="The default backend's cap on requests in flight, shared by all workers "
+        "(none: the adaptive limit stays at most 1024).",
+    )
+    llm_initial_concurrency: int = Field(
+        16,
+        ge=1,
+        le=65536,
+        description="Requests in flight each backend starts with before its limit adapts.",
     )
     backends: dict[str, BackendConfig] = Field(
         default_factory=dict,
@@ -120,17 +140,21 @@ class Settings(BaseSettings):
         5.0, gt=0, description="How often workers look for stalled work."
     )
     llm_concurrency: int = Field(
-        16,
+        256,
         ge=1,
         le=1024,
-        description="LLM requests one instance-generation task keeps in flight; with "
-        "instructions_per_instance_task at least as large, a worker process sustains this many.",
+        description="The most LLM requests one task keeps in flight: a cap, since each "
+        "backend's adaptive limit (shared by every worker) decides how many go out.",
     )
     batch_poll_interval_s: float = Field(
         60.0, gt=0, description="How often a job using the Batch API checks its batch."
     )
     instructions_per_instance_task: int = Field(
-        5, description="Accepted instructions handled by one instance-generation task."
+        32,
+        ge=1,
+        le=1024,
+        description="Accepted instructions handled by one instance-generation task (each "
+        "sends two requests or more: enough in flight per task to fill a large backend).",
     )
     db_pool_size: int = Field(
         10, ge=1, le=200, description="Pooled database connections per process."
@@ -198,6 +222,7 @@ class Settings(BaseSettings):
                 completion_price_per_mtok=self.completion_price_per_mtok,
                 requests_per_minute=self.llm_requests_per_minute,
                 tokens_per_minute=self.llm_tokens_per_minute,
+                max_concurrency=self.llm_max_concurrency,
             )
         return None
 

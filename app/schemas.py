@@ -134,6 +134,17 @@ class Progress(BaseModel):
     )
 
 
+class BackendLoadRead(BaseModel):
+    """What a job's LLM backend is doing now, across every job and worker that uses it."""
+
+    backend: str = Field(description="The backend's configured name.")
+    in_flight: int = Field(description="Requests in flight to it now.")
+    concurrency_limit: int = Field(
+        description="Requests it may have in flight: adapts to the latency and refusals it sees."
+    )
+    waiting: int = Field(description="Requests waiting for one of its slots.")
+
+
 class JobRead(BaseModel):
     id: uuid.UUID
     status: JobStatusName
@@ -147,6 +158,9 @@ class JobRead(BaseModel):
     )
     rerun_of: uuid.UUID | None = Field(None, description="The job this one repeats, if a rerun.")
     progress: Progress
+    backend_load: BackendLoadRead | None = Field(
+        None, description="The load of the job's LLM backend, while the job runs."
+    )
     error: str | None = None
     stopped_reason: str | None = None
     created_at: datetime

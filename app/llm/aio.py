@@ -9,6 +9,8 @@ thread does not survive `fork`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import os
 import threading
 from collections.abc import Coroutine
@@ -43,7 +45,11 @@ def background_loop() -> asyncio.AbstractEventLoop:
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` on the background loop and wait for its result (from any other thread)."""
+    """Run `coro` on the background loop and wait for its result (from any other thread).
+
+    The coroutine runs in a copy of the caller's context, so context variables set by the
+    caller (the job id that logs and the concurrency gates use) are seen inside it:
+    `asyncio.run_coroutine_threadsafe` would run it in the loop thread's context instead."""
     loop = background_loop()
     try:
         running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
@@ -52,4 +58,43 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     if running is loop:
         coro.close()
         raise RuntimeError("run_sync called from the LLM loop itself; await instead")
-    return asyncio.run_coroutine_threadsafe(coro, loop).result()
+    return _submit(coro, loop, contextvars.copy_context()).result()
+
+
+def _submit(
+    coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop, context: contextvars.Context
+) -> concurrent.futures.Future[T]:
+    """Like `asyncio.run_coroutine_threadsafe`, with the task running in `context`."""
+    result: concurrent.futures.Future[T] = concurrent.futures.Future()
+    task: asyncio.Task[T] | None = None
+
+    def copy_outcome(done: asyncio.Task[T]) -> None:
+        if done.cancelled():
+            result.cancel()
+        elif not result.set_running_or_notify_cancel():
+            return
+        elif (exc := done.exception()) is not None:
+            result.set_exception(exc)
+        else:
+            result.set_result(done.result())
+
+    def start() -> None:
+        nonlocal task
+        if result.cancelled():
+            coro.close()
+            return
+        try:
+            task = loop.create_task(coro, context=context)
+        except BaseException as exc:
+            if result.set_running_or_notify_cancel():
+                result.set_exception(exc)
+            raise
+        task.add_done_callback(copy_outcome)
+
+    def cancel_task(done: concurrent.futures.Future[T]) -> None:
+        if done.cancelled():
+            loop.call_soon_threadsafe(lambda: task is not None and task.cancel())
+
+    result.add_done_callback(cancel_task)
+    loop.call_soon_threadsafe(start)
+    return result

@@ -12,6 +12,10 @@ backoff and jitter, honouring Retry-After. What is left after them is sorted int
 (retry the task later) and permanent (fail the job) errors. Their messages end up in jobs'
 `error`, which tenants read, so they name the backend by its configured name: its URL and key
 are server configuration and are scrubbed from whatever the server or the network said.
+
+Each attempt of a completion holds a slot of its backend's concurrency gate (`concurrency.py`)
+while it is out, and reports its latency, or an overload (429, 503, timeout), when it is back:
+the number in flight adapts to what the server sustains, across every worker process.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from tenacity import (
 )
 
 from app.config import DEFAULT_BACKEND, Settings
+from app.llm.adaptive import Outcome
 from app.llm.aio import background_loop, run_sync
 from app.llm.base import (
     LLMClient,
@@ -49,7 +54,9 @@ from app.llm.base import (
     LLMResponse,
     LLMTransientError,
 )
+from app.llm.concurrency import ConcurrencyGate, gate_for
 from app.llm.rate_limit import Limits, RateLimiter, estimate_tokens, limiter_for
+from app.logs import current_job_id
 from app.selfinstruct.options import GenerationOptions
 
 Endpoint = Literal["completions", "chat"]
@@ -60,6 +67,8 @@ _URL_LIKE = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
 _RETRY_STATUSES = frozenset({408, 409, 425, 429})
 _MAX_RETRY_AFTER_S = 60.0
 _MAX_BACKOFF_S = 8.0
+_OVERLOAD_STATUSES = frozenset({429, 503})  # with timeouts: the server has too much to do
+_SLOT_MARGIN_S = 30.0  # a slot outlives the request timeout by this much, then expires
 
 
 class HTTPStatusError(Exception):
@@ -122,10 +131,12 @@ class OpenAICompatClient:
         max_retries: int = 4,
         limiter: RateLimiter | None = None,
         backend: str = DEFAULT_BACKEND,
+        gate: ConcurrencyGate | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.backend = backend
         self.limiter = limiter
+        self.gate = gate
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.max_retries = max_retries
@@ -272,8 +283,34 @@ class OpenAICompatClient:
     async def _send(
         self, method: str, path: str, payload: bytes | None, cost: int | None = None
     ) -> dict[str, Any]:
+        """One attempt. A completion (POST) holds a slot of the backend's concurrency gate
+        while it is out and reports how it went; the model listing does not."""
         if cost is not None and self.limiter is not None:
             await self.limiter.acquire(cost)
+        if self.gate is None or method != "POST":
+            raw = await self._exchange(method, path, payload)
+        else:
+            slot = await self.gate.acquire(current_job_id.get())
+            started = time.perf_counter()
+            outcome: Outcome = "error"
+            try:
+                raw = await self._exchange(method, path, payload)
+                outcome = "ok"
+            except HTTPStatusError as exc:
+                outcome = "overload" if exc.status in _OVERLOAD_STATUSES else "error"
+                raise
+            except TimeoutError:
+                outcome = "overload"
+                raise
+            finally:
+                await self.gate.release(slot, time.perf_counter() - started, outcome)
+        reply = json.loads(raw)
+        if not isinstance(reply, dict):
+            raise ValueError("the answer is not a JSON object")
+        return reply
+
+    async def _exchange(self, method: str, path: str, payload: bytes | None) -> bytes:
+        """The HTTP exchange: the answer's body, or HTTPStatusError for a non-2xx status."""
         session = await self._http()
         async with session.request(method, self.base_url + path, data=payload) as response:
             raw = await response.read()
@@ -283,10 +320,7 @@ class OpenAICompatClient:
                     _short_detail(raw),
                     _retry_after(response.headers.get("retry-after")),
                 )
-        reply = json.loads(raw)
-        if not isinstance(reply, dict):
-            raise ValueError("the answer is not a JSON object")
-        return reply
+        return raw
 
     async def _http(self) -> aiohttp.ClientSession:
         state, loop = self._http_state, asyncio.get_running_loop()
@@ -435,12 +469,20 @@ def build_llm_client(settings: Settings, options: GenerationOptions) -> LLMClien
         limiter=limiter_for(
             options.backend or DEFAULT_BACKEND,
             Limits(backend.requests_per_minute, backend.tokens_per_minute),
-            _shared_redis_url(settings),
+            shared_redis_url(settings),
+        ),
+        gate=gate_for(
+            options.backend or DEFAULT_BACKEND,
+            backend.max_concurrency,
+            shared_redis_url(settings),
+            initial=settings.llm_initial_concurrency,
+            slot_ttl_s=settings.llm_timeout_s + _SLOT_MARGIN_S,
         ),
     )
 
 
-def _shared_redis_url(settings: Settings) -> str | None:
-    """Rate-limit buckets go to the Redis broker when there is one, else stay in the process."""
+def shared_redis_url(settings: Settings) -> str | None:
+    """Rate-limit buckets and concurrency slots go to the Redis broker when there is one, else
+    stay in the process."""
     url = settings.celery_broker_url
     return url if url and url.startswith(("redis://", "rediss://", "unix://")) else None

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
-from app.config import get_settings
+from app.config import DEFAULT_BACKEND, get_settings
 from app.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from app.models import (
     Instance,
@@ -24,9 +24,10 @@ from app.models import (
     JobSummary,
     LLMCall,
 )
-from app.schemas import JobRead, Progress
+from app.schemas import BackendLoadRead, JobRead, Progress
 from app.selfinstruct.options import GenerationOptions, judge_options
 from app.selfinstruct.reproducibility import template_version
+from app.services.backend_load import current_loads
 from app.services.balance import balance_progress, mix_so_far
 from app.services.keys import ANYONE, Caller
 from app.services.seed_sets import get_seed_set, load_seed_tasks
@@ -325,6 +326,21 @@ def _summed(rows: Iterable[tuple[bool, str | None, int]]) -> list[tuple[bool, st
     return [(ok, reason, n) for (ok, reason), n in totals.items()]
 
 
+def _backend_load(job: Job, options: GenerationOptions) -> BackendLoadRead | None:
+    if job.status != JobStatus.RUNNING or options.batch_api:
+        return None
+    name = options.backend or DEFAULT_BACKEND
+    load = current_loads().get(name)
+    if load is None:
+        return None
+    return BackendLoadRead(
+        backend=name,
+        in_flight=load.in_flight,
+        concurrency_limit=load.limit,
+        waiting=load.waiting,
+    )
+
+
 def job_read(session: Session, job: Job) -> JobRead:
     options = GenerationOptions.model_validate(job.options)
     return JobRead(
@@ -338,6 +354,7 @@ def job_read(session: Session, job: Job) -> JobRead:
         template_version=job.template_version,
         rerun_of=job.rerun_of_id,
         progress=job_progress(session, job, options),
+        backend_load=_backend_load(job, options),
         error=job.error,
         stopped_reason=job.stopped_reason,
         created_at=job.created_at,

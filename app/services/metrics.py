@@ -24,6 +24,7 @@ from sqlalchemy import case, func, select
 
 from app.db import session_scope
 from app.models import Instance, Instruction, Job, LLMCall
+from app.services.backend_load import current_loads
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class PipelineCollector(Collector):
             except Exception:  # the broker is down: say so by leaving the gauge empty
                 log.warning("queue depth unavailable", exc_info=True)
             yield depth
+        yield from _backend_loads()
         yield GaugeMetricFamily(
             "selfinstruct_metrics_collect_seconds",
             "Time this scrape spent reading the database and broker.",
@@ -124,6 +126,34 @@ def _llm(session) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
     yield requests
     yield tokens
     yield latency
+
+
+def _backend_loads() -> Iterator[Metric]:
+    """Each LLM backend's requests in flight, concurrency limit and waiting requests, as every
+    worker's gate shares them."""
+    families = {
+        "in_flight": GaugeMetricFamily(
+            "selfinstruct_llm_in_flight", "LLM requests in flight.", labels=["backend"]
+        ),
+        "limit": GaugeMetricFamily(
+            "selfinstruct_llm_concurrency_limit",
+            "Requests an LLM backend may have in flight (adaptive).",
+            labels=["backend"],
+        ),
+        "waiting": GaugeMetricFamily(
+            "selfinstruct_llm_waiting", "LLM requests waiting for a slot.", labels=["backend"]
+        ),
+    }
+    try:
+        loads = current_loads()
+    except Exception:  # Redis is down: leave the gauges empty, as for the queue depth
+        log.warning("LLM backend loads unavailable", exc_info=True)
+        loads = {}
+    for name, load in loads.items():
+        families["in_flight"].add_metric([name], load.in_flight)
+        families["limit"].add_metric([name], load.limit)
+        families["waiting"].add_metric([name], load.waiting)
+    yield from families.values()
 
 
 def build_registry(

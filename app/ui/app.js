@@ -167,6 +167,9 @@ function drawHead(box, job) {
       el("span", { id: "job-accepted" }, `${p.instructions_accepted} / ${job.num_instructions}`),
       ` instructions accepted; ${p.instances_accepted} examples; ${p.llm_requests} LLM requests; `,
       `${p.prompt_tokens + p.completion_tokens} tokens; rounds ${p.rounds_completed}`),
+    job.backend_load ? el("p", { id: "backend-load", class: "muted" },
+      `Backend ${job.backend_load.backend}: ${job.backend_load.in_flight} requests in flight of a limit of `,
+      `${job.backend_load.concurrency_limit}, ${job.backend_load.waiting} waiting (all jobs)`) : null,
     job.error ? el("p", { class: "error" }, job.error) : null,
     el("div", { class: "toolbar" },
       el("button", { id: "cancel-button", disabled: finished ? "" : null, onclick: async () => {

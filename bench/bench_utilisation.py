@@ -1,0 +1,255 @@
+"""How much of a backend one job keeps busy: a server that serves at most C requests at once.
+
+    eval "$(bash scripts/test-services.sh)"
+    python bench/bench_utilisation.py --slots 8,32,128 --latency 0.2,1 --instructions 300
+    python bench/bench_utilisation.py --slots 64 --latency 0.2 --refuse-above 40   # a 429 server
+
+The server is a process of its own (a bare ASGI app on uvicorn) that serves at most C completion
+requests at once and queues the rest, as vLLM does; each takes a latency drawn from a lognormal
+distribution with median L (sigma 0.5: generation lengths vary), and the server records when each
+request held a slot. With `--refuse-above K` it instead answers 429 at once to any request that
+arrives while K are being served, without announcing K anywhere.
+
+The job runs on the real stack (PostgreSQL, Redis, the API and two `selfinstruct worker`
+processes with their default pool), with default settings unless `--env NAME=VALUE` says
+otherwise. Utilisation = busy slot-seconds / (C x wall), over the whole job (submission to
+finish) and over its middle 60 %; both are measured by the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_REDIS_DB = 15  # tests use db 1 + their xdist worker number; never share their queues
+sys.path.insert(0, str(ROOT))
+SIGMA = 0.5  # lognormal spread: p90 is about 1.9 x the median, p99 about 3.2 x
+
+
+# --- the server (its own process) ------------------------------------------------------------------
+
+
+def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed: int) -> None:
+    import uvicorn
+
+    from tests.support.fake_llm import answer_for, apply_limits, prompt_kind
+
+    rng = random.Random(seed)
+    gate = asyncio.Semaphore(slots)
+    busy: list[tuple[float, float]] = []  # (slot taken, slot given back), monotonic seconds
+    counts = {"requests": 0, "refused": 0, "serving": 0, "peak_waiting": 0, "waiting": 0}
+
+    def reply(body: dict[str, Any], chat: bool) -> dict[str, Any]:
+        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
+        text = answer_for(prompt, prompt_kind(prompt), random.Random(f"{prompt}:{rng.random()}"))
+        stop = body.get("stop") or []
+        text, finish = apply_limits(
+            text, [stop] if isinstance(stop, str) else stop, int(body.get("max_tokens") or 16)
+        )
+        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split())}
+        item: dict[str, Any] = (
+            {"message": {"role": "assistant", "content": text}}
+            if chat
+            else {"text": text, "logprobs": None}
+        )
+        item.update(index=0, finish_reason=finish)
+        return {"id": "x", "object": "text_completion", "created": 0, "model": "bench",
+                "choices": [item], "usage": usage}  # fmt: skip
+
+    async def complete(body: dict[str, Any], chat: bool) -> tuple[int, dict[str, Any]]:
+        counts["requests"] += 1
+        if refuse_above is not None and counts["serving"] >= refuse_above:
+            counts["refused"] += 1
+            return 429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}}
+        counts["waiting"] += 1
+        counts["peak_waiting"] = max(counts["peak_waiting"], counts["waiting"])
+        async with gate:
+            counts["waiting"] -= 1
+            counts["serving"] += 1
+            taken = time.monotonic()
+            try:
+                await asyncio.sleep(median_s * math.exp(rng.gauss(0.0, SIGMA)))
+            finally:
+                counts["serving"] -= 1
+                busy.append((taken, time.monotonic()))
+        return 200, reply(body, chat)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        path, status = scope["path"], 200
+        if path == "/v1/models":
+            answer: Any = {"object": "list", "data": [{"id": "bench", "object": "model"}]}
+        elif path == "/stats":
+            answer = {"now": time.monotonic(), "busy": busy, **counts}
+        else:
+            body = json.loads(b"".join(chunks))
+            status, answer = await complete(body, chat=path.endswith("/chat/completions"))
+        data = json.dumps(answer).encode()
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(data)).encode())]  # fmt: skip
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=8192,
+                access_log=False)  # fmt: skip
+
+
+class SlotServer:
+    def __init__(self, slots: int, median_s: float, refuse_above: int | None = None) -> None:
+        from app.apiserver import free_port
+
+        self.slots = slots
+        self.port = free_port()
+        command = [sys.executable, __file__, "--serve", str(self.port), "--slots", str(slots),
+                   "--latency", str(median_s)]  # fmt: skip
+        if refuse_above is not None:
+            command += ["--refuse-above", str(refuse_above)]
+        self.proc = subprocess.Popen(command, cwd=ROOT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{self.base_url}/models", timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("slot server did not start")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(f"http://127.0.0.1:{self.port}/stats", timeout=30).json()
+
+    def now(self) -> float:
+        return float(self.stats()["now"])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def utilisation(busy: list[list[float]], slots: int, start: float, end: float) -> float:
+    """Busy slot-seconds within [start, end] over slots x (end - start)."""
+    held = sum(max(0.0, min(b, end) - max(a, start)) for a, b in busy)
+    return held / (slots * (end - start)) if end > start else 0.0
+
+
+# --- one run on the real stack ---------------------------------------------------------------------
+
+
+def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
+            env_extra: dict[str, str], jobs: int = 1) -> dict[str, Any]:  # fmt: skip
+    import redis
+
+    from app.migrate import upgrade_database
+    from tests.support import services
+    from tests.support.stack import ServiceStack, wait_for_status
+
+    admin, redis_url = services.postgres_admin_url(), services.redis_url(BENCH_REDIS_DB)
+    if admin is None or redis_url is None:
+        raise SystemExit("set TEST_DATABASE_URL and TEST_REDIS_URL (scripts/test-services.sh)")
+    name = services.unique_db_name()
+    url = services.create_database(admin, name)
+    redis.Redis.from_url(redis_url).flushdb()
+    upgrade_database(url)
+    env = {"DATABASE_URL": url, "CELERY_BROKER_URL": redis_url,
+           "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "x",
+           "SELFINSTRUCT_AUTH": "off", **env_extra}  # fmt: skip
+    seeds = ROOT / "app" / "data" / "seed_tasks.jsonl"
+    with ServiceStack(env, Path(tempfile.mkdtemp()) / "logs") as stack:
+        stack.start_api()
+        for _ in range(2):
+            stack.start_worker()  # the CLI's default pool
+        time.sleep(3)  # workers connect to the broker
+        with stack.client(None) as api:
+            with seeds.open("rb") as fh:
+                seed_set = api.post("/v1/seed-sets", files={"file": ("s.jsonl", fh)}).json()
+            start = server.now()
+            ids = [
+                api.post("/v1/jobs", json={"seed_set_id": seed_set["id"],
+                                           "num_instructions": instructions,
+                                           "options": {"seed": 3 + n, **options}}).json()["id"]
+                for n in range(jobs)
+            ]  # fmt: skip
+            finished = [wait_for_status(api, i, timeout_s=3600) for i in ids]
+            end = server.now()
+            loads = (
+                api.get("/v1/backends").json()
+                if "/v1/backends" in api.get("/openapi.json").text
+                else None
+            )
+    services.drop_database(admin, name)
+    stats = server.stats()
+    wall = end - start
+    middle = (start + 0.2 * wall, start + 0.8 * wall)
+    return {
+        "status": [j["status"] for j in finished],
+        "wall_s": wall,
+        "whole": utilisation(stats["busy"], server.slots, start, end),
+        "middle": utilisation(stats["busy"], server.slots, *middle),
+        "requests": stats["requests"],
+        "refused": stats["refused"],
+        "peak_waiting": stats["peak_waiting"],
+        "accepted": sum(j["progress"]["instructions_accepted"] for j in finished),
+        "backends": loads,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slots", default="8,32,128")
+    parser.add_argument("--latency", default="0.2,1")
+    parser.add_argument("--instructions", type=int, default=300)
+    parser.add_argument("--mode", default="paper")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--refuse-above", type=int, default=None)
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the stack")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, int(args.slots), float(args.latency), args.refuse_above, seed=1)
+        return
+    env_extra = dict(item.split("=", 1) for item in args.env)
+    print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs; mode {args.mode}, "
+          f"{args.instructions} instructions x {args.jobs} job(s); env {env_extra or 'defaults'}")  # fmt: skip
+    print("\n| C | L | wall s | whole job | middle 60 % | requests | 429s | peak queued |")
+    print("|---|---|---|---|---|---|---|---|")
+    for latency in (float(x) for x in args.latency.split(",")):
+        for slots in (int(x) for x in args.slots.split(",")):
+            server = SlotServer(slots, latency, args.refuse_above)
+            try:
+                result = run_job(server, args.instructions, {"mode": args.mode}, env_extra,
+                                 args.jobs)  # fmt: skip
+            finally:
+                server.stop()
+            print(f"| {slots} | {latency:g} s | {result['wall_s']:.0f} | {result['whole']:.2f} | "
+                  f"{result['middle']:.2f} | {result['requests']} | {result['refused']} | "
+                  f"{result['peak_waiting']} |", flush=True)  # fmt: skip
+            if result["backends"]:
+                print(f"<!-- backends at the end: {result['backends']} -->")
+
+
+if __name__ == "__main__":
+    main()
