@@ -226,21 +226,25 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--refuse-above", type=int, default=None)
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the stack")
+    parser.add_argument("--option", action="append", default=[], help="NAME=JSON, a job option")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, int(args.slots), float(args.latency), args.refuse_above, seed=1)
         return
     env_extra = dict(item.split("=", 1) for item in args.env)
+    options = {"mode": args.mode}
+    options.update({k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)})
     print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs; mode {args.mode}, "
-          f"{args.instructions} instructions x {args.jobs} job(s); env {env_extra or 'defaults'}")  # fmt: skip
+          f"{args.instructions} instructions x {args.jobs} job(s); env {env_extra or 'defaults'}; "
+          f"options {options}")  # fmt: skip
     print("\n| C | L | wall s | whole job | middle 60 % | requests | 429s | peak queued |")
     print("|---|---|---|---|---|---|---|---|")
     for latency in (float(x) for x in args.latency.split(",")):
         for slots in (int(x) for x in args.slots.split(",")):
             server = SlotServer(slots, latency, args.refuse_above)
             try:
-                result = run_job(server, args.instructions, {"mode": args.mode}, env_extra,
+                result = run_job(server, args.instructions, options, env_extra,
                                  args.jobs)  # fmt: skip
             finally:
                 server.stop()

@@ -24,7 +24,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from app.config import get_settings
 from app.llm.base import LLMPermanentError, LLMTransientError
 from app.logs import current_job_id
-from app.services import leases, mixtures, pipeline, sweeper
+from app.services import leases, mixtures, pipeline, round_driver, sweeper
 from app.services.batches import BatchPending
 from app.services.llm import llm_for
 from app.services.queue import enqueue_instances, enqueue_round
@@ -56,7 +56,9 @@ def run_round(self: Task, job_id: str, round_no: int, claim: str | None = None) 
     jid = uuid.UUID(job_id)
     with leases.holding(jid, claim) as hold:
         try:
-            result = pipeline.run_round(jid, round_no, llm_for, hold)
+            result = round_driver.run_rounds(
+                jid, round_no, llm_for, hold, lambda batches: _send_instances(jid, batches)
+            )
         except BatchPending as pending:  # a poll: a new message that keeps the retry count
             token = hold.hand_over(pending.poll_after_s)
             enqueue_round(
@@ -83,11 +85,16 @@ def run_round(self: Task, job_id: str, round_no: int, claim: str | None = None) 
             raise _retry(self, hold, exc, _backoff(self.request.retries)) from exc
         except DATABASE_ERRORS as exc:
             raise _retry(self, hold, exc, _backoff(min(self.request.retries, 4))) from exc
-    for batch in result.instance_batches:
-        enqueue_instances(jid, batch)
+    _send_instances(jid, result.instance_batches)
     if result.next_round is not None:
         enqueue_round(jid, result.next_round, behind_bulk=result.next_round_after_instances)
     pipeline.finalize_if_complete(jid)
+
+
+def _send_instances(job_id: uuid.UUID, batches: list[list[uuid.UUID]]) -> None:
+    """Steps 2 and 3 for a stored round's accepted instructions (already committed)."""
+    for batch in batches:
+        enqueue_instances(job_id, batch)
 
 
 @celery_app.task(name=INSTANCES_TASK, bind=True, max_retries=None)

@@ -186,6 +186,15 @@ class GenerationOptions(JsonNumbers):
         2, ge=0, le=32, description="How many of them come from accepted machine instructions."
     )
     requests_per_round: int = Field(5, ge=1, le=64, description="Concurrent prompts per round.")
+    rounds_in_flight: int = Field(
+        4,
+        ge=1,
+        le=32,
+        description="Rounds of step 1 sent before the oldest is back. Round r's prompts show "
+        "machine instructions accepted up to round r - rounds_in_flight, and rounds are "
+        "accepted in order, so a rerun repeats the job whatever the timing; 1 is the paper's "
+        "loop (each round sees every earlier one). The Batch API and balanced jobs use 1.",
+    )
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.5, ge=0.0, le=1.0)
     presence_penalty: float = Field(2.0, ge=-2.0, le=2.0)

@@ -8,6 +8,7 @@ short transactions around the slow LLM calls, never across them.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hashlib
 import logging
 import random
@@ -194,16 +195,28 @@ class _JobIndex:
     index: RougeLIndex
     machine_texts: list[str]
     verbs: Counter[str] | None  # accepted instructions per root verb, when the job caps them
+    text_rounds: list[int] = field(default_factory=list)  # the round of each machine text
+
+    def add(self, rows: Sequence[tuple[int, str]]) -> None:
+        self.machine_texts.extend(text for _, text in rows)
+        self.text_rounds.extend(round_no for round_no, _ in rows)
+
+    def pool_through(self, round_no: int) -> list[str]:
+        """The machine instructions accepted in rounds up to `round_no`, in pool order."""
+        return self.machine_texts[: bisect.bisect_right(self.text_rounds, round_no)]
 
 
 _indexes: dict[uuid.UUID, _JobIndex] = {}
 
 
-def _accepted_texts(session: Session, job_id: uuid.UUID, after_round: int = 0) -> list[str]:
-    """Accepted instruction texts in pool order (round, then slot), from `after_round` + 1 on."""
+def _accepted_texts(
+    session: Session, job_id: uuid.UUID, after_round: int = 0
+) -> list[tuple[int, str]]:
+    """Accepted instructions (round, text) in pool order (round, then slot), from `after_round`
+    + 1 on."""
     return list(
-        session.scalars(
-            select(Instruction.text)
+        session.execute(  # rows unpack as (round, text)
+            select(Instruction.round, Instruction.text)
             .where(
                 Instruction.job_id == job_id,
                 Instruction.accepted.is_(True),
@@ -212,7 +225,7 @@ def _accepted_texts(session: Session, job_id: uuid.UUID, after_round: int = 0) -
             )
             .order_by(Instruction.round, Instruction.slot)
         )
-    )
+    )  # type: ignore[arg-type]
 
 
 def _job_index(
@@ -221,19 +234,21 @@ def _job_index(
     cached = _indexes.get(job.id)
     if cached is not None and cached.rounds_completed <= job.rounds_completed:
         missed = _accepted_texts(session, job.id, after_round=cached.rounds_completed)
-        for text in missed:
+        for _, text in missed:
             cached.index.add(text)
-        cached.machine_texts.extend(missed)
+        cached.add(missed)
         if cached.verbs is not None:
-            cached.verbs.update(count_verbs(missed))
+            cached.verbs.update(count_verbs([text for _, text in missed]))
         cached.rounds_completed = job.rounds_completed
         return cached
-    machine = _accepted_texts(session, job.id)
+    rows = _accepted_texts(session, job.id)
+    machine = [text for _, text in rows]
     tokenizer = TOKENIZERS[options.dedupe_tokenizer]
     index = RougeLIndex([*seed_texts, *machine], tokenizer=tokenizer)
     capped = options.balance is not None and options.balance.max_per_verb is not None
     verbs = count_verbs(machine) if capped else None
-    cached = _JobIndex(job.rounds_completed, index, machine, verbs)
+    cached = _JobIndex(job.rounds_completed, index, [], verbs)
+    cached.add(rows)
     _indexes[job.id] = cached
     return cached
 
@@ -253,8 +268,33 @@ def run_round(
     if hold is None:
         with leases.holding(job_id) as own:
             return run_round(job_id, round_no, llm_factory, own)
-    if not _start_round(job_id, round_no, hold):
+    if not start_round(job_id, round_no, hold):
         return RoundResult()
+    planned = prepare_round(job_id, round_no)
+    if isinstance(planned, RoundResult):
+        return planned
+    if planned.options.batch_api:
+        answers = batches.collect(job_id, f"round {round_no}", planned.requests, planned.options)
+        records = _records(answers, planned.requests, "instructions", round_no)
+    else:
+        records = send_round(llm_factory, planned)
+    return finish_round(job_id, planned, records, llm_factory)
+
+
+@dataclass
+class PlannedRound:
+    """A round's requests, decided before they are sent (see `prepare_round`)."""
+
+    round_no: int
+    options: GenerationOptions
+    requests: list[LLMRequest]
+    dedupe_s: float
+
+
+def prepare_round(job_id: uuid.UUID, round_no: int) -> PlannedRound | RoundResult:
+    """The round's prompts: seeds and the machine instructions accepted up to round
+    `round_no - rounds_in_flight`, drawn with the round's own RNG, so that a round's requests
+    are the same whenever (and in whichever task) it is planned."""
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None or JobStatus(job.status).finished:
@@ -267,16 +307,13 @@ def run_round(
         dedupe_started = time.perf_counter()
         state = _job_index(session, job, seed_texts, options)
         dedupe_s = time.perf_counter() - dedupe_started
-        remaining = job.num_instructions - len(state.machine_texts)
         rng = random.Random(f"{job.rng_seed}:{round_no}")
-        batched = options.mode == "batched"
-        unnatural = options.mode == "unnatural"
-        if batched:
+        if options.mode == "batched":
             shown = (
                 [s for s in seeds if s.is_classification] if options.classification_only else seeds
             )
             prompts = plan_batched_round(shown, options, rng)
-        elif unnatural:
+        elif options.mode == "unnatural":
             prompts = plan_unnatural_round(seeds, options, rng)
         else:
             shown = prompt_seeds(seeds, options)
@@ -285,10 +322,8 @@ def run_round(
                 if options.balance is not None
                 else None
             )
-            prompts = plan_round(
-                [s.instruction for s in shown], state.machine_texts, options, rng, weights
-            )
-
+            pool = state.pool_through(round_no - rounds_in_flight(options))
+            prompts = plan_round([s.instruction for s in shown], pool, options, rng, weights)
     requests = [
         LLMRequest(
             prompt=p,
@@ -301,15 +336,48 @@ def run_round(
         )
         for p in prompts
     ]
-    if options.batch_api:
-        answers = batches.collect(job_id, f"round {round_no}", requests, options)
-        records = _records(answers, requests, "instructions", round_no)
-    else:
-        records = _calls(llm_factory(options), requests, "instructions", round_no, len(requests))
+    return PlannedRound(round_no, options, requests, dedupe_s)
+
+
+def rounds_in_flight(options: GenerationOptions) -> int:
+    """How many rounds a job keeps in flight: its option, but 1 where the next round depends on
+    more than the accepted pool (balance steering reads the instances of earlier rounds) or
+    where a round waits for a Batch API batch anyway."""
+    if options.batch_api or options.balance is not None:
+        return 1
+    return options.rounds_in_flight
+
+
+def send_round(llm_factory: LLMFactory, planned: PlannedRound) -> list[_CallRecord]:
+    requests = planned.requests
+    return _calls(
+        llm_factory(planned.options), requests, "instructions", planned.round_no, len(requests)
+    )
+
+
+def finish_round(
+    job_id: uuid.UUID,
+    planned: PlannedRound,
+    records: list[_CallRecord],
+    llm_factory: LLMFactory,
+    hold_next: leases.Hold | None = None,
+) -> RoundResult:
+    """Judge, filter and store a round's answers against everything accepted before it.
+    `hold_next`: the task already sends the next round, so its claim passes to it at commit."""
+    round_no, options = planned.round_no, planned.options
     answered = [r for r in records if r.response is not None]
     if not answered:
         _record_calls(job_id, records)
         raise LLMTransientError(records[0].error or "no LLM response in this round")
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None or JobStatus(job.status).finished:
+            return RoundResult(finished=True)
+        seeds = load_seed_tasks(session, job.seed_set_id)
+        dedupe_started = time.perf_counter()
+        state = _job_index(session, job, [s.instruction for s in seeds], options)
+        remaining = job.num_instructions - len(state.machine_texts)
+    dedupe_s = planned.dedupe_s + time.perf_counter() - dedupe_started
 
     completions = [Completion(r.response.text, r.response.finish_reason) for r in answered]  # type: ignore[union-attr]
     verdicts: dict[str, InstructionVerdict] = {}
@@ -323,9 +391,9 @@ def run_round(
             _record_calls(job_id, records)
             raise LLMTransientError("the instruction judge did not answer; the round is retried")
     dedupe_started = time.perf_counter()
-    if batched:
+    if options.mode == "batched":
         outcome = accept_batched_round(completions, state.index, options, remaining=remaining)
-    elif unnatural:
+    elif options.mode == "unnatural":
         outcome = accept_unnatural_round(completions, state.index, options, remaining=remaining)
     else:
         outcome = accept_round(
@@ -338,7 +406,9 @@ def run_round(
         )
     dedupe_s += time.perf_counter() - dedupe_started
     try:
-        result = _commit_round(job_id, round_no, outcome.decisions, records, options, dedupe_s)
+        result = _commit_round(
+            job_id, round_no, outcome.decisions, records, options, dedupe_s, hold_next
+        )
     except BaseException:
         forget_job_index(job_id)  # the index already holds this round's texts
         raise
@@ -353,7 +423,7 @@ def run_round(
     return result
 
 
-def _start_round(job_id: uuid.UUID, round_no: int, hold: leases.Hold) -> bool:
+def start_round(job_id: uuid.UUID, round_no: int, hold: leases.Hold) -> bool:
     """Claim the round for this task, in a transaction of its own (the job row stays free for
     the job's other tasks while the round is planned); False when there is nothing to do."""
     with session_scope() as session:
@@ -432,6 +502,7 @@ def _commit_round(
     records: Sequence[_CallRecord],
     options: GenerationOptions,
     dedupe_s: float,
+    hold_next: leases.Hold | None = None,
 ) -> RoundResult:
     with session_scope() as session:
         job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
@@ -474,7 +545,10 @@ def _commit_round(
         session.add_all(r.row(job_id) for r in records)
         new_accepted = [row for row in rows if row.accepted]
         job.heartbeat_at = datetime.now(UTC)
-        job.round_claim_token = job.round_claimed_until = job.round_claimed_by = None
+        if hold_next is None:
+            job.round_claim_token = job.round_claimed_until = job.round_claimed_by = None
+        else:  # the same task holds the next round (already sent): nobody may send it again
+            job.round_claimed_until = datetime.now(UTC) + leases.lease()
         if any(r.response is not None for r in records):
             job.llm_unavailable_since = None
         job.rounds_completed = round_no
@@ -502,7 +576,7 @@ def _commit_round(
         cached = _indexes.get(job_id)
         if cached is not None:  # run_round forgets it if this transaction fails to commit
             cached.rounds_completed = round_no
-            cached.machine_texts.extend(r.text for r in new_accepted)
+            cached.add([(round_no, r.text) for r in new_accepted])
         result = _after_round(job, round_no)
         result.next_round_after_instances = steers_on_instances(options.balance)
         pending = [r.id for r in new_accepted if r.instances_state == InstancesState.PENDING]

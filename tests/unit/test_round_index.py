@@ -56,7 +56,7 @@ def _pool(job_id: object) -> list[str]:
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        return pipeline._accepted_texts(session, job.id)
+        return [text for _, text in pipeline._accepted_texts(session, job.id)]
 
 
 def test_a_stale_index_adds_only_the_rounds_it_missed(job_id: object) -> None:
@@ -75,6 +75,7 @@ def test_a_stale_index_adds_only_the_rounds_it_missed(job_id: object) -> None:
         caught_up = pipeline._job_index(session, job, [], options)  # type: ignore[arg-type]
     assert caught_up is stale and caught_up.rounds_completed == 3
     assert caught_up.machine_texts == current.machine_texts == _pool(job_id)
+    assert caught_up.text_rounds == current.text_rounds  # what each round's prompts may show
     assert len(caught_up.index) == len(current.index)
     assert [caught_up.index.text(i) for i in range(len(current.index))] == [
         current.index.text(i) for i in range(len(current.index))
