@@ -101,7 +101,7 @@ class RoundResult:
 
 
 @dataclass
-class _CallRecord:
+class CallRecord:
     purpose: str
     round: int | None
     response: LLMResponse | None
@@ -151,7 +151,7 @@ def _calls(
     purpose: str,
     round_no: int | None,
     concurrency: int,
-) -> list[_CallRecord]:
+) -> list[CallRecord]:
     """Send the requests together; transient failures become records, a permanent one raises."""
     return _records(llm.complete_many(requests, concurrency), requests, purpose, round_no)
 
@@ -161,18 +161,18 @@ def _records(
     requests: Sequence[LLMRequest],
     purpose: str,
     round_no: int | None,
-) -> list[_CallRecord]:
+) -> list[CallRecord]:
     records = []
     for answer, request in zip(answers, requests, strict=True):
         digest = prompt_sha256(request.prompt)
         if isinstance(answer, LLMResponse):
             cleaned = _cleaned(answer, request)
-            records.append(_CallRecord(purpose, round_no, cleaned, prompt_sha256=digest))
+            records.append(CallRecord(purpose, round_no, cleaned, prompt_sha256=digest))
             continue
         if not isinstance(answer, LLMTransientError):
             raise answer
         records.append(
-            _CallRecord(purpose, round_no, None, _error_text(answer), answer.latency_s, digest)
+            CallRecord(purpose, round_no, None, _error_text(answer), answer.latency_s, digest)
         )
     return records
 
@@ -273,12 +273,18 @@ def run_round(
     planned = prepare_round(job_id, round_no)
     if isinstance(planned, RoundResult):
         return planned
-    if planned.options.batch_api:
-        answers = batches.collect(job_id, f"round {round_no}", planned.requests, planned.options)
-        records = _records(answers, planned.requests, "instructions", round_no)
-    else:
-        records = send_round(llm_factory, planned)
-    return finish_round(job_id, planned, records, llm_factory)
+    return finish_round(job_id, planned, answer_round(job_id, planned, llm_factory), llm_factory)
+
+
+def answer_round(
+    job_id: uuid.UUID, planned: PlannedRound, llm_factory: LLMFactory
+) -> list[CallRecord]:
+    """The round's answers: online, or from its Batch API batch (BatchPending until done)."""
+    if not planned.options.batch_api:
+        return send_round(llm_factory, planned)
+    key = f"round {planned.round_no}"
+    answers = batches.collect(job_id, key, planned.requests, planned.options)
+    return _records(answers, planned.requests, "instructions", planned.round_no)
 
 
 @dataclass
@@ -348,7 +354,7 @@ def rounds_in_flight(options: GenerationOptions) -> int:
     return options.rounds_in_flight
 
 
-def send_round(llm_factory: LLMFactory, planned: PlannedRound) -> list[_CallRecord]:
+def send_round(llm_factory: LLMFactory, planned: PlannedRound) -> list[CallRecord]:
     requests = planned.requests
     return _calls(
         llm_factory(planned.options), requests, "instructions", planned.round_no, len(requests)
@@ -358,7 +364,7 @@ def send_round(llm_factory: LLMFactory, planned: PlannedRound) -> list[_CallReco
 def finish_round(
     job_id: uuid.UUID,
     planned: PlannedRound,
-    records: list[_CallRecord],
+    records: list[CallRecord],
     llm_factory: LLMFactory,
     hold_next: leases.Hold | None = None,
 ) -> RoundResult:
@@ -367,7 +373,7 @@ def finish_round(
     round_no, options = planned.round_no, planned.options
     answered = [r for r in records if r.response is not None]
     if not answered:
-        _record_calls(job_id, records)
+        record_calls(job_id, records)
         raise LLMTransientError(records[0].error or "no LLM response in this round")
     with session_scope() as session:
         job = session.get(Job, job_id)
@@ -388,7 +394,7 @@ def finish_round(
         )
         records = [*records, *judge_records]
         if any(r.response is None for r in judge_records):
-            _record_calls(job_id, records)
+            record_calls(job_id, records)
             raise LLMTransientError("the instruction judge did not answer; the round is retried")
     dedupe_started = time.perf_counter()
     if options.mode == "batched":
@@ -471,7 +477,7 @@ def _judge_instructions(
     options: GenerationOptions,
     judge: InstructionJudge,
     round_no: int,
-) -> tuple[dict[str, InstructionVerdict], list[_CallRecord]]:
+) -> tuple[dict[str, InstructionVerdict], list[CallRecord]]:
     """Ask the instruction judge about every candidate that could still be accepted."""
     texts = judgeable(completions, index, options)
     if not texts:
@@ -499,7 +505,7 @@ def _commit_round(
     job_id: uuid.UUID,
     round_no: int,
     decisions: Sequence[CandidateDecision],
-    records: Sequence[_CallRecord],
+    records: Sequence[CallRecord],
     options: GenerationOptions,
     dedupe_s: float,
     hold_next: leases.Hold | None = None,
@@ -580,7 +586,7 @@ def _commit_round(
         result = _after_round(job, round_no)
         result.next_round_after_instances = steers_on_instances(options.balance)
         pending = [r.id for r in new_accepted if r.instances_state == InstancesState.PENDING]
-        result.instance_batches = _batches(pending)
+        result.instance_batches = instance_batches(pending)
         return result
 
 
@@ -591,7 +597,8 @@ def _instances_state(decision: CandidateDecision) -> InstancesState | None:
     return InstancesState.DONE if decision.instance is not None else InstancesState.PENDING
 
 
-def _batches(ids: list[uuid.UUID]) -> list[list[uuid.UUID]]:
+def instance_batches(ids: list[uuid.UUID]) -> list[list[uuid.UUID]]:
+    """Instance tasks' shares of `ids`."""
     size = max(1, get_settings().instructions_per_instance_task)
     return [ids[i : i + size] for i in range(0, len(ids), size)]
 
@@ -618,7 +625,7 @@ def fail_job(job_id: uuid.UUID, message: str) -> None:
     forget_job_index(job_id)
 
 
-def _record_calls(job_id: uuid.UUID, records: Sequence[_CallRecord]) -> None:
+def record_calls(job_id: uuid.UUID, records: Sequence[CallRecord]) -> None:
     with session_scope() as session:
         if session.get(Job, job_id) is not None:
             session.add_all(r.row(job_id) for r in records)
@@ -632,7 +639,7 @@ class _InstanceResult:
     instruction_id: uuid.UUID
     is_classification: bool | None
     decisions: list[InstanceDecision]
-    records: list[_CallRecord]
+    records: list[CallRecord]
     complete: bool
     reformulations: list[Reformulation] = field(default_factory=list)  # unnatural mode
 
@@ -739,19 +746,19 @@ def _instance_graders(llm_factory: LLMFactory, options: GenerationOptions) -> li
     ]
 
 
-def _bounded_caller(llm: LLMClient) -> Callable[..., Awaitable[_CallRecord]]:
+def _bounded_caller(llm: LLMClient) -> Callable[..., Awaitable[CallRecord]]:
     """Send one request (to `llm`, or to a judge's client) with at most `llm_concurrency` in
     flight; a transient failure becomes a record, a permanent one raises."""
     gate = asyncio.Semaphore(get_settings().llm_concurrency)
 
-    async def call(request: LLMRequest, purpose: str, client: LLMClient = llm) -> _CallRecord:
+    async def call(request: LLMRequest, purpose: str, client: LLMClient = llm) -> CallRecord:
         async with gate:
             digest = prompt_sha256(request.prompt)
             try:
                 answer = _cleaned(await client.acomplete(request), request)
-                return _CallRecord(purpose, None, answer, None, 0.0, digest)
+                return CallRecord(purpose, None, answer, None, 0.0, digest)
             except LLMTransientError as exc:
-                return _CallRecord(purpose, None, None, _error_text(exc), exc.latency_s, digest)
+                return CallRecord(purpose, None, None, _error_text(exc), exc.latency_s, digest)
 
     return call
 
@@ -830,7 +837,7 @@ async def _classify_and_generate_async(
 
     async def grade(
         text: str, decision: InstanceDecision
-    ) -> tuple[InstanceDecision, list[_CallRecord]]:
+    ) -> tuple[InstanceDecision, list[CallRecord]]:
         """Every grader's score for one accepted instance; a low one rejects it."""
         records, scores, reason = [], {}, None
         for grader in graders:
@@ -947,7 +954,7 @@ def _instance_request(text: str, result: _InstanceResult, options: GenerationOpt
     )
 
 
-def _judge(result: _InstanceResult, record: _CallRecord, options: GenerationOptions) -> None:
+def _judge(result: _InstanceResult, record: CallRecord, options: GenerationOptions) -> None:
     """Step 3's filters for one classified instruction; fills `result` in place."""
     result.records.append(record)
     if record.response is None:

@@ -26,14 +26,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy import func, select
 
+from app.config import get_settings
 from app.db import session_scope
 from app.models import Instruction, Job
 from app.services import leases, pipeline
-from app.services.pipeline import LLMFactory, PlannedRound, RoundResult
+from app.services.pipeline import CallRecord, LLMFactory, PlannedRound, RoundResult
 
 log = logging.getLogger(__name__)
 
 ROUND_SLICE_S = 30.0  # how long one task keeps sending rounds before it hands over
+COALESCE_S = 1.0  # the longest stored instructions wait to fill an instance task
 
 Batches = Callable[[list[list[uuid.UUID]]], None]
 
@@ -46,7 +48,8 @@ def run_rounds(
     send_batches: Batches,
 ) -> RoundResult:
     """Rounds `first`, `first` + 1, ... of the job with several in flight; each stored round's
-    instance batches go to `send_batches` at once. Returns what follows the last stored round.
+    accepted instructions go to `send_batches` within COALESCE_S. Returns what follows the
+    last stored round.
 
     A failure of round `first` raises, for the task to retry it; a failure of a later one
     ends the stream there, and the returned next round is that one (a new message, retried as
@@ -58,18 +61,46 @@ def run_rounds(
     if isinstance(planned, RoundResult):
         return planned
     depth = pipeline.rounds_in_flight(planned.options)
-    if planned.options.batch_api or depth == 1:
-        return _one_round(job_id, planned, llm_factory)
+    if depth == 1:  # the paper's loop (and Batch API jobs): one round per task
+        records = pipeline.answer_round(job_id, planned, llm_factory)
+        return pipeline.finish_round(job_id, planned, records, llm_factory)
     pool = ThreadPoolExecutor(depth, thread_name_prefix=f"rounds-{str(job_id)[:8]}")
+    in_flight: InFlight = deque()
+    stored = _InstanceBuffer(send_batches)
     try:
-        return _stream(job_id, planned, depth, llm_factory, hold, send_batches, pool)
-    finally:  # rounds dropped on the way out finish in the background; nobody waits for them
-        pool.shutdown(wait=False, cancel_futures=True)
+        return _stream(job_id, planned, depth, llm_factory, hold, stored, pool, in_flight)
+    finally:
+        stored.flush()
+        _drop(job_id, in_flight)
+        pool.shutdown(wait=False)
 
 
-def _one_round(job_id: uuid.UUID, planned: PlannedRound, llm_factory: LLMFactory) -> RoundResult:
-    records = pipeline.send_round(llm_factory, planned)
-    return pipeline.finish_round(job_id, planned, records, llm_factory)
+class _InstanceBuffer:
+    """Accepted instructions of stored rounds, sent to steps 2 and 3 in tasks of
+    `instructions_per_instance_task`: a round brings a dozen or so, and a task's requests in
+    flight are as many as its instructions, so one task per round would leave a large backend
+    idle. Nothing waits longer than COALESCE_S (or past the end of the stream)."""
+
+    def __init__(self, send_batches: Batches) -> None:
+        self._send = send_batches
+        self._ids: list[uuid.UUID] = []
+        self._since = 0.0
+
+    def add(self, batches: list[list[uuid.UUID]]) -> None:
+        if not self._ids:
+            self._since = time.monotonic()
+        self._ids.extend(i for batch in batches for i in batch)
+        full = len(self._ids) >= get_settings().instructions_per_instance_task
+        if full or time.monotonic() - self._since >= COALESCE_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._ids:
+            ids, self._ids = self._ids, []
+            self._send(pipeline.instance_batches(ids))
+
+
+InFlight = deque[tuple[PlannedRound, Future[list[CallRecord]]]]
 
 
 def _stream(
@@ -78,11 +109,11 @@ def _stream(
     depth: int,
     llm_factory: LLMFactory,
     hold: leases.Hold,
-    send_batches: Batches,
+    stored: _InstanceBuffer,
     pool: ThreadPoolExecutor,
+    in_flight: InFlight,
 ) -> RoundResult:
     deadline = time.monotonic() + ROUND_SLICE_S
-    in_flight: deque[tuple[PlannedRound, Future[list[pipeline._CallRecord]]]] = deque()
 
     def send(planned: PlannedRound) -> None:
         context = contextvars.copy_context()  # the job id, for the backend's fair shares
@@ -95,7 +126,7 @@ def _stream(
     result = RoundResult(next_round=first.round_no)
     while in_flight:
         while planning and len(in_flight) < depth and time.monotonic() < deadline:
-            if not _worth_another(job_id, len(in_flight)):
+            if not _worth_another(job_id, len(in_flight), first.options.requests_per_round):
                 break
             planned = pipeline.prepare_round(job_id, next_round)
             if isinstance(planned, RoundResult):  # finished, or over a budget
@@ -117,47 +148,50 @@ def _stream(
                 planned.round_no,
                 exc_info=True,
             )
-            return _abandon(job_id, in_flight, RoundResult(next_round=planned.round_no))
-        send_batches(result.instance_batches)
+            return RoundResult(next_round=planned.round_no)
+        stored.add(result.instance_batches)
         result.instance_batches = []
         if result.finished or result.next_round is None:
-            return _abandon(job_id, in_flight, result)
+            return result
     return result
 
 
-def _worth_another(job_id: uuid.UUID, rounds_out: int) -> bool:
+FIRST_GUESS_PER_REQUEST = 2  # accepted instructions per step-1 request before the job has any
+
+
+def _worth_another(job_id: uuid.UUID, rounds_out: int, requests_per_round: int) -> bool:
     """False when the rounds in flight are expected to bring the job to its target."""
-    if rounds_out == 0:
-        return True
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None or job.instructions_complete:
             return False
-        accepted = session.scalar(
-            select(func.count())
-            .select_from(Instruction)
-            .where(
-                Instruction.job_id == job_id,
-                Instruction.accepted.is_(True),
-                Instruction.variant == 0,
+        accepted = (
+            session.scalar(
+                select(func.count())
+                .select_from(Instruction)
+                .where(
+                    Instruction.job_id == job_id,
+                    Instruction.accepted.is_(True),
+                    Instruction.variant == 0,
+                )
             )
+            or 0
         )
         rounds_done, target = job.rounds_completed, job.num_instructions
-    if not rounds_done:
-        return True
-    expected = (accepted or 0) / rounds_done * rounds_out
-    return (accepted or 0) + expected < target
+    per_round = (
+        accepted / rounds_done if rounds_done else FIRST_GUESS_PER_REQUEST * requests_per_round
+    )
+    return accepted + per_round * rounds_out < target
 
 
-def _abandon(
-    job_id: uuid.UUID,
-    in_flight: deque[tuple[PlannedRound, Future[list[pipeline._CallRecord]]]],
-    result: RoundResult,
-) -> RoundResult:
-    """Stop waiting for rounds that will not be stored; their answers are dropped."""
+def _drop(job_id: uuid.UUID, in_flight: InFlight) -> None:
+    """Rounds that will not be stored: their requests were sent (and are paid for), so wait for
+    them and record the calls, as budgets and progress count every request."""
     if in_flight:
-        log.info("job %s: dropping %d rounds in flight", job_id, len(in_flight))
-    for _, answers in in_flight:
-        answers.cancel()
-    in_flight.clear()
-    return result
+        log.info("job %s: %d rounds in flight are not needed", job_id, len(in_flight))
+    while in_flight:
+        _, answers = in_flight.popleft()
+        try:
+            pipeline.record_calls(job_id, answers.result())
+        except Exception:  # a permanent error or a database outage: nothing more to record
+            log.warning("job %s: calls of a dropped round not recorded", job_id, exc_info=True)

@@ -25,7 +25,7 @@ from app.config import get_settings
 from app.db import session_scope
 from app.models import InstancesState, Instruction, Job, JobStatus
 from app.services.leases import ACTIVE
-from app.services.pipeline import _batches, finalize_if_complete
+from app.services.pipeline import finalize_if_complete, instance_batches
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def _claim(job_id: uuid.UUID, now: datetime, cutoff: datetime) -> Resend | None:
         finalize_if_complete(job_id)
     if round_no is None and not resend_ids:
         return None
-    return Resend(job_id, round_no, _batches(resend_ids))
+    return Resend(job_id, round_no, instance_batches(resend_ids))
 
 
 def _round_to_resend(job: Job, now: datetime, quiet: bool) -> int | None:
