@@ -29,6 +29,7 @@ from sqlalchemy import func, select
 from app.config import get_settings
 from app.db import session_scope
 from app.models import Instruction, Job
+from app.selfinstruct.options import GenerationOptions
 from app.services import leases, pipeline
 from app.services.pipeline import CallRecord, LLMFactory, PlannedRound, RoundResult
 
@@ -126,7 +127,7 @@ def _stream(
     result = RoundResult(next_round=first.round_no)
     while in_flight:
         while planning and len(in_flight) < depth and time.monotonic() < deadline:
-            if not _worth_another(job_id, len(in_flight), first.options.requests_per_round):
+            if not _worth_another(job_id, len(in_flight), first.options):
                 break
             planned = pipeline.prepare_round(job_id, next_round)
             if isinstance(planned, RoundResult):  # finished, or over a budget
@@ -156,11 +157,18 @@ def _stream(
     return result
 
 
-FIRST_GUESS_PER_REQUEST = 2  # accepted instructions per step-1 request before the job has any
+def _first_guess(options: GenerationOptions) -> float:
+    """Accepted instructions per round before the job has stored one: about half of what a
+    request asks for (the paper's prompts ask for up to 8 new tasks, batched ones for
+    tasks_per_request)."""
+    asked = options.tasks_per_request if options.mode == "batched" else 4
+    return asked / 2 * options.requests_per_round
 
 
-def _worth_another(job_id: uuid.UUID, rounds_out: int, requests_per_round: int) -> bool:
-    """False when the rounds in flight are expected to bring the job to its target."""
+def _worth_another(job_id: uuid.UUID, rounds_out: int, options: GenerationOptions) -> bool:
+    """False when the rounds in flight are expected to bring the job to its target, or to use up
+    its token or request budget (what a round costs: the job's usage so far per stored round,
+    steps 2 and 3 included)."""
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None or job.instructions_complete:
@@ -178,9 +186,18 @@ def _worth_another(job_id: uuid.UUID, rounds_out: int, requests_per_round: int) 
             or 0
         )
         rounds_done, target = job.rounds_completed, job.num_instructions
-    per_round = (
-        accepted / rounds_done if rounds_done else FIRST_GUESS_PER_REQUEST * requests_per_round
-    )
+        budgeted = options.max_total_tokens is not None or options.max_llm_requests is not None
+        usage = pipeline.job_usage(session, job_id) if budgeted else None
+    if usage is not None:
+        if not rounds_done:
+            return False  # nothing yet to tell what a round costs
+        for used, budget in (
+            (usage.tokens, options.max_total_tokens),
+            (usage.requests, options.max_llm_requests),
+        ):
+            if budget is not None and used + used / rounds_done * rounds_out >= budget:
+                return False
+    per_round = accepted / rounds_done if rounds_done else _first_guess(options)
     return accepted + per_round * rounds_out < target
 
 

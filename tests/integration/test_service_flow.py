@@ -393,7 +393,9 @@ def test_batched_mode_stores_tasks_with_their_instance_and_reports_token_cost(
     # Each accepted task came with exactly one accepted instance, and no step 2 or 3 request.
     examples = _lines(api, job["id"])
     assert len(examples) == 25 == len({e["instruction_id"] for e in examples})
-    assert progress["llm_requests"] == 2 * progress["rounds_completed"]
+    # Rounds of 2 requests only (rounds sent but not needed near the target count too).
+    assert progress["llm_requests"] % 2 == 0
+    assert progress["llm_requests"] >= 2 * progress["rounds_completed"]
     rejected = progress["instructions_rejected"]
     assert rejected.get("invalid_instance", 0) + rejected.get("near_duplicate", 0) > 0
     spent = progress["prompt_tokens"] + progress["completion_tokens"]
