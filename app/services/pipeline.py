@@ -551,10 +551,6 @@ def _commit_round(
         session.add_all(r.row(job_id) for r in records)
         new_accepted = [row for row in rows if row.accepted]
         job.heartbeat_at = datetime.now(UTC)
-        if hold_next is None:
-            job.round_claim_token = job.round_claimed_until = job.round_claimed_by = None
-        else:  # the same task holds the next round (already sent): nobody may send it again
-            job.round_claimed_until = datetime.now(UTC) + leases.lease()
         if any(r.response is not None for r in records):
             job.llm_unavailable_since = None
         job.rounds_completed = round_no
@@ -578,6 +574,10 @@ def _commit_round(
                 f"row ({accepted_total} of {job.num_instructions} accepted); the model may be "
                 "repeating itself or ignoring the prompt format",
             )
+        if hold_next is None or job.instructions_complete or job.status != JobStatus.RUNNING:
+            job.round_claim_token = job.round_claimed_until = job.round_claimed_by = None
+        else:  # the same task holds the next round (already sent): nobody may send it again
+            job.round_claimed_until = datetime.now(UTC) + leases.lease()
         session.flush()
         cached = _indexes.get(job_id)
         if cached is not None:  # run_round forgets it if this transaction fails to commit

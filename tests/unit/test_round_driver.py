@@ -56,12 +56,12 @@ def seed_set_id(
     reset_llm_clients()
 
 
-def new_job(seed_set_id: uuid.UUID, **options: object) -> uuid.UUID:
+def new_job(seed_set_id: uuid.UUID, target: int = TARGET, **options: object) -> uuid.UUID:
     with session_scope() as session:
         job = create_job(
             session,
             seed_set_id=seed_set_id,
-            num_instructions=TARGET,
+            num_instructions=target,
             options=GenerationOptions(seed=9, **options),  # type: ignore[arg-type]
         )
         return job.id
@@ -135,3 +135,21 @@ def test_one_round_in_flight_is_the_papers_loop(seed_set_id: uuid.UUID, llm: Fak
     assert llm.max_in_flight <= GenerationOptions().requests_per_round
     llm.max_in_flight = max(before, llm.max_in_flight)
     assert len(accepted(job_id)) == TARGET
+
+
+def test_the_round_that_reaches_the_target_gives_up_the_round_claim(
+    seed_set_id: uuid.UUID,
+) -> None:
+    """Later rounds may still be out when one reaches the target: they will not be stored, so
+    the job must not look as if a task held its next round (a watcher would wait for it)."""
+    job_id = new_job(seed_set_id, target=3)
+    with leases.holding(job_id) as hold:
+        assert pipeline.start_round(job_id, 1, hold)
+        planned = pipeline.prepare_round(job_id, 1)
+        assert isinstance(planned, pipeline.PlannedRound)
+        records = pipeline.send_round(llm_for, planned)
+        pipeline.finish_round(job_id, planned, records, llm_for, hold_next=hold)
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+            assert job is not None and job.instructions_complete
+            assert job.round_claim_token is None and job.round_claimed_until is None
