@@ -556,16 +556,8 @@ def _commit_round(
         job.rounds_completed = round_no
         job.dedupe_s = (job.dedupe_s or 0.0) + dedupe_s
         job.rounds_without_progress = 0 if new_accepted else job.rounds_without_progress + 1
-        accepted_total = session.scalar(
-            select(func.count())
-            .select_from(Instruction)
-            .where(
-                Instruction.job_id == job_id,
-                Instruction.accepted.is_(True),
-                Instruction.variant == 0,
-            )
-        )
-        if (accepted_total or 0) >= job.num_instructions:
+        accepted_total = accepted_count(session, job_id)
+        if accepted_total >= job.num_instructions:
             job.instructions_complete = True
         elif job.rounds_without_progress >= options.max_rounds_without_progress:
             _fail(
@@ -588,6 +580,20 @@ def _commit_round(
         pending = [r.id for r in new_accepted if r.instances_state == InstancesState.PENDING]
         result.instance_batches = instance_batches(pending)
         return result
+
+
+def accepted_count(session: Session, job_id: uuid.UUID) -> int:
+    """The job's accepted instructions (reformulations of Unnatural mode not counted)."""
+    count = session.scalar(
+        select(func.count())
+        .select_from(Instruction)
+        .where(
+            Instruction.job_id == job_id,
+            Instruction.accepted.is_(True),
+            Instruction.variant == 0,
+        )
+    )
+    return int(count or 0)
 
 
 def _instances_state(decision: CandidateDecision) -> InstancesState | None:

@@ -24,11 +24,9 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from sqlalchemy import func, select
-
 from app.config import get_settings
 from app.db import session_scope
-from app.models import Instruction, Job
+from app.models import Job
 from app.selfinstruct.options import GenerationOptions
 from app.services import leases, pipeline
 from app.services.pipeline import CallRecord, LLMFactory, PlannedRound, RoundResult
@@ -173,18 +171,7 @@ def _worth_another(job_id: uuid.UUID, rounds_out: int, options: GenerationOption
         job = session.get(Job, job_id)
         if job is None or job.instructions_complete:
             return False
-        accepted = (
-            session.scalar(
-                select(func.count())
-                .select_from(Instruction)
-                .where(
-                    Instruction.job_id == job_id,
-                    Instruction.accepted.is_(True),
-                    Instruction.variant == 0,
-                )
-            )
-            or 0
-        )
+        accepted = pipeline.accepted_count(session, job_id)
         rounds_done, target = job.rounds_completed, job.num_instructions
         budgeted = options.max_total_tokens is not None or options.max_llm_requests is not None
         usage = pipeline.job_usage(session, job_id) if budgeted else None
