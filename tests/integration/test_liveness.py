@@ -120,6 +120,9 @@ def assert_exact(db: Engine, job_id: str, target: int) -> None:
     assert len(examples) == len(set(examples)) > 0
 
 
+TARGET_AFTER_KILL = 150
+
+
 def test_a_job_moves_again_within_a_minute_of_its_worker_being_killed(
     client: httpx.Client,
     live_stack: ServiceStack,
@@ -132,7 +135,8 @@ def test_a_job_moves_again_within_a_minute_of_its_worker_being_killed(
     try:
         live_stack.start_worker()
         live_stack.start_worker()
-        job_id = start_job(client, default_seeds, 30, seed=41)
+        # Large enough that rounds are still out after the first are stored (step 1 streams).
+        job_id = start_job(client, default_seeds, TARGET_AFTER_KILL, seed=41)
         killed_at, rounds_at_kill = _kill_the_round_holder(live_stack, db, job_id)
         while round_claim(db, job_id)[2] == rounds_at_kill:
             assert time.monotonic() - killed_at < MOVES_WITHIN_S, live_stack.logs()
@@ -145,8 +149,8 @@ def test_a_job_moves_again_within_a_minute_of_its_worker_being_killed(
         stop_workers(live_stack)
     print(f"the job moved again {moved_after:.1f} s after its worker was killed")
     assert job["status"] == "succeeded", live_stack.logs()
-    assert job["progress"]["instructions_accepted"] == 30
-    assert_exact(db, job_id, 30)
+    assert job["progress"]["instructions_accepted"] == TARGET_AFTER_KILL
+    assert_exact(db, job_id, TARGET_AFTER_KILL)
 
 
 def stop_workers(stack: ServiceStack) -> None:
