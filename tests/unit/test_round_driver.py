@@ -10,17 +10,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from app.config import get_settings
-from app.db import reset_engine, session_scope
-from app.migrate import upgrade_database
+from app.db import session_scope
 from app.models import Instruction, Job
 from app.selfinstruct.options import GenerationOptions
-from app.selfinstruct.seeds import parse_seed_jsonl
 from app.services import leases, pipeline, round_driver
 from app.services.jobs import create_job
-from app.services.llm import llm_for, reset_llm_clients
-from app.services.seed_sets import create_seed_set
+from app.services.llm import llm_for
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
+from tests.support.sqlite_db import forget_settings, stored_seed_set, use_sqlite
 
 TARGET = 60
 
@@ -37,23 +34,9 @@ def llm() -> Iterator[FakeLLMServer]:
 def seed_set_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llm: FakeLLMServer, default_seeds: Path
 ) -> Iterator[uuid.UUID]:
-    url = f"sqlite:///{tmp_path / 'stream.db'}"
-    monkeypatch.setenv("DATABASE_URL", url)
-    monkeypatch.setenv("OPENAI_BASE_URL", llm.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "x")
-    get_settings.cache_clear()
-    reset_engine()
-    reset_llm_clients()
-    upgrade_database(url)
-    tasks = parse_seed_jsonl(
-        default_seeds.read_bytes(), max_bytes=10**7, max_line_bytes=10**6, max_tasks=10**4
-    )
-    with session_scope() as session:
-        created = create_seed_set(session, name="seeds", tasks=tasks).id
-    yield created
-    get_settings.cache_clear()
-    reset_engine()
-    reset_llm_clients()
+    use_sqlite(tmp_path / "stream.db", monkeypatch, llm.base_url)
+    yield stored_seed_set(default_seeds)
+    forget_settings()
 
 
 def new_job(seed_set_id: uuid.UUID, target: int = TARGET, **options: object) -> uuid.UUID:
