@@ -15,12 +15,16 @@ A request that cannot get a slot within `max_wait_s`, or that would join a queue
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import anyio
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import ServiceUnavailable
 
@@ -127,11 +131,12 @@ async def database_slot() -> AsyncIterator[None]:
     """Dependency: hold a database slot for the request's session (entered before the session,
     left after it is closed)."""
     gate = database_gate()
-    await gate.acquire()
-    try:
-        yield
-    finally:
-        gate.release()
+    async with stepped_aside():  # afterwards, back in line for the loop (app.admission)
+        await gate.acquire()
+        try:
+            yield
+        finally:
+            gate.release()
 
 
 _stream_limiters: dict[int, anyio.CapacityLimiter] = {}
@@ -158,7 +163,163 @@ async def produced_in_threads(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
     """
     done = object()
     while True:
-        chunk = await anyio.to_thread.run_sync(next, chunks, done, limiter=_streams())
+        async with stepped_aside():
+            chunk = await anyio.to_thread.run_sync(next, chunks, done, limiter=_streams())
         if chunk is done:
             return
         yield chunk  # type: ignore[misc]
+
+
+# --- The event loop's own admission: a bounded number of reads per pass of the loop ----------
+#
+# Why: a cached status read runs start to finish in one step of its task, so in each pass the
+# loop ran every request that had arrived since the pass before. With a thousand pollers that
+# was most of a second of work per pass, and /healthz, however cheap, waited a whole pass. Now
+# at most `per_pass` reads start per pass; the rest wait, in arrival order, where waiting costs
+# nothing, and /healthz is answered within a pass or two. A request back from waiting outside
+# the loop (a database slot, a thread) goes ahead of new arrivals. Hand-written: no asyncio or
+# anyio primitive admits by loop pass.
+
+EXEMPT_PATHS = frozenset({"/healthz"})
+GATED_METHODS = frozenset({"GET", "HEAD"})  # writes are few, rate-limited, and may upload slowly
+
+# The gate of the request this task serves (None: not a gated request, or a detached task).
+_request_gate: contextvars.ContextVar[RequestGate | None] = contextvars.ContextVar(
+    "request_gate", default=None
+)
+
+
+@dataclass
+class RequestGate:
+    """At most `per_pass` requests start (or go on) per pass of the event loop; up to
+    `max_queued` more wait, each at most `max_wait_s`, before a fast 503 with Retry-After."""
+
+    per_pass: int
+    max_queued: int
+    max_wait_s: float
+    admitted: int = 0  # in the current pass
+    rejected: int = 0
+    _next_pass_due: bool = False
+    _queue: deque[asyncio.Future[None]] = field(default_factory=deque, repr=False)
+    _returning: deque[asyncio.Future[None]] = field(default_factory=deque, repr=False)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def enter(self, *, returning: bool = False) -> None:
+        if self.admitted < self.per_pass and not self._queue and not self._returning:
+            self.admitted += 1
+            self._schedule_next_pass()
+            return
+        if not returning and len(self._queue) >= self.max_queued:
+            self._reject(f"{len(self._queue)} requests are already queued")
+        waiter = asyncio.get_running_loop().create_future()
+        line = self._returning if returning else self._queue
+        line.append(waiter)
+        self._schedule_next_pass()
+        try:
+            async with asyncio.timeout(None if returning else self.max_wait_s):
+                await waiter
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                return  # admitted just as the wait ran out: go on
+            self._forget(waiter, line)
+            self._reject(f"not served within {self.max_wait_s:g} s")
+        except BaseException:
+            self._forget(waiter, line)
+            raise
+
+    @staticmethod
+    def _forget(waiter: asyncio.Future[None], line: deque[asyncio.Future[None]]) -> None:
+        waiter.cancel()
+        with contextlib.suppress(ValueError):
+            line.remove(waiter)
+
+    def _schedule_next_pass(self) -> None:
+        if not self._next_pass_due:
+            self._next_pass_due = True
+            asyncio.get_running_loop().call_soon(self._new_pass)
+
+    def _new_pass(self) -> None:
+        """Runs once per pass while there is work: a new budget, the first in line let in."""
+        self._next_pass_due = False
+        self.admitted = 0
+        for line in (self._returning, self._queue):
+            while line and self.admitted < self.per_pass:
+                waiter = line.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    self.admitted += 1
+        if self.admitted or self._queue or self._returning:
+            self._schedule_next_pass()
+
+    def _reject(self, why: str) -> None:
+        self.rejected += 1
+        retry = max(1, min(30, math.ceil(self.max_wait_s / 4)))
+        raise Overloaded(f"the API is overloaded: {why}; retry shortly", retry_after_s=retry)
+
+
+_request_gates: dict[int, RequestGate] = {}
+
+
+def request_gate() -> RequestGate:
+    """The gate of the running loop (a test may serve the app from several loops)."""
+    from app.config import get_settings
+
+    loop = id(asyncio.get_running_loop())
+    gate = _request_gates.get(loop)
+    if gate is None:
+        settings = get_settings()
+        gate = RequestGate(
+            per_pass=settings.api_requests_per_pass,
+            max_queued=settings.api_max_queued,
+            max_wait_s=settings.api_queue_wait_s,
+        )
+        _request_gates.clear()
+        _request_gates[loop] = gate
+    return gate
+
+
+@contextlib.asynccontextmanager
+async def stepped_aside() -> AsyncIterator[None]:
+    """For a request's wait outside the loop: when it is over, the request goes on only within
+    the loop's budget for that pass, ahead of new arrivals."""
+    yield
+    gate = _request_gate.get()
+    if gate is not None:
+        await gate.enter(returning=True)
+
+
+def detach_from_request() -> None:
+    """For a background task started by a request: it need not wait its turn."""
+    _request_gate.set(None)
+
+
+class RequestAdmission:
+    """ASGI middleware: GET and HEAD requests pass the loop's RequestGate; /healthz never waits."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in GATED_METHODS
+            or scope["path"] in EXEMPT_PATHS
+        ):
+            await self.app(scope, receive, send)
+            return
+        gate = request_gate()
+        try:
+            await gate.enter()
+        except Overloaded as exc:
+            from app.errors import error_response
+
+            await error_response(exc)(scope, receive, send)
+            return
+        token = _request_gate.set(gate)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _request_gate.reset(token)

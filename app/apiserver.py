@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 
 from app.main import create_app
 
+_PICKER = random.SystemRandom()  # not the seeded global generator: two seeded runs would collide
+
+
+def _ephemeral_low() -> int:
+    """The first port the kernel hands out to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, for a server started next.
+
+    Chosen below the ephemeral range: a port the kernel picks itself (bind to 0) can be taken
+    by any outgoing connection on the machine before the server binds it, as happened under
+    parallel tests."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _PICKER.randrange(max(1024, low - 12000), low)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -21,7 +47,9 @@ class BackgroundAPIServer:
     def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
         self.host = host
         self.port = port or free_port(host)
-        config = uvicorn.Config(create_app(), host=host, port=self.port, log_level="warning")
+        config = uvicorn.Config(
+            create_app(), host=host, port=self.port, log_level="warning", loop="asyncio"
+        )  # the loop `selfinstruct serve` uses (see app.cli.server)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 

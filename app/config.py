@@ -176,6 +176,19 @@ class Settings(BaseSettings):
     api_stream_threads: int = Field(
         2, ge=1, le=64, description="Threads making download chunks at once, per API process."
     )
+    api_requests_per_pass: int = Field(
+        32,
+        ge=1,
+        le=10_000,
+        description="GET requests the API's event loop starts per pass; more wait their turn "
+        "in arrival order. Bounds how long /healthz (which never waits) takes under load.",
+    )
+    api_max_queued: int = Field(
+        10_000, ge=1, description="GET requests that may wait their turn before fast 503s."
+    )
+    api_queue_wait_s: float = Field(
+        20.0, gt=0, description="How long a GET request may wait its turn before a 503."
+    )
     api_max_waiting: int = Field(
         2000, ge=1, description="Requests that may wait for a database slot before 503s."
     )

@@ -9,6 +9,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
+from app.admission import RequestAdmission
 from app.api import backends, datasets, health, jobs, mixtures, seed_sets
 from app.api.metrics import install_metrics
 from app.errors import install_error_handlers
@@ -33,6 +34,8 @@ def create_app() -> FastAPI:
     app.include_router(mixtures.router)
     app.include_router(backends.router)
     app.include_router(health.router)
+    # Inside the metrics middleware: a request's time in line counts in its latency.
+    app.add_middleware(RequestAdmission)
     install_metrics(app)
     # The dashboard: static files calling the API above from the browser.
     app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "ui", html=True), name="ui")

@@ -7,8 +7,10 @@ The real stack (PostgreSQL, Redis, the API under uvicorn with API keys required,
 workers) runs jobs against a slow OpenAI-compatible server, so the jobs stay running while the
 load lasts. The load comes from wrk (Debian's `wrk`, in C: on two cores the load generator must
 cost far less than the server it measures): each connection is a client that, in a closed loop,
-reads the status of a random running job (89 %), lists jobs (10 %) or downloads a running job's
-examples (1 %). A probe in this process reads /healthz every 100 ms on a connection of its own.
+reads the status of a random running job (89 % of the clients), lists jobs (10 %, at least one)
+or downloads a running job's examples (1 %, at least one). Each kind runs in a wrk process of its
+own, so each has its own latency figures. A probe in this process reads /healthz every 100 ms on a
+connection of its own.
 """
 
 from __future__ import annotations
@@ -35,29 +37,26 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 LUA = r"""
 local paths = {}
-local weights = {}
-local status_share, list_share = 0.89, 0.99
+local kind = "status"
 init = function(args)
-  local token = args[1]
-  wrk.headers["Authorization"] = "Bearer " .. token
-  status_share = tonumber(args[2])
-  list_share = status_share + tonumber(args[3])
-  for i = 4, #args do
+  wrk.headers["Authorization"] = "Bearer " .. args[1]
+  kind = args[2]
+  for i = 3, #args do
     paths[#paths + 1] = "/v1/jobs/" .. args[i]
   end
 end
 request = function()
-  local r = math.random()
   local job = paths[math.random(#paths)]
-  if r < status_share then
+  if kind == "status" then
     return wrk.format("GET", job)
-  elseif r < list_share then
+  elseif kind == "list" then
     return wrk.format("GET", "/v1/jobs?limit=20")
   else
     return wrk.format("GET", job .. "/examples.jsonl")
   end
 end
 """
+KINDS = ("status", "list", "download")
 
 
 class HealthProbe(threading.Thread):
@@ -120,18 +119,35 @@ def parse_wrk(output: str) -> dict[str, Any]:
     return result
 
 
+def split_clients(clients: int, mix: tuple[float, float]) -> dict[str, int]:
+    """Connections per kind: lists and downloads get at least one each, status reads the rest."""
+    lists = max(1, round(clients * mix[1]))
+    downloads = max(1, round(clients * (1 - mix[0] - mix[1])))
+    return {"status": clients - lists - downloads, "list": lists, "download": downloads}
+
+
 def run_wrk(
     url: str, clients: int, seconds: int, token: str, job_ids: list[str], mix: tuple[float, float]
 ) -> dict[str, Any]:
+    """One wrk process per kind of request, all at once; their figures by kind and in total."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     script.write_text(LUA)
-    command = [
-        "wrk", "-t2", f"-c{clients}", f"-d{seconds}s", "--timeout", "30s", "--latency",
-        "-s", str(script), url, "--", token, str(mix[0]), str(mix[1]), *job_ids,
-    ]  # fmt: skip
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    runs = {}
+    for kind, connections in split_clients(clients, mix).items():
+        command = [
+            "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "--latency",
+            "-s", str(script), url, "--", token, kind, *job_ids,
+        ]  # fmt: skip
+        runs[kind] = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    result: dict[str, Any] = {"rps": 0.0, "non_2xx": 0, "socket_errors": 0, "timeouts": 0}
+    for kind, proc in runs.items():
+        output, _ = proc.communicate()
+        figures = parse_wrk(output)
+        for total in ("rps", "non_2xx", "socket_errors", "timeouts"):
+            result[total] += figures[total]
+        result |= {f"{kind}_{name}": figures[name] for name in ("rps", "p50_ms", "p99_ms")}
     script.unlink()
-    return parse_wrk(output)
+    return result
 
 
 def _stack_env(pg_url: str, redis_url: str, llm_url: str) -> dict[str, str]:
@@ -142,7 +158,6 @@ def _stack_env(pg_url: str, redis_url: str, llm_url: str) -> dict[str, str]:
         "OPENAI_API_KEY": "x",
         "SELFINSTRUCT_AUTH": "required",
         "SELFINSTRUCT_MAX_JOBS_PER_MINUTE_PER_KEY": "1000",
-        "SELFINSTRUCT_LOG_LEVEL": "WARNING",
     }
 
 
@@ -218,16 +233,20 @@ def _statuses(stack: Any, token: str, job_ids: list[str]) -> list[str]:
 
 
 def _print_table(rows: list[dict[str, Any]], seconds: int) -> None:
-    print(f"\n{seconds} s per level; wrk -t2, closed loop; p50/p99 over all requests")
+    print(f"\n{seconds} s per level; closed loop; one wrk -t1 per kind; p50/p99 per kind")
     print(
-        "| API processes | clients | requests/s | p50 | p99 | non-2xx | socket errors | "
+        "| API processes | clients | requests/s | status reads/s | status p50 | status p99 | "
+        "list p50 | list p99 | download p50 | download p99 | non-2xx | socket errors | "
         "timeouts | /healthz p99 | /healthz max |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['api_processes']} | {r['clients']} | {r['rps']:.0f} | {r['p50_ms']:.0f} ms | "
-            f"{r['p99_ms']:.0f} ms | {r['non_2xx']} | {r['socket_errors']} | {r['timeouts']} | "
+            f"| {r['api_processes']} | {r['clients']} | {r['rps']:.0f} | {r['status_rps']:.0f} | "
+            f"{r['status_p50_ms']:.0f} ms | {r['status_p99_ms']:.0f} ms | "
+            f"{r['list_p50_ms']:.0f} ms | {r['list_p99_ms']:.0f} ms | "
+            f"{r['download_p50_ms']:.0f} ms | {r['download_p99_ms']:.0f} ms | "
+            f"{r['non_2xx']} | {r['socket_errors']} | {r['timeouts']} | "
             f"{r['healthz_p99_ms']:.0f} ms | {r['healthz_max_ms']:.0f} ms |"
         )
 
@@ -239,7 +258,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=4)
     parser.add_argument(
-        "--mix", default="0.89,0.10", help="shares of status reads and lists (the rest: downloads)"
+        "--mix",
+        default="0.89,0.10",
+        help="shares of the clients reading status and listing (the rest: downloads)",
     )
     args = parser.parse_args()
     status_share, list_share = (float(x) for x in args.mix.split(","))

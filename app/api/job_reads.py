@@ -22,6 +22,7 @@ from fastapi import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session
 
+from app.admission import detach_from_request, stepped_aside
 from app.cache import TTLCache
 from app.db import run_in_session
 from app.deps import known_caller, resolve_caller
@@ -79,7 +80,9 @@ async def job_page(credentials: Credentials, *, limit: int, offset: int) -> Resp
         return _Cached(caller.key_id, page.model_dump_json().encode())
 
     if caller is None:  # the key is not known yet: read (which also validates it)
-        return Response((await run_in_session(read)).body, media_type=JSON)
+        async with stepped_aside():
+            fresh = await run_in_session(read)
+        return Response(fresh.body, media_type=JSON)
     key = ("page", owner, _list_generation.get(owner, 0), limit, offset)
     return await _answer(key, credentials, read)
 
@@ -106,7 +109,8 @@ async def _join_read(key: Hashable, credentials: Credentials) -> _Cached | None:
     if pending is None:
         return None
     with contextlib.suppress(Exception):
-        result = await asyncio.shield(pending)
+        async with stepped_aside():
+            result = await asyncio.shield(pending)
         caller = known_caller(credentials)
         if caller is not None and caller.owns(result.owner_key_id):
             return result
@@ -117,7 +121,8 @@ async def _read_now(key: Hashable, read: Callable[[Session], _Cached]) -> _Cache
     reading: asyncio.Future[_Cached] = asyncio.ensure_future(run_in_session(read))
     _reading.setdefault(key, reading)
     try:
-        fresh = await reading
+        async with stepped_aside():
+            fresh = await reading
     finally:
         if _reading.get(key) is reading:
             del _reading[key]
@@ -127,6 +132,7 @@ async def _read_now(key: Hashable, read: Callable[[Session], _Cached]) -> _Cache
 
 def _refresh_later(key: Hashable, read: Callable[[Session], _Cached]) -> None:
     async def refresh() -> None:
+        detach_from_request()  # this may outlive the request that started it
         try:
             await _read_now(key, read)
         except Exception:  # gone, no longer visible, or overload: read afresh next time

@@ -49,7 +49,11 @@ def serve(
     from app.logs import configure_logging
 
     configure_logging(settings)
-    run = {"factory": True, "host": host, "port": port, "log_config": None}
+    # asyncio's loop, not uvloop: under load uvloop accepted new connections slowly (the accept
+    # queue drained at about 70 a second), so a client that connects while a thousand others
+    # poll, /healthz probes included, waited seconds before its request was read; asyncio's
+    # loop accepts every pending connection at once (bench/bench_api_load.py, BENCHMARKS.md).
+    run = {"factory": True, "host": host, "port": port, "log_config": None, "loop": "asyncio"}
     if not embedded:
         uvicorn.run("app.main:create_app", workers=workers, **run)  # type: ignore[arg-type]
         return

@@ -47,10 +47,18 @@ class ServiceStack:
         )
 
     def start_api(self, *extra: str) -> None:
-        self.api = self._spawn(
-            "api", "serve", "--host", "127.0.0.1", "--port", str(self.port), *extra
-        )
-        self.wait_healthy()
+        """Start the API; on a port another process took between picking and binding, on a new one."""
+        for attempt in range(3):
+            self.api = self._spawn(
+                "api", "serve", "--host", "127.0.0.1", "--port", str(self.port), *extra
+            )
+            try:
+                self.wait_healthy()
+                return
+            except RuntimeError:
+                if attempt == 2 or "address already in use" not in self.log_tail("api", 10):
+                    raise
+                self.port = free_port()
 
     def wait_healthy(self, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
