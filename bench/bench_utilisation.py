@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import math
 import os
@@ -51,7 +52,10 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
     rng = random.Random(seed)
     gate = asyncio.Semaphore(slots)
     busy: list[tuple[float, float]] = []  # (slot taken, slot given back), monotonic seconds
-    counts = {"requests": 0, "refused": 0, "serving": 0, "peak_waiting": 0, "waiting": 0}
+    counts = {"requests": 0, "refused": 0, "serving": 0, "peak_waiting": 0, "waiting": 0,
+              "repeats": 0}  # fmt: skip
+    seen: set[str] = set()  # request bodies served: one seen again is work sent twice
+    repeats_by_kind: dict[str, int] = {}
 
     def reply(body: dict[str, Any], chat: bool) -> dict[str, Any]:
         prompt = body["messages"][-1]["content"] if chat else body["prompt"]
@@ -86,6 +90,12 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
             finally:
                 counts["serving"] -= 1
                 busy.append((taken, time.monotonic()))
+        digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        if digest in seen:
+            counts["repeats"] += 1
+            kind = prompt_kind(body["messages"][-1]["content"] if chat else body["prompt"])
+            repeats_by_kind[kind] = repeats_by_kind.get(kind, 0) + 1
+        seen.add(digest)
         return 200, reply(body, chat)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -101,7 +111,8 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
         if path == "/v1/models":
             answer: Any = {"object": "list", "data": [{"id": "bench", "object": "model"}]}
         elif path == "/stats":
-            answer = {"now": time.monotonic(), "busy": busy, **counts}
+            answer = {"now": time.monotonic(), "busy": busy, "repeats_by_kind": repeats_by_kind,
+                      **counts}  # fmt: skip
         else:
             body = json.loads(b"".join(chunks))
             status, answer = await complete(body, chat=path.endswith("/chat/completions"))

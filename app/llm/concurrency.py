@@ -7,8 +7,11 @@ that only adds latency, and to back off before a server that refuses requests st
 on every other request, whatever the number of worker processes.
 
 With a Redis broker the slots and the limit live in Redis, on Redis's clock, shared by every
-process on every host: slots in a sorted set scored by their expiry (the request timeout plus a
-margin, so the slots of a killed process come back by themselves), taken by one Lua script that
+process on every host: slots in a sorted set scored by their expiry, which the process holding
+them pushes back every few seconds while its requests run (a lease: the slots of a killed process
+come back by themselves within SLOT_LEASE_S, however long its requests were allowed to take; with
+the request timeout as the expiry, a killed worker's slots blocked the backend for minutes),
+taken by one Lua script that
 also shares the limit fairly between jobs: a job may hold more than ceil(limit / active jobs)
 only while no other job is waiting. Each process gathers its own window of answers and, at its
 end, applies the update to the shared state with a compare-and-set on a version. Without Redis
@@ -58,6 +61,8 @@ _STATE_TTL_S = 7 * 24 * 3600  # a backend's learnt limit is kept this long witho
 _CAS_ATTEMPTS = 5
 _REDIS_ERROR_LOG_EVERY_S = 60.0
 _REDIS_RETRY_AFTER_S = 5.0  # after a failure, go ahead without Redis this long before retrying
+SLOT_LEASE_S = 15.0  # a slot of a dead process is free again after at most this long
+_RENEWALS_PER_LEASE = 3  # a live process renews its slots this many times per lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +291,16 @@ end
 return tostring(tonumber(t[1]) + tonumber(t[2]) / 1000000)
 """
 
+# KEYS: slots, slot jobs, holders. ARGV: lease, key life, then the slot ids to renew (those
+# still there: a slot given back is not brought back). Returns Redis time.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+for i = 3, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i]) end
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
+return tostring(now)
+"""
+
 # KEYS: state. ARGV: the version it must still have, TTL, then field, value pairs.
 _PUT_STATE = """
 if (redis.call('HGET', KEYS[1], 'version') or '0') ~= ARGV[1] then return 0 end
@@ -391,6 +406,8 @@ class RedisConcurrencyGate:
         self._pollers: dict[str, asyncio.Task[None]] = {}
         self._sleepers: set[asyncio.Future[None]] = set()
         self._background: set[asyncio.Task[Any]] = set()
+        self._held: set[str] = set()  # shared slots this process holds: their leases it renews
+        self._renewer: asyncio.Task[None] | None = None
 
     def _redis(self) -> tuple[aioredis.Redis, dict[str, AsyncScript]]:
         """A client and scripts of the running loop (redis.asyncio connections belong to one
@@ -401,6 +418,7 @@ class RedisConcurrencyGate:
             scripts = {
                 "take": client.register_script(_TAKE),
                 "give_back": client.register_script(_GIVE_BACK),
+                "renew": client.register_script(_RENEW),
                 "put_state": client.register_script(_PUT_STATE),
                 "load": client.register_script(_LOAD),
             }
@@ -432,6 +450,7 @@ class RedisConcurrencyGate:
         if not slot.shared:
             return
         self._local = max(0, self._local - 1)
+        self._held.discard(slot.id)
         _, scripts = self._redis()
         try:
             if outcome != "error":
@@ -517,6 +536,7 @@ class RedisConcurrencyGate:
                 if waiters:
                     self._local += 1
                     self._window.note_sent(now, slot.in_flight)
+                    self._hold(slot)
                     waiters.popleft().set_result(slot)
                 else:
                     self._give_back_soon(slot)
@@ -526,10 +546,30 @@ class RedisConcurrencyGate:
             else:
                 pause = _FIRST_POLL_S
 
+    def _hold(self, slot: Slot) -> None:
+        """Keep the slot's lease fresh until it is given back."""
+        self._held.add(slot.id)
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_leases())
+
+    async def _renew_leases(self) -> None:
+        _, scripts = self._redis()
+        life = math.ceil(self._slot_ttl_s * 2 + _WAITING_SEEN_S)
+        while self._held:
+            await asyncio.sleep(self._slot_ttl_s / _RENEWALS_PER_LEASE)
+            if not self._held:
+                return
+            try:
+                args = [self._slot_ttl_s, life, *sorted(self._held)]
+                self._note_clock(float(await scripts["renew"](keys=self._give_keys, args=args)))
+            except Exception as exc:  # as for every Redis call: see the module docstring
+                self._unavailable(exc)
+
     def _give_back_soon(self, slot: Slot) -> None:
         """Give back a slot nobody will use, without waiting for it."""
         if not slot.shared:
             return
+        self._held.discard(slot.id)
         _, scripts = self._redis()
         call = scripts["give_back"](keys=self._give_keys, args=[slot.id])
         task: asyncio.Task[Any] = asyncio.ensure_future(call)
@@ -611,11 +651,10 @@ def gate_for(
     redis_url: str | None,
     *,
     initial: int = DEFAULT_INITIAL,
-    slot_ttl_s: float = 150.0,
+    slot_ttl_s: float = SLOT_LEASE_S,
 ) -> ConcurrencyGate:
     """One gate per backend and process. `cap`: the most requests ever in flight (None:
-    DEFAULT_CEILING); `slot_ttl_s`: how long a slot outlives a process that dies holding it
-    (the request timeout plus a margin)."""
+    DEFAULT_CEILING); `slot_ttl_s`: how long a slot outlives a process that dies holding it."""
     key = (backend, cap, redis_url, initial, slot_ttl_s)
     gate = _gates.get(key)
     if gate is None:

@@ -68,7 +68,6 @@ _RETRY_STATUSES = frozenset({408, 409, 425, 429})
 _MAX_RETRY_AFTER_S = 60.0
 _MAX_BACKOFF_S = 8.0
 _OVERLOAD_STATUSES = frozenset({429, 503})  # with timeouts: the server has too much to do
-_SLOT_MARGIN_S = 30.0  # a slot outlives the request timeout by this much, then expires
 
 
 class HTTPStatusError(Exception):
@@ -476,7 +475,6 @@ def build_llm_client(settings: Settings, options: GenerationOptions) -> LLMClien
             backend.max_concurrency,
             shared_redis_url(settings),
             initial=settings.llm_initial_concurrency,
-            slot_ttl_s=settings.llm_timeout_s + _SLOT_MARGIN_S,
         ),
     )
 

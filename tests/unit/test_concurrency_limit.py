@@ -412,7 +412,9 @@ def test_slots_of_a_dead_process_expire(redis_url: str, backend: str) -> None:
 
     async def run() -> float:
         await dead.acquire("J")
-        await dead.acquire("J")  # never given back: the process was killed
+        await dead.acquire("J")  # never given back: the process was killed ...
+        assert dead._renewer is not None
+        dead._renewer.cancel()  # ... and renews nothing any more
         assert (await alive.snapshot()).in_flight == 2
         started = time.perf_counter()
         slot = await asyncio.wait_for(alive.acquire("J"), 5)
@@ -422,6 +424,35 @@ def test_slots_of_a_dead_process_expire(redis_url: str, backend: str) -> None:
         return waited
 
     assert 0.2 <= asyncio.run(run()) < 3
+
+
+def test_a_live_process_keeps_its_slots_past_the_lease(redis_url: str, backend: str) -> None:
+    """A request may run far longer than a slot's lease (the default lease is 15 s, the
+    request timeout minutes): its process renews the lease, so nobody else gets the slot.
+    The lease is 0.4 s here so the test takes about a second."""
+    holder = _redis_gate(redis_url, backend, 1, ttl_s=0.4)
+    other = _redis_gate(redis_url, backend, 1, ttl_s=0.4)
+
+    async def run() -> None:
+        slot = await holder.acquire("J")
+        await asyncio.sleep(1.2)  # three leases
+        assert (await other.snapshot()).in_flight == 1
+        waiter = asyncio.create_task(other.acquire("K"))
+        await asyncio.sleep(0.3)
+        assert not waiter.done()
+        await holder.release(slot, 1.5, "ok")
+        await other.release(await asyncio.wait_for(waiter, 2), 0.1, "ok")
+        assert (await other.snapshot()).in_flight == 0
+        assert holder._held == set()
+
+    asyncio.run(run())
+
+
+def test_the_default_lease_frees_a_dead_process_slots_within_seconds() -> None:
+    from app.llm.concurrency import SLOT_LEASE_S
+
+    gate = gate_for("lease-default", None, "redis://127.0.0.1:1/0")
+    assert isinstance(gate, RedisConcurrencyGate) and gate._slot_ttl_s == SLOT_LEASE_S <= 15
 
 
 def test_a_waiting_job_gets_the_next_slots(redis_url: str, backend: str) -> None:
@@ -717,7 +748,7 @@ def test_settings_reach_the_gate() -> None:
     default = build_llm_client(settings, GenerationOptions(model="m"))
     assert isinstance(default, OpenAICompatClient)
     assert isinstance(default.gate, LocalConcurrencyGate) and default.gate.limit == 4
-    assert default.gate is gate_for("default", 8, None, initial=4, slot_ttl_s=150.0)
+    assert default.gate is gate_for("default", 8, None, initial=4)
     big = build_llm_client(settings, GenerationOptions(model="m", backend="big"))
     assert isinstance(big, OpenAICompatClient) and big.gate is not default.gate
     assert Settings().llm_max_concurrency is None and Settings().llm_initial_concurrency == 16
