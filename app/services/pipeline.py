@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -648,6 +649,7 @@ class _InstanceResult:
     records: list[CallRecord]
     complete: bool
     reformulations: list[Reformulation] = field(default_factory=list)  # unnatural mode
+    stored: bool = False  # committed while the rest of its batch was still out
 
 
 def generate_instances(
@@ -695,8 +697,10 @@ def generate_instances(
         results = _classify_and_generate_in_batches(job_id, rows, options)
     else:
         graders = _instance_graders(llm_factory, options)
-        results = _classify_and_generate(llm_factory(options), rows, options, graders)
-    _commit_instances(job_id, results)
+        results = _classify_and_generate(
+            llm_factory(options), rows, options, graders, store=partial(_store_done, job_id)
+        )
+    _commit_instances(job_id, [r for r in results if not r.stored])
     failed = [r for r in results if not r.complete]
     log.info(
         "instances: %d of %d instructions done, %d examples accepted",
@@ -816,11 +820,19 @@ async def _outputs_and_reformulations(
     return [t.result() for t in tasks]
 
 
+async def _store_done(job_id: uuid.UUID, result: _InstanceResult) -> None:
+    """Store one finished instruction at once, in a thread: a worker killed later in the batch
+    then loses only what is still in flight, not the batch's answers so far."""
+    await asyncio.to_thread(_commit_instances, job_id, [result])
+    result.stored = True
+
+
 def _classify_and_generate(
     llm: LLMClient,
     pending: Sequence[tuple[uuid.UUID, str]],
     options: GenerationOptions,
     graders: Sequence[_Grader] = (),
+    store: Callable[[_InstanceResult], Awaitable[None]] | None = None,
 ) -> list[_InstanceResult]:
     """Steps 2 and 3 for a batch, each instruction's instance request sent as soon as its
     classification is back, at most `llm_concurrency` requests in flight.
@@ -830,7 +842,7 @@ def _classify_and_generate(
     bench/bench_throughput.py). Servers that cache prompt prefixes (vLLM, OpenAI, llama.cpp's
     slot matching) still reuse the few-shot prefixes, which are shared by kind, not by order.
     """
-    return run_sync(_classify_and_generate_async(llm, pending, options, graders))
+    return run_sync(_classify_and_generate_async(llm, pending, options, graders, store))
 
 
 async def _classify_and_generate_async(
@@ -838,7 +850,9 @@ async def _classify_and_generate_async(
     pending: Sequence[tuple[uuid.UUID, str]],
     options: GenerationOptions,
     graders: Sequence[_Grader],
+    store: Callable[[_InstanceResult], Awaitable[None]] | None = None,
 ) -> list[_InstanceResult]:
+    """`store`: called with each instruction that is complete, as soon as it is."""
     call = _bounded_caller(llm)
 
     async def grade(
@@ -895,6 +909,8 @@ async def _classify_and_generate_async(
             _judge(result, record, options)
             if graders and result.complete:
                 await grade_all(text, result)
+        if store is not None and result.complete:
+            await store(result)
         return result
 
     try:

@@ -242,3 +242,33 @@ def test_the_sweeper_resends_only_the_dead_part_of_a_busy_job(job_id: uuid.UUID)
     (resend,) = sweeper.stalled_jobs(now=later + timedelta(seconds=1))
     assert resend.round_no is None
     assert resend.instance_batches == [pending[:2]]
+
+
+def test_instructions_of_a_batch_are_stored_as_each_finishes(
+    job_id: uuid.UUID, fake_llm: FakeLLMServer
+) -> None:
+    """A worker killed in the middle of an instance batch loses only what is still in flight:
+    the instructions whose answers are in are stored while the others' requests are out."""
+    import threading
+
+    pipeline.run_round(job_id, 1, llm_for)
+    pending = _pending(job_id)
+    assert len(pending) >= 4
+    config = fake_llm.config
+    config.slow_kinds, config.slow_rate, config.slow_s = ("classify",), 0.5, 3.0
+    try:
+        worker = threading.Thread(
+            target=pipeline.generate_instances, args=(job_id, pending, llm_for)
+        )
+        started = time.monotonic()
+        worker.start()
+        stored = 0
+        while stored == 0 and time.monotonic() - started < 2.8:
+            stored = len(pending) - len(_pending(job_id))
+            time.sleep(0.02)
+        early = time.monotonic() - started < 3.0  # no slow classification can be back yet
+        worker.join()
+    finally:
+        config.slow_kinds, config.slow_rate, config.slow_s = (), 0.0, 0.0
+    assert early and 0 < stored < len(pending), stored
+    assert _pending(job_id) == []
