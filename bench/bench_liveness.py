@@ -13,7 +13,8 @@ SIGKILL while its round is in flight. Measured from outside the job's worker:
 - seconds from the kill until the job stores its next instruction round (the round holder's
   work is what a dead worker stalls; the other worker goes on with instances regardless);
 - repeats at the server, against a run without a kill on the same settings;
-- the requests in flight at the server at the moment of the kill (the most a kill may lose).
+- the requests unanswered at the server at the moment of the kill, being served or queued (the
+  most a kill should lose).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def _kill_and_time(stack: Any, server: SlotServer, engine: Any, job_id: str) -> 
         if worker is None:
             time.sleep(0.05)
             continue
-        in_flight = server.stats()["serving"]
+        at_kill = server.stats()
+        in_flight = at_kill["serving"] + at_kill["waiting"]  # served, or queued at the server
         stack.kill_worker(worker)
         killed_at = time.monotonic()
         if _round_claim(engine, job_id)[::2] != (token, rounds):  # it landed first: again
