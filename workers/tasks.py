@@ -45,19 +45,10 @@ def _backoff(retries: int) -> float:
     return base + random.uniform(0, base)
 
 
-def _retry(
-    self: Task,
-    hold: leases.Hold,
-    exc: Exception,
-    countdown: float,
-    args: tuple[object, ...] | None = None,
-) -> Exception:
-    """A retry that inherits the task's claims, so no sweeper re-sends the work meanwhile
-    (`args`: the retry's, when they differ from the task's own)."""
+def _retry(self: Task, hold: leases.Hold, exc: Exception, countdown: float) -> Exception:
+    """A retry that inherits the task's claims, so no sweeper re-sends the work meanwhile."""
     kwargs = {**(self.request.kwargs or {}), "claim": hold.hand_over(countdown)}
-    if args is not None:
-        args = (args[0], [str(i) for i in args[1]], *args[2:])  # type: ignore[union-attr]
-    return self.retry(exc=exc, countdown=countdown, args=args, kwargs=kwargs)
+    return self.retry(exc=exc, countdown=countdown, kwargs=kwargs)
 
 
 @celery_app.task(name=ROUND_TASK, bind=True, max_retries=None)
@@ -114,7 +105,7 @@ def generate_instances(
     ids = [uuid.UUID(i) for i in instruction_ids]
     with leases.holding(jid, claim) as hold:
         try:
-            pipeline.generate_instances(jid, ids, llm_for, hold, top_up=True)
+            pipeline.generate_instances(jid, ids, llm_for, hold)
         except BatchPending as pending:  # as in run_round
             token = hold.hand_over(pending.poll_after_s)
             enqueue_instances(
@@ -127,12 +118,8 @@ def generate_instances(
         except LLMTransientError as exc:
             if pipeline.note_llm_outage(jid, str(exc)):
                 return
-            # The instructions it took on top of its own are retried (or given up) with them.
-            ids = sorted(set(ids) | hold.instruction_ids)
             if self.request.retries < _max_retries():
-                raise _retry(
-                    self, hold, exc, _backoff(self.request.retries), args=(job_id, ids)
-                ) from exc
+                raise _retry(self, hold, exc, _backoff(self.request.retries)) from exc
             log.warning("job %s: giving up on instances of %d instructions: %s", jid, len(ids), exc)
             pipeline.mark_instances_failed(jid, ids)
         except DATABASE_ERRORS as exc:

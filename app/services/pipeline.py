@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -657,14 +657,9 @@ def generate_instances(
     instruction_ids: Sequence[uuid.UUID],
     llm_factory: LLMFactory,
     hold: leases.Hold | None = None,
-    *,
-    top_up: bool = False,
 ) -> bool:
     """Classify and generate instances for a batch of accepted instructions: those of them
-    still pending that no live task holds (`hold` as in run_round). With `top_up`, also other
-    pending instructions of the job nobody holds (their messages are still queued), up to
-    `instructions_per_instance_task`: with a backlog, every pool process then has a full batch
-    in steps 2-3 instead of the few its message named. Every claimed id is in `hold`.
+    still pending that no live task holds (`hold` as in run_round).
 
     Returns True when the whole batch is done; raises LLMTransientError (after committing what
     succeeded) when some instructions must be retried.
@@ -683,11 +678,6 @@ def generate_instances(
             return True
         session.flush()  # the job row first (see leases.claim_instructions)
         claimed = leases.claim_instructions(session, job_id, instruction_ids, hold)
-        room = get_settings().instructions_per_instance_task - len(claimed)
-        if top_up and room > 0 and options.mode == "paper" and not options.batch_api:
-            claimed += leases.claim_instructions(
-                session, job_id, _unheld_pending(session, job_id, room), hold
-            )
         pending = session.execute(
             select(Instruction.id, Instruction.text, Instruction.extra)
             .where(Instruction.id.in_(claimed))
@@ -1078,24 +1068,6 @@ def _add_reformulations(session: Session, result: _InstanceResult) -> None:
                     accepted=True,
                 )
             )
-
-
-def _unheld_pending(session: Session, job_id: uuid.UUID, limit: int) -> list[uuid.UUID]:
-    """The oldest accepted instructions of the job still waiting for steps 2-3 that no live
-    task holds."""
-    now = datetime.now(UTC)
-    return list(
-        session.scalars(
-            select(Instruction.id)
-            .where(
-                Instruction.job_id == job_id,
-                Instruction.instances_state == InstancesState.PENDING,
-                or_(Instruction.claim_token.is_(None), Instruction.claimed_until < now),
-            )
-            .order_by(Instruction.round, Instruction.slot, Instruction.variant)
-            .limit(limit)
-        )
-    )
 
 
 def mark_instances_failed(job_id: uuid.UUID, instruction_ids: Sequence[uuid.UUID]) -> None:

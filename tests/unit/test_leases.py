@@ -270,23 +270,3 @@ def test_instructions_of_a_batch_are_stored_as_each_finishes(
         config.slow_kinds, config.slow_rate, config.slow_s = (), 0.0, 0.0
     assert early and 0 < stored < len(pending), stored
     assert _pending(job_id) == []
-
-
-def test_a_batch_tops_up_with_pending_instructions_nobody_holds(
-    job_id: uuid.UUID, fake_llm: FakeLLMServer
-) -> None:
-    """A task named one instruction takes on the job's other pending ones whose messages are
-    still queued, but none a live task holds."""
-    pipeline.run_round(job_id, 1, llm_for)
-    pending = _pending(job_id)
-    assert 4 <= len(pending) <= get_settings().instructions_per_instance_task
-    other = leases.Hold(job_id)
-    with session_scope() as session:
-        leases.claim_instructions(session, job_id, pending[:2], other)
-    before = len(fake_llm.requests)
-    with leases.holding(job_id) as hold:
-        pipeline.generate_instances(job_id, pending[2:3], llm_for, hold, top_up=True)
-        taken = hold.instruction_ids
-    assert taken == set(pending[2:])  # its own, and every one nobody held
-    assert set(_pending(job_id)) == set(pending[:2])
-    assert len(fake_llm.requests) - before == 2 * (len(pending) - 2)  # classify + instances
