@@ -150,11 +150,12 @@ class Settings(BaseSettings):
         60.0, gt=0, description="How often a job using the Batch API checks its batch."
     )
     instructions_per_instance_task: int = Field(
-        32,
+        64,
         ge=1,
         le=1024,
-        description="Accepted instructions handled by one instance-generation task (each "
-        "sends two requests or more: enough in flight per task to fill a large backend).",
+        description="Accepted instructions one instance-generation task works on at once: it "
+        "starts with its message's batch and takes more of its job's pending instructions as "
+        "its own finish, for up to 30 s (each sends two requests or more, one at a time).",
     )
     db_pool_size: int = Field(
         10, ge=1, le=200, description="Pooled database connections per process."

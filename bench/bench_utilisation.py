@@ -51,7 +51,7 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
 
     rng = random.Random(seed)
     gate = asyncio.Semaphore(slots)
-    busy: list[tuple[float, float]] = []  # (slot taken, slot given back), monotonic seconds
+    busy: list[tuple[float, float, str]] = []  # (slot taken, given back, prompt kind), monotonic
     counts = {"requests": 0, "refused": 0, "serving": 0, "peak_waiting": 0, "waiting": 0,
               "repeats": 0}  # fmt: skip
     seen: set[str] = set()  # request bodies served: one seen again is work sent twice
@@ -81,6 +81,7 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
             return 429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}}
         counts["waiting"] += 1
         counts["peak_waiting"] = max(counts["peak_waiting"], counts["waiting"])
+        prompt = body["messages"][-1]["content"] if chat else body["prompt"]
         async with gate:
             counts["waiting"] -= 1
             counts["serving"] += 1
@@ -89,11 +90,11 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
                 await asyncio.sleep(median_s * math.exp(rng.gauss(0.0, SIGMA)))
             finally:
                 counts["serving"] -= 1
-                busy.append((taken, time.monotonic()))
+                busy.append((taken, time.monotonic(), prompt_kind(prompt)))
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         if digest in seen:
             counts["repeats"] += 1
-            kind = prompt_kind(body["messages"][-1]["content"] if chat else body["prompt"])
+            kind = prompt_kind(prompt)
             repeats_by_kind[kind] = repeats_by_kind.get(kind, 0) + 1
         seen.add(digest)
         return 200, reply(body, chat)
@@ -161,10 +162,18 @@ class SlotServer:
         self.proc.wait(10)
 
 
-def utilisation(busy: list[list[float]], slots: int, start: float, end: float) -> float:
+def utilisation(busy: list[list[Any]], slots: int, start: float, end: float) -> float:
     """Busy slot-seconds within [start, end] over slots x (end - start)."""
-    held = sum(max(0.0, min(b, end) - max(a, start)) for a, b in busy)
+    held = sum(max(0.0, min(b, end) - max(a, start)) for a, b, *_ in busy)
     return held / (slots * (end - start)) if end > start else 0.0
+
+
+def held_by_kind(busy: list[list[Any]], start: float, end: float) -> dict[str, float]:
+    """Mean slots held within [start, end] by each kind of prompt (step 1, classify, ...)."""
+    held: dict[str, float] = {}
+    for a, b, kind in busy:
+        held[kind] = held.get(kind, 0.0) + max(0.0, min(b, end) - max(a, start))
+    return {k: round(v / (end - start), 1) for k, v in sorted(held.items())} if end > start else {}
 
 
 # --- one run on the real stack ---------------------------------------------------------------------
@@ -220,6 +229,7 @@ def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
         "wall_s": wall,
         "whole": utilisation(stats["busy"], server.slots, start, end),
         "middle": utilisation(stats["busy"], server.slots, *middle),
+        "middle_by_kind": held_by_kind(stats["busy"], *middle),
         "requests": stats["requests"],
         "refused": stats["refused"],
         "peak_waiting": stats["peak_waiting"],
@@ -262,6 +272,7 @@ def main() -> None:
             print(f"| {slots} | {latency:g} s | {result['wall_s']:.0f} | {result['whole']:.2f} | "
                   f"{result['middle']:.2f} | {result['requests']} | {result['refused']} | "
                   f"{result['peak_waiting']} |", flush=True)  # fmt: skip
+            print(f"<!-- slots held in the middle 60 % by kind: {result['middle_by_kind']} -->")
             if result["backends"]:
                 print(f"<!-- backends at the end: {result['backends']} -->")
 

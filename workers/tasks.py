@@ -45,10 +45,16 @@ def _backoff(retries: int) -> float:
     return base + random.uniform(0, base)
 
 
-def _retry(self: Task, hold: leases.Hold, exc: Exception, countdown: float) -> Exception:
+def _retry(
+    self: Task,
+    hold: leases.Hold,
+    exc: Exception,
+    countdown: float,
+    args: tuple[object, ...] | None = None,
+) -> Exception:
     """A retry that inherits the task's claims, so no sweeper re-sends the work meanwhile."""
     kwargs = {**(self.request.kwargs or {}), "claim": hold.hand_over(countdown)}
-    return self.retry(exc=exc, countdown=countdown, kwargs=kwargs)
+    return self.retry(args=args, exc=exc, countdown=countdown, kwargs=kwargs)
 
 
 @celery_app.task(name=ROUND_TASK, bind=True, max_retries=None)
@@ -118,8 +124,11 @@ def generate_instances(
         except LLMTransientError as exc:
             if pipeline.note_llm_outage(jid, str(exc)):
                 return
+            if isinstance(exc, pipeline.InstancesWaiting):  # it may have taken more than `ids`
+                ids = exc.instruction_ids
             if self.request.retries < _max_retries():
-                raise _retry(self, hold, exc, _backoff(self.request.retries)) from exc
+                waiting = (job_id, [str(i) for i in ids])
+                raise _retry(self, hold, exc, _backoff(self.request.retries), waiting) from exc
             log.warning("job %s: giving up on instances of %d instructions: %s", jid, len(ids), exc)
             pipeline.mark_instances_failed(jid, ids)
         except DATABASE_ERRORS as exc:

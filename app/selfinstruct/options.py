@@ -187,9 +187,9 @@ class GenerationOptions(JsonNumbers):
     )
     requests_per_round: int = Field(5, ge=1, le=64, description="Concurrent prompts per round.")
     rounds_in_flight: int = Field(
-        4,
+        16,
         ge=1,
-        le=32,
+        le=64,
         description="Rounds of step 1 sent before the oldest is back. Round r's prompts show "
         "machine instructions accepted up to round r - rounds_in_flight, and rounds are "
         "accepted in order, so a rerun repeats the job whatever the timing; 1 is the paper's "

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -652,6 +652,15 @@ class _InstanceResult:
     stored: bool = False  # committed while the rest of its batch was still out
 
 
+class InstancesWaiting(LLMTransientError):
+    """Some instructions of an instance task are still waiting for the LLM: the retry takes
+    these (the task may have taken more than its message named)."""
+
+    def __init__(self, message: str, instruction_ids: Sequence[uuid.UUID]) -> None:
+        super().__init__(message)
+        self.instruction_ids = list(instruction_ids)
+
+
 def generate_instances(
     job_id: uuid.UUID,
     instruction_ids: Sequence[uuid.UUID],
@@ -659,10 +668,12 @@ def generate_instances(
     hold: leases.Hold | None = None,
 ) -> bool:
     """Classify and generate instances for a batch of accepted instructions: those of them
-    still pending that no live task holds (`hold` as in run_round).
+    still pending that no live task holds (`hold` as in run_round). Paper-mode tasks then keep
+    taking the job's other pending instructions nobody holds (see `_TakeMore`), so that a pool
+    process keeps a full window of requests out instead of waiting for its batch's slowest.
 
-    Returns True when the whole batch is done; raises LLMTransientError (after committing what
-    succeeded) when some instructions must be retried.
+    Returns True when every instruction it took is done; raises InstancesWaiting (after
+    committing what succeeded) when some must be retried.
     """
     if hold is None:
         with leases.holding(job_id) as own:
@@ -678,11 +689,7 @@ def generate_instances(
             return True
         session.flush()  # the job row first (see leases.claim_instructions)
         claimed = leases.claim_instructions(session, job_id, instruction_ids, hold)
-        pending = session.execute(
-            select(Instruction.id, Instruction.text, Instruction.extra)
-            .where(Instruction.id.in_(claimed))
-            .order_by(Instruction.round, Instruction.slot, Instruction.variant)
-        ).all()
+        pending = _pending_rows(session, claimed)
     if not pending:
         return True
     rows = [(row[0], row[1]) for row in pending]
@@ -698,7 +705,12 @@ def generate_instances(
     else:
         graders = _instance_graders(llm_factory, options)
         results = _classify_and_generate(
-            llm_factory(options), rows, options, graders, store=partial(_store_done, job_id)
+            llm_factory(options),
+            rows,
+            options,
+            graders,
+            store=partial(_store_done, job_id),
+            more=_TakeMore(job_id, hold, options),
         )
     _commit_instances(job_id, [r for r in results if not r.stored])
     failed = [r for r in results if not r.complete]
@@ -709,11 +721,73 @@ def generate_instances(
         sum(d.accepted for r in results for d in r.decisions),
     )
     if failed:
-        raise LLMTransientError(
+        raise InstancesWaiting(
             f"{len(failed)} of {len(results)} instructions are waiting for the LLM: "
-            + next((rec.error or "" for r in failed for rec in r.records if rec.error), "")
+            + next((rec.error or "" for r in failed for rec in r.records if rec.error), ""),
+            [r.instruction_id for r in failed],
         )
     return True
+
+
+def _pending_rows(
+    session: Session, ids: Sequence[uuid.UUID]
+) -> list[tuple[uuid.UUID, str, dict | None]]:
+    return list(
+        session.execute(  # rows unpack as (id, text, extra)
+            select(Instruction.id, Instruction.text, Instruction.extra)
+            .where(Instruction.id.in_(list(ids)))
+            .order_by(Instruction.round, Instruction.slot, Instruction.variant)
+        )
+    )  # type: ignore[arg-type]
+
+
+INSTANCE_SLICE_S = 30.0  # how long one instance task keeps taking more of its job's work
+TAKE_AGAIN_S = 0.5  # after finding nothing to take: new instructions come with stored rounds
+
+
+class _TakeMore:
+    """More of the job's pending instructions for a running instance task: the oldest that no
+    live task holds (their own messages are still queued, or their task died), claimed under
+    the task's hold. After INSTANCE_SLICE_S it takes no more, so that other jobs' tasks get the
+    pool process too; a job that is finished, cancelled or over a budget gives none."""
+
+    def __init__(self, job_id: uuid.UUID, hold: leases.Hold, options: GenerationOptions) -> None:
+        self.job_id, self.hold, self.options = job_id, hold, options
+        self.until = time.monotonic() + INSTANCE_SLICE_S
+
+    def __call__(self, limit: int) -> list[tuple[uuid.UUID, str]]:
+        if limit < 1 or time.monotonic() >= self.until:
+            return []
+        budgeted = self.options.max_total_tokens is not None or (
+            self.options.max_llm_requests is not None
+        )
+        with session_scope() as session:
+            job = session.get(Job, self.job_id)
+            if job is None or JobStatus(job.status).finished:
+                return []
+            if budgeted and _stop_for_budget(session, job, self.options):
+                return []
+            job.heartbeat_at = datetime.now(UTC)
+            session.flush()  # the job row first (see leases.claim_instructions)
+            free = _unheld_pending(session, self.job_id, limit)
+            claimed = leases.claim_instructions(session, self.job_id, free, self.hold)
+            return [(row[0], row[1]) for row in _pending_rows(session, claimed)]
+
+
+def _unheld_pending(session: Session, job_id: uuid.UUID, limit: int) -> list[uuid.UUID]:
+    now = datetime.now(UTC)
+    return list(
+        session.scalars(
+            select(Instruction.id)
+            .where(
+                Instruction.job_id == job_id,
+                Instruction.instances_state == InstancesState.PENDING,
+                or_(Instruction.claim_token.is_(None), Instruction.claimed_until < now),
+            )
+            .order_by(Instruction.round, Instruction.slot, Instruction.variant)
+            .limit(limit)
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -833,16 +907,21 @@ def _classify_and_generate(
     options: GenerationOptions,
     graders: Sequence[_Grader] = (),
     store: Callable[[_InstanceResult], Awaitable[None]] | None = None,
+    more: MoreWork | None = None,
 ) -> list[_InstanceResult]:
     """Steps 2 and 3 for a batch, each instruction's instance request sent as soon as its
-    classification is back, at most `llm_concurrency` requests in flight.
+    classification is back, at most `llm_concurrency` requests in flight; with `more`, the
+    batch takes further instructions as its own finish (see `_streamed`).
 
     Parsing and filtering run on the LLM loop between answers, so the CPU work overlaps the
     requests in flight instead of leaving the backend idle between phases (measured in
     bench/bench_throughput.py). Servers that cache prompt prefixes (vLLM, OpenAI, llama.cpp's
     slot matching) still reuse the few-shot prefixes, which are shared by kind, not by order.
     """
-    return run_sync(_classify_and_generate_async(llm, pending, options, graders, store))
+    return run_sync(_classify_and_generate_async(llm, pending, options, graders, store, more))
+
+
+MoreWork = Callable[[int], Sequence[tuple[uuid.UUID, str]]]
 
 
 async def _classify_and_generate_async(
@@ -851,6 +930,7 @@ async def _classify_and_generate_async(
     options: GenerationOptions,
     graders: Sequence[_Grader],
     store: Callable[[_InstanceResult], Awaitable[None]] | None = None,
+    more: MoreWork | None = None,
 ) -> list[_InstanceResult]:
     """`store`: called with each instruction that is complete, as soon as it is."""
     call = _bounded_caller(llm)
@@ -913,12 +993,65 @@ async def _classify_and_generate_async(
             await store(result)
         return result
 
+    return await _streamed(pending, one, more)
+
+
+async def _streamed(
+    first: Sequence[tuple[uuid.UUID, str]],
+    one: Callable[[uuid.UUID, str], Awaitable[_InstanceResult]],
+    more: MoreWork | None,
+) -> list[_InstanceResult]:
+    """`one` for each of `first`, and, with `more`, for what `more` hands out as they finish:
+    the task keeps `instructions_per_instance_task` instructions in work. It asks again once a
+    quarter of that is free (one transaction per few instructions, not per instruction), and
+    after an empty answer not before TAKE_AGAIN_S. A permanent LLM error raises at once."""
+    window = get_settings().instructions_per_instance_task
+    results: list[_InstanceResult] = []
+    order: dict[uuid.UUID, int] = {}  # results in the order the task took the instructions
+    running, taking, dry_until = 0, False, 0.0
+
+    async def take_more(group: asyncio.TaskGroup) -> None:
+        nonlocal taking, dry_until, more
+        taking = True
+        try:
+            items = await asyncio.to_thread(more, window - running)  # type: ignore[arg-type]
+        except Exception:  # a database outage: finish what is in work, take no more
+            log.warning("instance task: could not take more instructions", exc_info=True)
+            items, more = [], None
+        finally:
+            taking = False
+        if not items:
+            dry_until = time.monotonic() + TAKE_AGAIN_S
+        start(group, items)
+
+    def start(group: asyncio.TaskGroup, items: Sequence[tuple[uuid.UUID, str]]) -> None:
+        nonlocal running
+        running += len(items)
+        for instruction_id, text in items:
+            order.setdefault(instruction_id, len(order))
+            group.create_task(work(group, instruction_id, text))
+
+    async def work(group: asyncio.TaskGroup, instruction_id: uuid.UUID, text: str) -> None:
+        nonlocal running
+        try:
+            results.append(await one(instruction_id, text))
+        finally:
+            running -= 1
+        await maybe_take(group)
+
+    async def maybe_take(group: asyncio.TaskGroup) -> None:
+        room = window - running
+        wanted = room >= max(1, window // 4) or running == 0
+        if more is not None and wanted and not taking and time.monotonic() >= dry_until:
+            await take_more(group)
+
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(i, text)) for i, text in pending]
+            start(group, first)
+            await maybe_take(group)
     except* LLMError as failed:  # a permanent error: the job cannot go on
         raise failed.exceptions[0] from None
-    return [t.result() for t in tasks]
+    return sorted(results, key=lambda r: order[r.instruction_id])
 
 
 def _classify_and_generate_in_batches(

@@ -113,6 +113,7 @@ def _stream(
     in_flight: InFlight,
 ) -> RoundResult:
     deadline = time.monotonic() + ROUND_SLICE_S
+    spent = _Spent()
 
     def send(planned: PlannedRound) -> None:
         context = contextvars.copy_context()  # the job id, for the backend's fair shares
@@ -125,9 +126,10 @@ def _stream(
     result = RoundResult(next_round=first.round_no)
     while in_flight:
         while planning and len(in_flight) < depth and time.monotonic() < deadline:
-            if not _worth_another(job_id, len(in_flight), first.options):
-                break
-            planned = pipeline.prepare_round(job_id, next_round)
+            with spent("planning"):
+                if not _worth_another(job_id, len(in_flight), first.options):
+                    break
+                planned = pipeline.prepare_round(job_id, next_round)
             if isinstance(planned, RoundResult):  # finished, or over a budget
                 planning = False
                 break
@@ -135,9 +137,11 @@ def _stream(
             next_round += 1
         planned, answers = in_flight.popleft()
         try:
-            records = answers.result()
+            with spent("waiting for answers"):
+                records = answers.result()
             hold_next = hold if in_flight else None
-            result = pipeline.finish_round(job_id, planned, records, llm_factory, hold_next)
+            with spent("storing"):
+                result = pipeline.finish_round(job_id, planned, records, llm_factory, hold_next)
         except Exception:
             if planned.round_no == first.round_no:
                 raise
@@ -148,11 +152,41 @@ def _stream(
                 exc_info=True,
             )
             return RoundResult(next_round=planned.round_no)
-        stored.add(result.instance_batches)
+        spent.rounds += 1
+        with spent("sending instance tasks"):
+            stored.add(result.instance_batches)
         result.instance_batches = []
         if result.finished or result.next_round is None:
-            return result
+            break
+    log.info("job %s: %s", job_id, spent)
     return result
+
+
+class _Spent:
+    """Where a stream's time went, for one log line per task: a job whose rounds spend most of
+    their time storing or planning is bounded by its writer, not by the backend."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.rounds = 0
+        self.seconds: dict[str, float] = {}
+        self._phase = ""
+
+    def __call__(self, phase: str) -> _Spent:
+        self._phase = phase
+        return self
+
+    def __enter__(self) -> None:
+        self._since = time.perf_counter()
+
+    def __exit__(self, *_: object) -> None:
+        elapsed = time.perf_counter() - self._since
+        self.seconds[self._phase] = self.seconds.get(self._phase, 0.0) + elapsed
+
+    def __str__(self) -> str:
+        wall = time.monotonic() - self.started
+        parts = ", ".join(f"{phase} {s:.1f} s" for phase, s in self.seconds.items())
+        return f"{self.rounds} rounds stored in {wall:.1f} s ({parts})"
 
 
 def _first_guess(options: GenerationOptions) -> float:

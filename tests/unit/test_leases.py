@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from app.config import get_settings
 from app.db import reset_engine, session_scope
+from app.llm import concurrency
 from app.migrate import upgrade_database
 from app.models import InstancesState, Instruction, Job
 from app.selfinstruct.options import GenerationOptions
@@ -36,6 +37,9 @@ def job_id(
     monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", "x")
     monkeypatch.setenv("SELFINSTRUCT_JOB_LEASE_S", str(LEASE_S))
+    # A gate of its own: the fake server is the session's, and its gate's adaptive limit would
+    # carry what other modules' faults taught it (the timing tests here need its start).
+    monkeypatch.setattr(concurrency, "_gates", {})
     get_settings.cache_clear()
     reset_engine()
     reset_llm_clients()
@@ -187,6 +191,53 @@ def test_instance_batches_skip_instructions_a_live_task_holds(
             )
         ).all()
     assert set(claims) == {(None, None)}
+
+
+def test_an_instance_task_takes_the_jobs_pending_instructions_nobody_holds(
+    job_id: uuid.UUID, fake_llm: FakeLLMServer
+) -> None:
+    """Its message names one instruction; it also does the others nobody holds, so a pool
+    process keeps its window full instead of waiting for its own batch's slowest request."""
+    pipeline.run_round(job_id, 1, llm_for)
+    pending = _pending(job_id)
+    assert len(pending) >= 4
+    other = leases.Hold(job_id)
+    with session_scope() as session:
+        leases.claim_instructions(session, job_id, pending[:1], other)
+    before = len(fake_llm.requests)
+    assert pipeline.generate_instances(job_id, pending[1:2], llm_for)
+    assert _pending(job_id) == pending[:1]  # a live task's claim is left alone
+    assert len(fake_llm.requests) - before == 2 * (len(pending) - 1)  # classify + instances
+
+
+def test_an_instance_task_takes_nothing_more_after_its_slice(
+    job_id: uuid.UUID, fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After INSTANCE_SLICE_S (shortened here to none at all) a task does only what it has, so
+    that other jobs' tasks get the pool process."""
+    monkeypatch.setattr(pipeline, "INSTANCE_SLICE_S", 0.0)
+    pipeline.run_round(job_id, 1, llm_for)
+    pending = _pending(job_id)
+    assert pipeline.generate_instances(job_id, pending[:1], llm_for)
+    assert set(_pending(job_id)) == set(pending[1:])
+
+
+def test_a_task_that_took_more_hands_all_its_unfinished_instructions_to_its_retry(
+    job_id: uuid.UUID, fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline.run_round(job_id, 1, llm_for)
+    pending = _pending(job_id)
+    monkeypatch.setenv("SELFINSTRUCT_LLM_MAX_RETRIES", "0")  # fail at once, not after backoffs
+    get_settings.cache_clear()
+    reset_llm_clients()
+    fake_llm.fail_next(10_000)
+    try:
+        with pytest.raises(pipeline.InstancesWaiting) as waiting:
+            pipeline.generate_instances(job_id, pending[:1], llm_for)
+    finally:
+        fake_llm.reset()  # the server is the session's
+    assert set(waiting.value.instruction_ids) == set(pending)
+    assert set(_pending(job_id)) == set(pending)  # nothing lost, nothing marked failed
 
 
 def test_the_sweeper_leaves_live_work_alone(job_id: uuid.UUID) -> None:
