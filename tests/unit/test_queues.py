@@ -64,3 +64,20 @@ def test_balance_shares_wait_for_instances_but_a_verb_cap_does_not() -> None:
     assert steers_on_instances(BalanceTargets(input_share=0.3))
     assert not steers_on_instances(BalanceTargets(max_per_verb=5))
     assert not steers_on_instances(None)
+
+
+def test_a_detached_broker_channel_reports_a_connection_error_not_a_crash() -> None:
+    """kombu builds a new pool from a transport it already detached when Redis restarts; the
+    AttributeError that followed ended the worker. It must read as the broker being away."""
+    from types import SimpleNamespace
+
+    import redis.exceptions
+    from kombu.transport import redis as kombu_redis
+
+    import workers.celery_app  # noqa: F401  (the guard is installed on import)
+
+    channel = object.__new__(kombu_redis.Channel)
+    channel.connection = SimpleNamespace(client=None)  # what the close after a lost link leaves
+    with pytest.raises(redis.exceptions.ConnectionError):
+        channel._connparams()
+    assert issubclass(redis.exceptions.ConnectionError, kombu_redis.Transport.connection_errors)
