@@ -14,7 +14,7 @@ import logging
 import random
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -81,8 +81,9 @@ from app.selfinstruct.unnatural import (
     plan_unnatural_round,
     rephrase_stop,
 )
-from app.services import batches, leases
+from app.services import batches, budget, leases
 from app.services.balance import mix_so_far
+from app.services.budget import Cost, InstanceBudget, job_usage
 from app.services.seed_sets import load_seed_tasks
 
 log = logging.getLogger(__name__)
@@ -650,6 +651,7 @@ class _InstanceResult:
     complete: bool
     reformulations: list[Reformulation] = field(default_factory=list)  # unnatural mode
     stored: bool = False  # committed while the rest of its batch was still out
+    unsent: bool = False  # not started: the job's budget had no room left for it
 
 
 class InstancesWaiting(LLMTransientError):
@@ -704,6 +706,7 @@ def generate_instances(
         results = _classify_and_generate_in_batches(job_id, rows, options)
     else:
         graders = _instance_graders(llm_factory, options)
+        limit = InstanceBudget(job_id, options) if budget.budgeted(options) else None
         results = _classify_and_generate(
             llm_factory(options),
             rows,
@@ -711,7 +714,12 @@ def generate_instances(
             graders,
             store=partial(_store_done, job_id),
             more=_TakeMore(job_id, hold, options),
+            limit=limit,
         )
+        if limit is not None and limit.exhausted is not None:
+            _commit_instances(job_id, [r for r in results if not r.stored])
+            _stop_instances_for_budget(job_id, limit.exhausted, results)
+            return True
     _commit_instances(job_id, [r for r in results if not r.stored])
     failed = [r for r in results if not r.complete]
     log.info(
@@ -727,6 +735,24 @@ def generate_instances(
             [r.instruction_id for r in failed],
         )
     return True
+
+
+def _stop_instances_for_budget(
+    job_id: uuid.UUID, reason: str, results: Sequence[_InstanceResult]
+) -> None:
+    """The budget has no room for another instruction: the job stops, and what this task had
+    not finished is given up (retrying it would send what the budget does not allow)."""
+    unfinished = [r.instruction_id for r in results if not r.complete]
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return
+        budget.stop_job(job, reason)
+        session.flush()  # the job row first (see leases.claim_instructions)
+        _give_up_instances(session, job_id, unfinished)
+    log.info(
+        "instances: the job's %s leaves no room for %d more instructions", reason, len(unfinished)
+    )
 
 
 def _pending_rows(
@@ -908,17 +934,21 @@ def _classify_and_generate(
     graders: Sequence[_Grader] = (),
     store: Callable[[_InstanceResult], Awaitable[None]] | None = None,
     more: MoreWork | None = None,
+    limit: InstanceBudget | None = None,
 ) -> list[_InstanceResult]:
     """Steps 2 and 3 for a batch, each instruction's instance request sent as soon as its
     classification is back, at most `llm_concurrency` requests in flight; with `more`, the
-    batch takes further instructions as its own finish (see `_streamed`).
+    batch takes further instructions as its own finish (see `_streamed`); with `limit`, an
+    instruction starts only once the job's budgets have room for all it may send.
 
     Parsing and filtering run on the LLM loop between answers, so the CPU work overlaps the
     requests in flight instead of leaving the backend idle between phases (measured in
     bench/bench_throughput.py). Servers that cache prompt prefixes (vLLM, OpenAI, llama.cpp's
     slot matching) still reuse the few-shot prefixes, which are shared by kind, not by order.
     """
-    return run_sync(_classify_and_generate_async(llm, pending, options, graders, store, more))
+    return run_sync(
+        _classify_and_generate_async(llm, pending, options, graders, store, more, limit)
+    )
 
 
 MoreWork = Callable[[int], Sequence[tuple[uuid.UUID, str]]]
@@ -931,6 +961,7 @@ async def _classify_and_generate_async(
     graders: Sequence[_Grader],
     store: Callable[[_InstanceResult], Awaitable[None]] | None = None,
     more: MoreWork | None = None,
+    limit: InstanceBudget | None = None,
 ) -> list[_InstanceResult]:
     """`store`: called with each instruction that is complete, as soon as it is."""
     call = _bounded_caller(llm)
@@ -993,21 +1024,67 @@ async def _classify_and_generate_async(
             await store(result)
         return result
 
-    return await _streamed(pending, one, more)
+    admission = None if limit is None else (limit, partial(_cost_of, options, graders))
+    return await _streamed(pending, one, more, admission)
+
+
+def instruction_cost(
+    options: GenerationOptions, text: str = "x" * 120, graders: Sequence[_Grader] | None = None
+) -> Cost:
+    """The most steps 2 and 3 of one instruction may use: its classification, its instance
+    request, and every judge's grade of each instance it may bring (`text`: the instruction,
+    by default one of a typical length)."""
+    longest = max(options.instance_max_tokens, options.classification_instance_max_tokens)
+    prompt = max(len(build_instance_prompt(text, is_classification=kind)) for kind in (False, True))
+    costs = [budget.request_cost(prompt, longest)]
+    if not options.classification_only:
+        costs.append(budget.request_cost(len(build_classification_prompt(text)), 3))
+    judges = [(g.template, g.step) for g in graders] if graders is not None else _judges(options)
+    for template, step in judges:
+        judged = len(template) + len(text) + longest * budget.CHARS_PER_TOKEN
+        costs += [budget.request_cost(judged, step.max_tokens)] * options.max_instances_per_task
+    return budget.total(costs)
+
+
+def _judges(options: GenerationOptions) -> list[tuple[str, ScoreJudge]]:
+    """The instance judges of a job's options, each with the prompt it sends."""
+    judges = options.judges
+    if judges is None:
+        return []
+    kinds = ((judges.answer, ANSWER_JUDGE_PROMPT), (judges.faithfulness, FAITHFULNESS_JUDGE_PROMPT))
+    return [(step.prompt or default, step) for step, default in kinds if step is not None]
+
+
+def _cost_of(options: GenerationOptions, graders: Sequence[_Grader], text: str) -> Cost:
+    return instruction_cost(options, text, graders)
+
+
+def _used(records: Sequence[CallRecord]) -> Cost:
+    tokens = sum(
+        r.response.prompt_tokens + r.response.completion_tokens for r in records if r.response
+    )
+    return Cost(len(records), tokens)
+
+
+Admission = tuple[InstanceBudget, Callable[[str], Cost]]
 
 
 async def _streamed(
     first: Sequence[tuple[uuid.UUID, str]],
     one: Callable[[uuid.UUID, str], Awaitable[_InstanceResult]],
     more: MoreWork | None,
+    admission: Admission | None = None,
 ) -> list[_InstanceResult]:
     """`one` for each of `first`, and, with `more`, for what `more` hands out as they finish:
     the task keeps `instructions_per_instance_task` instructions in work. It asks again once a
     quarter of that is free (one transaction per few instructions, not per instruction), and
-    after an empty answer not before TAKE_AGAIN_S. A permanent LLM error raises at once."""
+    after an empty answer not before TAKE_AGAIN_S. With `admission`, an instruction waits for
+    its cost to fit the budget; what never fits comes back unsent. A permanent LLM error
+    raises at once."""
     window = get_settings().instructions_per_instance_task
     results: list[_InstanceResult] = []
     order: dict[uuid.UUID, int] = {}  # results in the order the task took the instructions
+    waiting: deque[tuple[uuid.UUID, str]] = deque()  # taken, not yet admitted by the budget
     running, taking, dry_until = 0, False, 0.0
 
     async def take_more(group: asyncio.TaskGroup) -> None:
@@ -1022,35 +1099,60 @@ async def _streamed(
             taking = False
         if not items:
             dry_until = time.monotonic() + TAKE_AGAIN_S
-        start(group, items)
+        await start(group, items)
 
-    def start(group: asyncio.TaskGroup, items: Sequence[tuple[uuid.UUID, str]]) -> None:
+    async def start(group: asyncio.TaskGroup, items: Sequence[tuple[uuid.UUID, str]]) -> None:
         nonlocal running
-        running += len(items)
-        for instruction_id, text in items:
+        for instruction_id, _ in items:
             order.setdefault(instruction_id, len(order))
-            group.create_task(work(group, instruction_id, text))
+        waiting.extend(items)
+        while waiting:
+            cost = None
+            if admission is not None:
+                limit, cost_of = admission
+                cost = cost_of(waiting[0][1])
+                if not await limit.admit(cost, running):
+                    return
+            instruction_id, text = waiting.popleft()
+            running += 1
+            group.create_task(work(group, instruction_id, text, cost))
 
-    async def work(group: asyncio.TaskGroup, instruction_id: uuid.UUID, text: str) -> None:
+    async def work(
+        group: asyncio.TaskGroup, instruction_id: uuid.UUID, text: str, cost: Cost | None
+    ) -> None:
         nonlocal running
+        result = None
         try:
-            results.append(await one(instruction_id, text))
+            result = await one(instruction_id, text)
+            results.append(result)
         finally:
             running -= 1
+            if admission is not None and cost is not None:
+                used = _used(result.records) if result else cost
+                admission[0].release(cost, used, stored=bool(result and result.stored))
+        await start(group, [])
         await maybe_take(group)
 
     async def maybe_take(group: asyncio.TaskGroup) -> None:
-        room = window - running
+        room = window - running - len(waiting)
         wanted = room >= max(1, window // 4) or running == 0
-        if more is not None and wanted and not taking and time.monotonic() >= dry_until:
+        spent = admission is not None and admission[0].exhausted is not None
+        if (
+            more is not None
+            and wanted
+            and not taking
+            and not spent
+            and (time.monotonic() >= dry_until)
+        ):
             await take_more(group)
 
     try:
         async with asyncio.TaskGroup() as group:
-            start(group, first)
+            await start(group, first)
             await maybe_take(group)
     except* LLMError as failed:  # a permanent error: the job cannot go on
         raise failed.exceptions[0] from None
+    results += [_InstanceResult(i, None, [], [], complete=False, unsent=True) for i, _ in waiting]
     return sorted(results, key=lambda r: order[r.instruction_id])
 
 
@@ -1226,24 +1328,6 @@ def _give_up_instances(
 # --- budgets and outages ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Usage:
-    requests: int
-    errors: int
-    tokens: int
-
-
-def job_usage(session: Session, job_id: uuid.UUID) -> Usage:
-    requests, errors, tokens = session.execute(
-        select(
-            func.count(),
-            func.count().filter(LLMCall.ok.is_(False)),
-            func.coalesce(func.sum(LLMCall.prompt_tokens + LLMCall.completion_tokens), 0),
-        ).where(LLMCall.job_id == job_id)
-    ).one()
-    return Usage(int(requests), int(errors), int(tokens))
-
-
 def _stop_for_budget(session: Session, job: Job, options: GenerationOptions) -> bool:
     """Stop the job when a budget is used up: cleanly for tokens and requests (the job
     succeeds with what it has), as a failure for the error budget."""
@@ -1251,15 +1335,10 @@ def _stop_for_budget(session: Session, job: Job, options: GenerationOptions) -> 
     if usage.errors >= options.max_llm_errors:
         _fail(job, f"error budget used up: {usage.errors} failed LLM requests")
         return True
-    reason = None
-    if options.max_total_tokens is not None and usage.tokens >= options.max_total_tokens:
-        reason = "token_budget"
-    elif options.max_llm_requests is not None and usage.requests >= options.max_llm_requests:
-        reason = "request_budget"
+    reason = budget.used_up(usage, options)
     if reason is None:
         return False
-    job.stopped_reason = job.stopped_reason or reason
-    job.instructions_complete = True
+    budget.stop_job(job, reason)
     return True
 
 

@@ -24,11 +24,14 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from app.config import get_settings
 from app.db import session_scope
 from app.models import Job
 from app.selfinstruct.options import GenerationOptions
-from app.services import leases, pipeline
+from app.services import budget, leases, pipeline
 from app.services.pipeline import CallRecord, LLMFactory, PlannedRound, RoundResult
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,8 @@ def run_rounds(
     planned = pipeline.prepare_round(job_id, first)
     if isinstance(planned, RoundResult):
         return planned
+    if budget.budgeted(planned.options) and _budget_leaves_no_round(job_id, planned.options):
+        return RoundResult()
     depth = pipeline.rounds_in_flight(planned.options)
     if depth == 1:  # the paper's loop (and Batch API jobs): one round per task
         records = pipeline.answer_round(job_id, planned, llm_factory)
@@ -198,28 +203,50 @@ def _first_guess(options: GenerationOptions) -> float:
 
 
 def _worth_another(job_id: uuid.UUID, rounds_out: int, options: GenerationOptions) -> bool:
-    """False when the rounds in flight are expected to bring the job to its target, or to use up
-    its token or request budget (what a round costs: the job's usage so far per stored round,
-    steps 2 and 3 included)."""
+    """False when the rounds in flight are expected to bring the job to its target, or when
+    one more round would not fit its token or request budget."""
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None or job.instructions_complete:
             return False
         accepted = pipeline.accepted_count(session, job_id)
         rounds_done, target = job.rounds_completed, job.num_instructions
-        budgeted = options.max_total_tokens is not None or options.max_llm_requests is not None
-        usage = pipeline.job_usage(session, job_id) if budgeted else None
-    if usage is not None:
-        if not rounds_done:
-            return False  # nothing yet to tell what a round costs
-        for used, budget in (
-            (usage.tokens, options.max_total_tokens),
-            (usage.requests, options.max_llm_requests),
-        ):
-            if budget is not None and used + used / rounds_done * rounds_out >= budget:
-                return False
+        if budget.budgeted(options) and _over_budget(session, job, options, rounds_out, accepted):
+            return False
     per_round = accepted / rounds_done if rounds_done else _first_guess(options)
     return accepted + per_round * rounds_out < target
+
+
+def _over_budget(
+    session: Session, job: Job, options: GenerationOptions, rounds_out: int, accepted: int
+) -> str | None:
+    """The budget another round would pass (`budget.round_over`). Before a round is stored
+    nothing tells what one costs: the stream's first round goes out alone."""
+    if not job.rounds_completed:
+        return "unknown cost" if rounds_out else None
+    return budget.round_over(
+        session,
+        job.id,
+        options,
+        rounds_done=job.rounds_completed,
+        rounds_out=rounds_out,
+        accepted=accepted,
+        instruction_guess=pipeline.instruction_cost(options),
+    )
+
+
+def _budget_leaves_no_round(job_id: uuid.UUID, options: GenerationOptions) -> bool:
+    """A stream's first round of a budgeted job: when what is already on its way leaves no
+    room for it, the job takes no more instructions (and succeeds with what it has)."""
+    with session_scope() as session:
+        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+        if job is None:
+            return True
+        reason = _over_budget(session, job, options, 0, pipeline.accepted_count(session, job_id))
+        if reason is not None:
+            budget.stop_job(job, reason)
+            log.info("job %s: no room for another round in its %s", job_id, reason)
+        return reason is not None
 
 
 def _drop(job_id: uuid.UUID, in_flight: InFlight) -> None:

@@ -321,3 +321,47 @@ def test_instructions_of_a_batch_are_stored_as_each_finishes(
         config.slow_kinds, config.slow_rate, config.slow_s = (), 0.0, 0.0
     assert early and 0 < stored < len(pending), stored
     assert _pending(job_id) == []
+
+
+def _set_options(job_id: uuid.UUID, **changes: object) -> None:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.options = {**job.options, **changes}
+
+
+def test_an_instance_task_sends_only_what_the_token_budget_has_room_for(
+    job_id: uuid.UUID, fake_llm: FakeLLMServer
+) -> None:
+    """A budget is a cap on what is sent: an instruction starts only once the job's budget
+    holds all its requests may use, and the task stops the job when nothing more fits."""
+    pipeline.run_round(job_id, 1, llm_for)
+    pending = _pending(job_id)
+    with session_scope() as session:
+        used_by_round = pipeline.job_usage(session, job_id).tokens
+    budget = used_by_round + 2500  # room for a couple of instructions, not for all of them
+    _set_options(job_id, max_total_tokens=budget)
+    assert pipeline.generate_instances(job_id, pending, llm_for)
+    with session_scope() as session:
+        used = pipeline.job_usage(session, job_id).tokens
+        states = list(
+            session.scalars(select(Instruction.instances_state).where(Instruction.id.in_(pending)))
+        )
+    job = _job(job_id)
+    assert used <= budget
+    assert job.stopped_reason == "token_budget" and job.instructions_complete
+    assert InstancesState.DONE in states and InstancesState.FAILED in states
+    assert InstancesState.PENDING not in states
+
+
+def test_an_instance_task_sends_only_what_the_request_budget_has_room_for(
+    job_id: uuid.UUID, fake_llm: FakeLLMServer
+) -> None:
+    pipeline.run_round(job_id, 1, llm_for)
+    with session_scope() as session:
+        used_by_round = pipeline.job_usage(session, job_id).requests
+    _set_options(job_id, max_llm_requests=used_by_round + 5)  # two instructions and a half
+    assert pipeline.generate_instances(job_id, _pending(job_id), llm_for)
+    with session_scope() as session:
+        assert pipeline.job_usage(session, job_id).requests == used_by_round + 4
+    assert _job(job_id).stopped_reason == "request_budget"
