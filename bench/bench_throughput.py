@@ -2,7 +2,7 @@
 
     python bench/bench_throughput.py [--latency 0.2] [--sections concurrency,modes,workers]
 
-- concurrency: steps 2 and 3 of the pipeline (`_classify_and_generate`: our client, parsers and
+- concurrency: steps 2 and 3 (`instances._classify_and_generate`: our client, parsers and
   filters) with C requests in flight, for C = 8, 32, 128; achieved requests/s against the ideal
   C/L, and the CPU time of this process per accepted example.
 - modes: whole jobs driven in this process (real pipeline code, SQLite), paper mode against
@@ -205,7 +205,7 @@ def bench_concurrency(server: LatencyServer, latency_s: float, repeats: int) -> 
     from app.config import get_settings
     from app.llm.openai_compat import OpenAICompatClient
     from app.selfinstruct.options import GenerationOptions
-    from app.services import pipeline
+    from app.services import instances
 
     print(f"\n### Requests in flight (L = {latency_s * 1000:.0f} ms)\n")
     print(
@@ -233,7 +233,7 @@ def bench_concurrency(server: LatencyServer, latency_s: float, repeats: int) -> 
         rates, cpus, server_cpus = [], [], []
         for _ in range(repeats):
             cpu0, t0, server0 = time.process_time(), time.perf_counter(), server.cpu_s()
-            results = pipeline._classify_and_generate(client, pending, options)
+            results = instances._classify_and_generate(client, pending, options)
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             requests = sum(len(r.records) for r in results)
             accepted = sum(1 for r in results for d in r.decisions if d.accepted)
@@ -292,7 +292,7 @@ def _run_job(mode: str, target: int) -> dict[str, Any]:
     from app.data import load_default_seed_tasks
     from app.db import session_scope
     from app.selfinstruct.options import GenerationOptions
-    from app.services import jobs, pipeline
+    from app.services import instances, jobs, pipeline
     from app.services.llm import llm_for
     from app.services.seed_sets import create_seed_set
 
@@ -312,7 +312,7 @@ def _run_job(mode: str, target: int) -> dict[str, Any]:
         while round_no is not None:
             result = pipeline.run_round(job_id, round_no, llm_for)
             futures += [
-                pool.submit(pipeline.generate_instances, job_id, b, llm_for)
+                pool.submit(instances.generate_instances, job_id, b, llm_for)
                 for b in result.instance_batches
             ]
             round_no = result.next_round

@@ -24,7 +24,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from app.config import get_settings
 from app.llm.base import LLMPermanentError, LLMTransientError
 from app.logs import current_job_id
-from app.services import leases, mixtures, pipeline, round_driver, sweeper
+from app.services import instances, leases, mixtures, pipeline, round_driver, sweeper
 from app.services.batches import BatchPending
 from app.services.llm import llm_for
 from app.services.queue import enqueue_instances, enqueue_round
@@ -111,7 +111,7 @@ def generate_instances(
     ids = [uuid.UUID(i) for i in instruction_ids]
     with leases.holding(jid, claim) as hold:
         try:
-            pipeline.generate_instances(jid, ids, llm_for, hold)
+            instances.generate_instances(jid, ids, llm_for, hold)
         except BatchPending as pending:  # as in run_round
             token = hold.hand_over(pending.poll_after_s)
             enqueue_instances(
@@ -124,13 +124,13 @@ def generate_instances(
         except LLMTransientError as exc:
             if pipeline.note_llm_outage(jid, str(exc)):
                 return
-            if isinstance(exc, pipeline.InstancesWaiting):  # it may have taken more than `ids`
+            if isinstance(exc, instances.InstancesWaiting):  # it may have taken more than `ids`
                 ids = exc.instruction_ids
             if self.request.retries < _max_retries():
                 waiting = (job_id, [str(i) for i in ids])
                 raise _retry(self, hold, exc, _backoff(self.request.retries), waiting) from exc
             log.warning("job %s: giving up on instances of %d instructions: %s", jid, len(ids), exc)
-            pipeline.mark_instances_failed(jid, ids)
+            instances.mark_instances_failed(jid, ids)
         except DATABASE_ERRORS as exc:
             raise _retry(self, hold, exc, _backoff(min(self.request.retries, 4))) from exc
     pipeline.finalize_if_complete(jid)

@@ -31,7 +31,7 @@ from app.config import get_settings
 from app.db import session_scope
 from app.models import Job
 from app.selfinstruct.options import GenerationOptions
-from app.services import budget, leases, pipeline
+from app.services import budget, instances, leases, pipeline
 from app.services.pipeline import CallRecord, LLMFactory, PlannedRound, RoundResult
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def _over_budget(
         rounds_done=job.rounds_completed,
         rounds_out=rounds_out,
         accepted=accepted,
-        instruction_guess=pipeline.instruction_cost(options),
+        instruction_guess=instances.instruction_cost(options),
     )
 
 

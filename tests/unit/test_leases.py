@@ -19,7 +19,7 @@ from app.migrate import upgrade_database
 from app.models import InstancesState, Instruction, Job
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.seeds import parse_seed_jsonl
-from app.services import leases, pipeline, sweeper
+from app.services import instances, leases, pipeline, sweeper
 from app.services.jobs import create_job
 from app.services.llm import llm_for, reset_llm_clients
 from app.services.seed_sets import create_seed_set
@@ -176,13 +176,13 @@ def test_instance_batches_skip_instructions_a_live_task_holds(
         held = leases.claim_instructions(session, job_id, pending[:2], other)
     assert sorted(held) == sorted(pending[:2])
     before = len(fake_llm.requests)
-    pipeline.generate_instances(job_id, pending, llm_for)
+    instances.generate_instances(job_id, pending, llm_for)
     assert set(_pending(job_id)) == set(pending[:2])  # the held ones are left to their holder
     assert len(fake_llm.requests) - before == 2 * (len(pending) - 2)  # classify + instances
     with session_scope() as session:  # the holder died: its claims expire
         for row in session.scalars(select(Instruction).where(Instruction.id.in_(held))):
             row.claimed_until = datetime.now(UTC) - timedelta(seconds=1)
-    pipeline.generate_instances(job_id, pending, llm_for)
+    instances.generate_instances(job_id, pending, llm_for)
     assert _pending(job_id) == []
     with session_scope() as session:
         claims = session.execute(
@@ -205,7 +205,7 @@ def test_an_instance_task_takes_the_jobs_pending_instructions_nobody_holds(
     with session_scope() as session:
         leases.claim_instructions(session, job_id, pending[:1], other)
     before = len(fake_llm.requests)
-    assert pipeline.generate_instances(job_id, pending[1:2], llm_for)
+    assert instances.generate_instances(job_id, pending[1:2], llm_for)
     assert _pending(job_id) == pending[:1]  # a live task's claim is left alone
     assert len(fake_llm.requests) - before == 2 * (len(pending) - 1)  # classify + instances
 
@@ -215,10 +215,10 @@ def test_an_instance_task_takes_nothing_more_after_its_slice(
 ) -> None:
     """After INSTANCE_SLICE_S (shortened here to none at all) a task does only what it has, so
     that other jobs' tasks get the pool process."""
-    monkeypatch.setattr(pipeline, "INSTANCE_SLICE_S", 0.0)
+    monkeypatch.setattr(instances, "INSTANCE_SLICE_S", 0.0)
     pipeline.run_round(job_id, 1, llm_for)
     pending = _pending(job_id)
-    assert pipeline.generate_instances(job_id, pending[:1], llm_for)
+    assert instances.generate_instances(job_id, pending[:1], llm_for)
     assert set(_pending(job_id)) == set(pending[1:])
 
 
@@ -232,8 +232,8 @@ def test_a_task_that_took_more_hands_all_its_unfinished_instructions_to_its_retr
     reset_llm_clients()
     fake_llm.fail_next(10_000)
     try:
-        with pytest.raises(pipeline.InstancesWaiting) as waiting:
-            pipeline.generate_instances(job_id, pending[:1], llm_for)
+        with pytest.raises(instances.InstancesWaiting) as waiting:
+            instances.generate_instances(job_id, pending[:1], llm_for)
     finally:
         fake_llm.reset()  # the server is the session's
     assert set(waiting.value.instruction_ids) == set(pending)
@@ -307,7 +307,7 @@ def test_instructions_of_a_batch_are_stored_as_each_finishes(
     config.slow_kinds, config.slow_rate, config.slow_s = ("classify",), 0.5, 3.0
     try:
         worker = threading.Thread(
-            target=pipeline.generate_instances, args=(job_id, pending, llm_for)
+            target=instances.generate_instances, args=(job_id, pending, llm_for)
         )
         started = time.monotonic()
         worker.start()
@@ -341,7 +341,7 @@ def test_an_instance_task_sends_only_what_the_token_budget_has_room_for(
         used_by_round = pipeline.job_usage(session, job_id).tokens
     budget = used_by_round + 2500  # room for a couple of instructions, not for all of them
     _set_options(job_id, max_total_tokens=budget)
-    assert pipeline.generate_instances(job_id, pending, llm_for)
+    assert instances.generate_instances(job_id, pending, llm_for)
     with session_scope() as session:
         used = pipeline.job_usage(session, job_id).tokens
         states = list(
@@ -361,7 +361,7 @@ def test_an_instance_task_sends_only_what_the_request_budget_has_room_for(
     with session_scope() as session:
         used_by_round = pipeline.job_usage(session, job_id).requests
     _set_options(job_id, max_llm_requests=used_by_round + 5)  # two instructions and a half
-    assert pipeline.generate_instances(job_id, _pending(job_id), llm_for)
+    assert instances.generate_instances(job_id, _pending(job_id), llm_for)
     with session_scope() as session:
         assert pipeline.job_usage(session, job_id).requests == used_by_round + 4
     assert _job(job_id).stopped_reason == "request_budget"
