@@ -254,6 +254,30 @@ class LLMCall(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class LLMAnswer(Base):
+    """A step-1 answer kept until its round is stored: rounds are stored in order, so a round
+    answered while an earlier one is still out waits, and a worker killed meanwhile would lose
+    it. The task that sends the round again takes these answers instead of asking again (when
+    the prompt is the same, as a round's prompts are whenever it is planned)."""
+
+    __tablename__ = "llm_answers"
+    __table_args__ = (UniqueConstraint("job_id", "round", "position"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)  # the request's place in its round
+    prompt_sha256: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    # Already in llm_calls (its round was dropped unstored): taken again, it is not counted again.
+    recorded: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class LLMBatch(Base):
     """One Batch API submission of a job's step: found again by its key after a restart, its
     answers kept once the batch is done so a repeated step does not download them again."""

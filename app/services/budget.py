@@ -171,15 +171,14 @@ class InstanceBudget:
             self.exhausted = reason
         return False
 
-    def release(self, cost: Cost, used: Cost, *, stored: bool) -> None:
-        """An admitted instruction is done: its reservation becomes what it really used."""
+    def release(self, cost: Cost, committed: Cost, unstored: Cost) -> None:
+        """An admitted instruction is done: its reservation becomes what it really used, part
+        of it committed already (in the usage at the next read), part not yet."""
         self._reserved = Cost(
             self._reserved.requests - cost.requests, self._reserved.tokens - cost.tokens
         )
-        if stored:
-            self._since_read = total([self._since_read, used])
-        else:
-            self._unstored = total([self._unstored, used])
+        self._since_read = total([self._since_read, committed])
+        self._unstored = total([self._unstored, unstored])
 
     async def _recorded(self) -> Usage:
         if self._usage is None or time.monotonic() - self._read_at >= READ_AGAIN_S:

@@ -87,6 +87,7 @@ class _InstanceResult:
     complete: bool
     reformulations: list[Reformulation] = field(default_factory=list)  # unnatural mode
     stored: bool = False  # committed while the rest of its batch was still out
+    early: list[CallRecord] = field(default_factory=list)  # committed with its verdict
     unsent: bool = False  # not started: the job's budget had no room left for it
 
 
@@ -131,6 +132,7 @@ def generate_instances(
     if not pending:
         return True
     rows = [(row[0], row[1]) for row in pending]
+    verdicts = Verdicts(job_id, {row[0]: row[3] for row in pending if row[3] is not None})
     if options.mode == "unnatural":
         cores = [
             (row[0], CoreExample(row[1], (row[2] or {}).get("input", ""),
@@ -149,8 +151,9 @@ def generate_instances(
             options,
             graders,
             store=partial(_store_done, job_id),
-            more=_TakeMore(job_id, hold, options),
+            more=_TakeMore(job_id, hold, options, verdicts),
             limit=limit,
+            verdicts=verdicts,
         )
         if limit is not None and limit.exhausted is not None:
             _commit_instances(job_id, [r for r in results if not r.stored])
@@ -193,10 +196,12 @@ def _stop_instances_for_budget(
 
 def _pending_rows(
     session: Session, ids: Sequence[uuid.UUID]
-) -> list[tuple[uuid.UUID, str, dict | None]]:
+) -> list[tuple[uuid.UUID, str, dict | None, bool | None]]:
     return list(
-        session.execute(  # rows unpack as (id, text, extra)
-            select(Instruction.id, Instruction.text, Instruction.extra)
+        session.execute(  # rows unpack as (id, text, extra, is_classification)
+            select(
+                Instruction.id, Instruction.text, Instruction.extra, Instruction.is_classification
+            )
             .where(Instruction.id.in_(list(ids)))
             .order_by(Instruction.round, Instruction.slot, Instruction.variant)
         )
@@ -213,8 +218,15 @@ class _TakeMore:
     the task's hold. After INSTANCE_SLICE_S it takes no more, so that other jobs' tasks get the
     pool process too; a job that is finished, cancelled or over a budget gives none."""
 
-    def __init__(self, job_id: uuid.UUID, hold: leases.Hold, options: GenerationOptions) -> None:
+    def __init__(
+        self,
+        job_id: uuid.UUID,
+        hold: leases.Hold,
+        options: GenerationOptions,
+        verdicts: Verdicts | None = None,
+    ) -> None:
         self.job_id, self.hold, self.options = job_id, hold, options
+        self.verdicts = verdicts
         self.until = time.monotonic() + INSTANCE_SLICE_S
 
     def __call__(self, limit: int) -> list[tuple[uuid.UUID, str]]:
@@ -233,7 +245,44 @@ class _TakeMore:
             session.flush()  # the job row first (see leases.claim_instructions)
             free = _unheld_pending(session, self.job_id, limit)
             claimed = leases.claim_instructions(session, self.job_id, free, self.hold)
-            return [(row[0], row[1]) for row in _pending_rows(session, claimed)]
+            rows = _pending_rows(session, claimed)
+        if self.verdicts is not None:
+            self.verdicts.known.update((row[0], row[3]) for row in rows if row[3] is not None)
+        return [(row[0], row[1]) for row in rows]
+
+
+class Verdicts:
+    """Classifications answered for instructions still waiting for their instances. Each is
+    stored as soon as it is back (its call recorded with it), so that a task sent again after
+    its worker died asks only for what was not answered yet."""
+
+    def __init__(self, job_id: uuid.UUID, known: dict[uuid.UUID, bool]) -> None:
+        self.job_id, self.known = job_id, known
+
+    async def remember(self, instruction_id: uuid.UUID, verdict: bool, record: CallRecord) -> bool:
+        """True once stored; False (the record then stays with the instruction) on any error."""
+        try:
+            await asyncio.to_thread(self._store, instruction_id, verdict, record)
+        except Exception:
+            log.warning("instances: classification not stored early", exc_info=True)
+            return False
+        self.known[instruction_id] = verdict
+        return True
+
+    def _store(self, instruction_id: uuid.UUID, verdict: bool, record: CallRecord) -> None:
+        # One row updated and one inserted, no other lock taken: this cannot deadlock with the
+        # claims and commits that lock the job row first.
+        with session_scope() as session:
+            session.add(record.row(self.job_id))
+            session.execute(
+                update(Instruction)
+                .where(
+                    Instruction.id == instruction_id,
+                    Instruction.instances_state == InstancesState.PENDING,
+                )
+                .values(is_classification=verdict)
+                .execution_options(synchronize_session=False)
+            )
 
 
 def _unheld_pending(session: Session, job_id: uuid.UUID, limit: int) -> list[uuid.UUID]:
@@ -371,6 +420,7 @@ def _classify_and_generate(
     store: Callable[[_InstanceResult], Awaitable[None]] | None = None,
     more: MoreWork | None = None,
     limit: InstanceBudget | None = None,
+    verdicts: Verdicts | None = None,
 ) -> list[_InstanceResult]:
     """Steps 2 and 3 for a batch, each instruction's instance request sent as soon as its
     classification is back, at most `llm_concurrency` requests in flight; with `more`, the
@@ -383,7 +433,7 @@ def _classify_and_generate(
     slot matching) still reuse the few-shot prefixes, which are shared by kind, not by order.
     """
     return run_sync(
-        _classify_and_generate_async(llm, pending, options, graders, store, more, limit)
+        _classify_and_generate_async(llm, pending, options, graders, store, more, limit, verdicts)
     )
 
 
@@ -398,8 +448,10 @@ async def _classify_and_generate_async(
     store: Callable[[_InstanceResult], Awaitable[None]] | None = None,
     more: MoreWork | None = None,
     limit: InstanceBudget | None = None,
+    verdicts: Verdicts | None = None,
 ) -> list[_InstanceResult]:
-    """`store`: called with each instruction that is complete, as soon as it is."""
+    """`store`: called with each instruction that is complete, as soon as it is; `verdicts`:
+    classifications already known (not asked again), and where new ones are kept."""
     call = _bounded_caller(llm)
 
     async def grade(
@@ -443,6 +495,9 @@ async def _classify_and_generate_async(
     async def one(instruction_id: uuid.UUID, text: str) -> _InstanceResult:
         if options.classification_only:
             result = _InstanceResult(instruction_id, True, [], [], complete=False)
+        elif verdicts is not None and instruction_id in verdicts.known:
+            known = verdicts.known[instruction_id]
+            result = _InstanceResult(instruction_id, known, [], [], complete=False)
         else:
             record = await call(_classification_request(text), "classify")
             verdict = (
@@ -451,6 +506,9 @@ async def _classify_and_generate_async(
                 else parse_classification_answer(record.response.text)
             )
             result = _InstanceResult(instruction_id, verdict, [], [record], complete=False)
+            kept = verdicts is not None and verdict is not None
+            if kept and await verdicts.remember(instruction_id, bool(verdict), record):  # type: ignore[union-attr]
+                result.records, result.early = [], [record]
         if result.is_classification is not None:
             record = await call(_instance_request(text, result, options), "instances")
             _judge(result, record, options)
@@ -564,8 +622,12 @@ async def _streamed(
         finally:
             running -= 1
             if admission is not None and cost is not None:
-                used = _used(result.records) if result else cost
-                admission[0].release(cost, used, stored=bool(result and result.stored))
+                if result is None:  # it raised: count its worst case as not yet stored
+                    admission[0].release(cost, Cost(0, 0), cost)
+                elif result.stored:
+                    admission[0].release(cost, _used([*result.early, *result.records]), Cost(0, 0))
+                else:
+                    admission[0].release(cost, _used(result.early), _used(result.records))
         await start(group, [])
         await maybe_take(group)
 

@@ -21,13 +21,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import session_scope
 from app.llm.base import LLMClient, LLMError, LLMRequest, LLMResponse, LLMTransientError
-from app.models import Instance, InstancesState, Instruction, Job, JobStatus, LLMCall
+from app.models import (
+    Instance,
+    InstancesState,
+    Instruction,
+    Job,
+    JobStatus,
+    LLMAnswer,
+    LLMCall,
+)
 from app.selfinstruct.balance import count_verbs, seed_weights, steers_on_instances
 from app.selfinstruct.batched import accept_batched_round, batched_stop, plan_batched_round
 from app.selfinstruct.judges import (
@@ -88,6 +96,7 @@ class CallRecord:
     error: str | None = None
     latency_s: float = 0.0
     prompt_sha256: str | None = None
+    recorded: bool = False  # taken from the journal, already in llm_calls
 
     def row(self, job_id: uuid.UUID) -> LLMCall:
         """The stored call; what the server sent is bounded to what the columns hold."""
@@ -275,6 +284,7 @@ class PlannedRound:
     options: GenerationOptions
     requests: list[LLMRequest]
     dedupe_s: float
+    job_id: uuid.UUID | None = None  # set: the round's answers are journaled until it is stored
 
 
 def prepare_round(job_id: uuid.UUID, round_no: int) -> PlannedRound | RoundResult:
@@ -322,7 +332,7 @@ def prepare_round(job_id: uuid.UUID, round_no: int) -> PlannedRound | RoundResul
         )
         for p in prompts
     ]
-    return PlannedRound(round_no, options, requests, dedupe_s)
+    return PlannedRound(round_no, options, requests, dedupe_s, job_id)
 
 
 def rounds_in_flight(options: GenerationOptions) -> int:
@@ -335,10 +345,92 @@ def rounds_in_flight(options: GenerationOptions) -> int:
 
 
 def send_round(llm_factory: LLMFactory, planned: PlannedRound) -> list[CallRecord]:
+    """The round's answers. Those journaled for it by a task that died before storing it are
+    taken instead of asking again (the same prompts: a round is planned the same whenever it
+    is); the answers that come back are journaled until the round is stored."""
     requests = planned.requests
-    return _calls(
-        llm_factory(planned.options), requests, "instructions", planned.round_no, len(requests)
-    )
+    kept = _journaled(planned)
+    missing = [n for n in range(len(requests)) if n not in kept]
+    if missing:
+        asked = [requests[n] for n in missing]
+        llm = llm_factory(planned.options)
+        fresh = _calls(llm, asked, "instructions", planned.round_no, len(asked))
+        _journal(planned, dict(zip(missing, fresh, strict=True)))
+        kept.update(zip(missing, fresh, strict=True))
+    if len(kept) > len(missing):
+        log.info(
+            "round %d: %d answers taken from the journal",
+            planned.round_no,
+            len(requests) - len(missing),
+        )
+    return [kept[n] for n in range(len(requests))]
+
+
+def _journaled(planned: PlannedRound) -> dict[int, CallRecord]:
+    """The journaled answers of the round whose prompt is the one planned now, by position."""
+    if planned.job_id is None:
+        return {}
+    digests = [prompt_sha256(r.prompt) for r in planned.requests]
+    try:
+        with session_scope() as session:
+            rows = session.scalars(
+                select(LLMAnswer).where(
+                    LLMAnswer.job_id == planned.job_id, LLMAnswer.round == planned.round_no
+                )
+            ).all()
+            return {
+                row.position: CallRecord(
+                    "instructions",
+                    planned.round_no,
+                    LLMResponse(
+                        row.text,
+                        row.finish_reason,
+                        row.prompt_tokens,
+                        row.completion_tokens,
+                        row.latency_ms / 1000,
+                    ),
+                    prompt_sha256=row.prompt_sha256,
+                    recorded=row.recorded,
+                )
+                for row in rows
+                if row.position < len(digests) and row.prompt_sha256 == digests[row.position]
+            }
+    except Exception:  # a journal is an optimisation: without it the round is asked again
+        log.warning("round %d: journal not read", planned.round_no, exc_info=True)
+        return {}
+
+
+def _journal(planned: PlannedRound, records: dict[int, CallRecord]) -> None:
+    """Keep the round's answers until it is stored (best effort, like `_journaled`)."""
+    answered = {n: r for n, r in records.items() if r.response is not None and r.prompt_sha256}
+    if planned.job_id is None or not answered:
+        return
+    try:
+        with session_scope() as session:
+            session.execute(
+                delete(LLMAnswer).where(
+                    LLMAnswer.job_id == planned.job_id,
+                    LLMAnswer.round == planned.round_no,
+                    LLMAnswer.position.in_(list(answered)),
+                )
+            )
+            session.add_all(
+                LLMAnswer(
+                    job_id=planned.job_id,
+                    round=planned.round_no,
+                    position=n,
+                    prompt_sha256=r.prompt_sha256,
+                    text=r.response.text,
+                    finish_reason=r.row(planned.job_id).finish_reason,
+                    prompt_tokens=_count(r.response.prompt_tokens),
+                    completion_tokens=_count(r.response.completion_tokens),
+                    latency_ms=round(r.response.latency_s * 1000),
+                )
+                for n, r in answered.items()
+                if r.response is not None and r.prompt_sha256 is not None
+            )
+    except Exception:
+        log.warning("round %d: answers not journaled", planned.round_no, exc_info=True)
 
 
 def finish_round(
@@ -528,7 +620,10 @@ def _commit_round(
             for row, d in zip(rows, decisions, strict=True)
             if d.instance is not None
         )
-        session.add_all(r.row(job_id) for r in records)
+        session.add_all(r.row(job_id) for r in records if not r.recorded)
+        session.execute(
+            delete(LLMAnswer).where(LLMAnswer.job_id == job_id, LLMAnswer.round == round_no)
+        )
         new_accepted = [row for row in rows if row.accepted]
         job.heartbeat_at = datetime.now(UTC)
         if any(r.response is not None for r in records):
@@ -613,8 +708,16 @@ def fail_job(job_id: uuid.UUID, message: str) -> None:
 
 def record_calls(job_id: uuid.UUID, records: Sequence[CallRecord]) -> None:
     with session_scope() as session:
-        if session.get(Job, job_id) is not None:
-            session.add_all(r.row(job_id) for r in records)
+        if session.get(Job, job_id) is None:
+            return
+        session.add_all(r.row(job_id) for r in records if not r.recorded)
+        rounds = {r.round for r in records if r.round is not None}
+        if rounds:  # their journaled answers, if taken again, are not counted again
+            session.execute(
+                update(LLMAnswer)
+                .where(LLMAnswer.job_id == job_id, LLMAnswer.round.in_(rounds))
+                .values(recorded=True)
+            )
 
 
 # --- budgets and outages ---------------------------------------------------------------------
@@ -677,5 +780,6 @@ def finalize_if_complete(job_id: uuid.UUID) -> bool:
             return False
         job.status = JobStatus.SUCCEEDED
         job.finished_at = datetime.now(UTC)
+        session.execute(delete(LLMAnswer).where(LLMAnswer.job_id == job_id))  # dropped rounds'
     forget_job_index(job_id)
     return True

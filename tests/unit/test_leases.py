@@ -6,24 +6,25 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.config import get_settings
 from app.db import reset_engine, session_scope
 from app.llm import concurrency
 from app.migrate import upgrade_database
-from app.models import InstancesState, Instruction, Job
+from app.models import InstancesState, Instruction, Job, LLMCall
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.seeds import parse_seed_jsonl
 from app.services import instances, leases, pipeline, sweeper
 from app.services.jobs import create_job
 from app.services.llm import llm_for, reset_llm_clients
 from app.services.seed_sets import create_seed_set
-from tests.support.fake_llm import FakeLLMServer
+from tests.support.fake_llm import FakeLLMServer, prompt_kind
 
 LEASE_S = 30.0
 
@@ -365,3 +366,36 @@ def test_an_instance_task_sends_only_what_the_request_budget_has_room_for(
     with session_scope() as session:
         assert pipeline.job_usage(session, job_id).requests == used_by_round + 4
     assert _job(job_id).stopped_reason == "request_budget"
+
+
+def test_a_retry_does_not_ask_again_for_the_classifications_it_has(
+    job_id: uuid.UUID, fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A classification is stored as soon as it is back: the task sent again after its worker
+    died (here: after its instance requests failed) asks only for the instances."""
+    pipeline.run_round(job_id, 1, llm_for)
+    pending = _pending(job_id)
+    monkeypatch.setenv("SELFINSTRUCT_LLM_MAX_RETRIES", "0")  # fail at once, not after backoffs
+    get_settings.cache_clear()
+    reset_llm_clients()
+    original = fake_llm.config  # the server is the session's
+    fake_llm.config = replace(
+        original, failing_kinds=("instances_input_first", "instances_output_first")
+    )
+    try:
+        with pytest.raises(instances.InstancesWaiting):
+            instances.generate_instances(job_id, pending, llm_for)
+    finally:
+        fake_llm.config = original
+    before = len(fake_llm.requests)
+    assert instances.generate_instances(job_id, pending, llm_for)
+    kinds = [prompt_kind(body.get("prompt", "")) for body in fake_llm.requests[before:]]
+    assert "classify" not in kinds and len(kinds) == len(pending)
+    with session_scope() as session:
+        classified = session.scalar(
+            select(func.count())
+            .select_from(LLMCall)
+            .where(LLMCall.job_id == job_id, LLMCall.purpose == "classify")
+        )
+    assert classified == len(pending)  # each answered and recorded once
+    assert not _pending(job_id)

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.db import session_scope
-from app.models import Instruction, Job
+from app.models import Instruction, Job, LLMAnswer, LLMCall
 from app.selfinstruct.options import GenerationOptions
 from app.services import leases, pipeline, round_driver
 from app.services.jobs import create_job
@@ -136,3 +136,50 @@ def test_the_round_that_reaches_the_target_gives_up_the_round_claim(
             job = session.get(Job, job_id)
             assert job is not None and job.instructions_complete
             assert job.round_claim_token is None and job.round_claimed_until is None
+
+
+def _no_llm(_: object) -> object:
+    raise AssertionError("a journaled round must not be asked again")
+
+
+def test_a_round_sent_again_after_its_task_died_takes_the_answers_it_had(
+    seed_set_id: uuid.UUID, llm: FakeLLMServer
+) -> None:
+    """Rounds are stored in order, so an answered round may wait for an earlier one; a worker
+    killed meanwhile must not make the next task pay for its answers again."""
+    job_id = new_job(seed_set_id)
+    assert pipeline.start_round(job_id, 1, leases.Hold(job_id))  # the job is running
+    planned = pipeline.prepare_round(job_id, 1)
+    assert isinstance(planned, pipeline.PlannedRound)
+    first = pipeline.send_round(llm_for, planned)  # ... and the task dies before storing it
+    sent = len(llm.requests)
+    again = pipeline.prepare_round(job_id, 1)  # the task the sweeper sends plans it anew
+    assert isinstance(again, pipeline.PlannedRound)
+    records = pipeline.send_round(_no_llm, again)  # type: ignore[arg-type]
+    assert len(llm.requests) == sent
+    assert [r.response.text for r in records] == [r.response.text for r in first]  # type: ignore[union-attr]
+    pipeline.finish_round(job_id, again, records, llm_for)
+    with session_scope() as session:
+        calls = session.scalar(
+            select(func.count()).select_from(LLMCall).where(LLMCall.job_id == job_id)
+        )
+        journal = session.scalar(select(func.count()).select_from(LLMAnswer))
+    assert calls == len(records)  # counted once
+    assert journal == 0  # a stored round's journal is gone
+
+
+def test_answers_of_a_dropped_round_are_counted_once_when_taken_again(
+    seed_set_id: uuid.UUID, llm: FakeLLMServer
+) -> None:
+    job_id = new_job(seed_set_id)
+    assert pipeline.start_round(job_id, 1, leases.Hold(job_id))  # the job is running
+    planned = pipeline.prepare_round(job_id, 1)
+    assert isinstance(planned, pipeline.PlannedRound)
+    pipeline.record_calls(job_id, pipeline.send_round(llm_for, planned))  # dropped unstored
+    records = pipeline.send_round(_no_llm, planned)  # type: ignore[arg-type]
+    pipeline.finish_round(job_id, planned, records, llm_for)
+    with session_scope() as session:
+        calls = session.scalar(
+            select(func.count()).select_from(LLMCall).where(LLMCall.job_id == job_id)
+        )
+    assert calls == len(records)
