@@ -60,7 +60,9 @@ def _worker_holding(stack: Any, holder: str | None) -> Any:
     return next((w for w in stack.workers if w.poll() is None and w.pid == group), None)
 
 
-def run_once(server: SlotServer, instructions: int, kill: bool) -> dict[str, Any]:
+def run_once(server: SlotServer, instructions: int, kill: bool, seed: int) -> dict[str, Any]:
+    """One job; `seed` differs per run: the server counts a body any earlier run sent as a
+    repeat, and a job's first rounds (seeds only) are the same for the same seed."""
     import redis
     from sqlalchemy import create_engine
 
@@ -92,7 +94,7 @@ def run_once(server: SlotServer, instructions: int, kill: bool) -> dict[str, Any
                 with seeds.open("rb") as fh:
                     seed_set = api.post("/v1/seed-sets", files={"file": ("s.jsonl", fh)}).json()
                 body = {"seed_set_id": seed_set["id"], "num_instructions": instructions,
-                        "options": {"seed": 5}}  # fmt: skip
+                        "options": {"seed": seed}}  # fmt: skip
                 job_id = api.post("/v1/jobs", json=body).json()["id"]
                 if kill:
                     result |= _kill_and_time(stack, server, engine, job_id)
@@ -144,11 +146,11 @@ def main() -> None:
     args = parser.parse_args()
     server = SlotServer(args.slots, args.latency)
     try:
-        baseline = run_once(server, args.instructions, kill=False)
+        baseline = run_once(server, args.instructions, kill=False, seed=5)
         print(f"without a kill: {baseline}", flush=True)
         trials = []
-        for _ in range(args.trials):
-            trial = run_once(server, args.instructions, kill=True)
+        for number in range(args.trials):
+            trial = run_once(server, args.instructions, kill=True, seed=6 + number)
             print(f"with a kill: {trial}", flush=True)
             trials.append(trial)
     finally:

@@ -10,6 +10,7 @@ short transactions around the slow LLM calls, never across them.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import hashlib
 import logging
@@ -26,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import session_scope
+from app.llm.aio import run_sync
 from app.llm.base import LLMClient, LLMError, LLMRequest, LLMResponse, LLMTransientError
 from app.models import (
     Instance,
@@ -347,23 +349,36 @@ def rounds_in_flight(options: GenerationOptions) -> int:
 def send_round(llm_factory: LLMFactory, planned: PlannedRound) -> list[CallRecord]:
     """The round's answers. Those journaled for it by a task that died before storing it are
     taken instead of asking again (the same prompts: a round is planned the same whenever it
-    is); the answers that come back are journaled until the round is stored."""
-    requests = planned.requests
+    is); each answer that comes back is journaled at once, until the round is stored, so a
+    worker killed mid-round loses only the requests it still had out."""
     kept = _journaled(planned)
-    missing = [n for n in range(len(requests)) if n not in kept]
+    if kept:
+        log.info("round %d: %d answers taken from the journal", planned.round_no, len(kept))
+    missing = [n for n in range(len(planned.requests)) if n not in kept]
     if missing:
-        asked = [requests[n] for n in missing]
-        llm = llm_factory(planned.options)
-        fresh = _calls(llm, asked, "instructions", planned.round_no, len(asked))
-        _journal(planned, dict(zip(missing, fresh, strict=True)))
-        kept.update(zip(missing, fresh, strict=True))
-    if len(kept) > len(missing):
-        log.info(
-            "round %d: %d answers taken from the journal",
-            planned.round_no,
-            len(requests) - len(missing),
-        )
-    return [kept[n] for n in range(len(requests))]
+        kept.update(run_sync(_answer_and_journal(llm_factory(planned.options), planned, missing)))
+    return [kept[n] for n in range(len(planned.requests))]
+
+
+async def _answer_and_journal(
+    llm: LLMClient, planned: PlannedRound, positions: Sequence[int]
+) -> dict[int, CallRecord]:
+    """The round's requests at `positions`, all at once; a transient failure becomes a record,
+    a permanent one raises."""
+
+    async def one(position: int) -> tuple[int, CallRecord]:
+        request = planned.requests[position]
+        answer: LLMResponse | LLMError
+        try:
+            answer = await llm.acomplete(request)
+        except LLMError as exc:
+            answer = exc
+        (record,) = call_records([answer], [request], "instructions", planned.round_no)
+        if record.response is not None:
+            await asyncio.to_thread(_journal, planned, {position: record})
+        return position, record
+
+    return dict(await asyncio.gather(*(one(n) for n in positions)))
 
 
 def _journaled(planned: PlannedRound) -> dict[int, CallRecord]:

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from app.config import get_settings
 from app.db import session_scope
 from app.models import Instruction, Job, LLMAnswer, LLMCall
 from app.selfinstruct.options import GenerationOptions
 from app.services import leases, pipeline, round_driver
 from app.services.jobs import create_job
-from app.services.llm import llm_for
+from app.services.llm import llm_for, reset_llm_clients
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
 from tests.support.sqlite_db import forget_settings, stored_seed_set, use_sqlite
 
@@ -183,3 +184,23 @@ def test_answers_of_a_dropped_round_are_counted_once_when_taken_again(
             select(func.count()).select_from(LLMCall).where(LLMCall.job_id == job_id)
         )
     assert calls == len(records)
+
+
+def test_a_round_partly_answered_when_its_task_died_asks_only_for_the_rest(
+    seed_set_id: uuid.UUID, llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each answer is journaled as it comes back, not once the whole round is in."""
+    monkeypatch.setenv("SELFINSTRUCT_LLM_MAX_RETRIES", "0")  # the failure stays a failure
+    get_settings.cache_clear()
+    reset_llm_clients()
+    job_id = new_job(seed_set_id)
+    assert pipeline.start_round(job_id, 1, leases.Hold(job_id))
+    planned = pipeline.prepare_round(job_id, 1)
+    assert isinstance(planned, pipeline.PlannedRound)
+    llm.fail_next(1)
+    first = pipeline.send_round(llm_for, planned)
+    assert sum(r.response is None for r in first) == 1
+    sent = len(llm.requests)
+    again = pipeline.send_round(llm_for, planned)
+    assert len(llm.requests) - sent == 1
+    assert all(r.response is not None for r in again)
