@@ -232,14 +232,11 @@ class _TakeMore:
     def __call__(self, limit: int) -> list[tuple[uuid.UUID, str]]:
         if limit < 1 or time.monotonic() >= self.until:
             return []
-        budgeted = self.options.max_total_tokens is not None or (
-            self.options.max_llm_requests is not None
-        )
         with session_scope() as session:
             job = session.get(Job, self.job_id)
             if job is None or JobStatus(job.status).finished:
                 return []
-            if budgeted and stop_for_budget(session, job, self.options):
+            if budget.budgeted(self.options) and stop_for_budget(session, job, self.options):
                 return []
             job.heartbeat_at = datetime.now(UTC)
             session.flush()  # the job row first (see leases.claim_instructions)

@@ -222,8 +222,10 @@ def _over_budget(
 ) -> str | None:
     """The budget another round would pass (`budget.round_over`). Before a round is stored
     nothing tells what one costs: the stream's first round goes out alone."""
-    if not job.rounds_completed:
-        return "unknown cost" if rounds_out else None
+    if not job.rounds_completed:  # only the stream's first round may go out
+        if not rounds_out:
+            return None
+        return "token_budget" if options.max_total_tokens is not None else "request_budget"
     return budget.round_over(
         session,
         job.id,
