@@ -11,6 +11,7 @@ from pathlib import Path
 import uvicorn
 
 from app.main import create_app
+from app.prompt_health import PromptHealthProtocol
 
 _PICKER = random.SystemRandom()  # not the seeded global generator: two seeded runs would collide
 
@@ -48,8 +49,13 @@ class BackgroundAPIServer:
         self.host = host
         self.port = port or free_port(host)
         config = uvicorn.Config(
-            create_app(), host=host, port=self.port, log_level="warning", loop="asyncio"
-        )  # the loop `selfinstruct serve` uses (see app.cli.server)
+            create_app(),
+            host=host,
+            port=self.port,
+            log_level="warning",
+            loop="asyncio",
+            http=PromptHealthProtocol,
+        )  # the loop and protocol `selfinstruct serve` uses (see app.cli.server)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -16,13 +19,39 @@ from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
 from app.openapi import install_openapi
 
+_frozen = False
+
+
+def freeze_startup_objects() -> None:
+    """Leave what the process made to start (modules, classes, routes, schemas: most of its
+    tracked objects, and they live as long as it does) out of later garbage collections.
+
+    Why: a full collection walks every tracked object while holding the GIL, and after the
+    imports the API has about 200,000 of them: a full collection took 77 ms after create_app(),
+    and the event loop, `/healthz` included, waits that long whenever one runs. Frozen, a full
+    collection walks only what requests made since. Once per process: objects frozen later
+    (a test's apps) would never be collected if they end up in reference cycles.
+    """
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async with health.health_monitoring(app):
+        freeze_startup_objects()
+        yield
+
 
 def create_app() -> FastAPI:
     app = FastAPI(
         title="selfinstruct",
         version=__version__,
         description="Turn seed tasks into an instruction-tuning dataset with Self-Instruct.",
-        lifespan=health.health_monitoring,
+        lifespan=lifespan,
     )
     install_error_handlers(app)
     install_openapi(app)

@@ -10,7 +10,9 @@ cost far less than the server it measures): each connection is a client that, in
 reads the status of a random running job (89 % of the clients), lists jobs (10 %, at least one)
 or downloads a running job's examples (1 %, at least one). Each kind runs in a wrk process of its
 own, so each has its own latency figures. A probe in this process reads /healthz every 100 ms on a
-connection of its own.
+connection of its own. A second probe reads a control server at the same time: an idle uvicorn
+process of its own answering 200 to everything, so the difference between the two /healthz
+figures is what the API adds to what the loaded machine costs any Python server.
 """
 
 from __future__ import annotations
@@ -90,6 +92,41 @@ class HealthProbe(threading.Thread):
             "healthz_max_ms": lat[-1] if lat else float("nan"),
             "healthz_failures": self.failures,
         }
+
+
+async def control_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The control server: the least an ASGI app under uvicorn can do, for every request."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+class ControlServer:
+    """`control_app` under uvicorn in a process of its own, with the API's loop and parser."""
+
+    def __init__(self) -> None:
+        from app.apiserver import free_port
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        command = [
+            sys.executable, "-m", "uvicorn", "bench_api_load:control_app", "--app-dir",
+            str(ROOT / "bench"), "--port", str(port), "--loop", "asyncio", "--log-level", "warning",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(command)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(self.url, timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("the control server did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
 
 
 def _ms(value: str, unit: str) -> float:
@@ -183,6 +220,7 @@ def bench(
     if shutil.which("wrk") is None:
         sys.exit("needs wrk: apt-get install wrk")
     rows: list[dict[str, Any]] = []
+    control = ControlServer()
     llm = LatencyServer(2.0)  # slow answers: the jobs keep running while the load lasts
     try:
         for processes in api_processes:
@@ -197,10 +235,12 @@ def bench(
                 token = stack.create_key("bench")
                 job_ids = _start_jobs(stack, token, jobs)
                 for n in clients:
-                    probe = HealthProbe(stack.url)
+                    probe, control_probe = HealthProbe(stack.url), HealthProbe(control.url)
                     probe.start()
+                    control_probe.start()
                     result = run_wrk(stack.url, n, seconds, token, job_ids, mix)
                     result |= probe.stop()
+                    result |= {f"control_{k}": v for k, v in control_probe.stop().items()}
                     result |= {"clients": n, "api_processes": processes}
                     rows.append(result)
                     print(json.dumps(result), flush=True)
@@ -210,6 +250,7 @@ def bench(
             services.drop_database(admin, name)
     finally:
         llm.stop()
+        control.stop()
     _print_table(rows, seconds)
 
 
@@ -237,9 +278,9 @@ def _print_table(rows: list[dict[str, Any]], seconds: int) -> None:
     print(
         "| API processes | clients | requests/s | status reads/s | status p50 | status p99 | "
         "list p50 | list p99 | download p50 | download p99 | non-2xx | socket errors | "
-        "timeouts | /healthz p99 | /healthz max |"
+        "timeouts | /healthz p99 | /healthz max | control p99 | control max |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['api_processes']} | {r['clients']} | {r['rps']:.0f} | {r['status_rps']:.0f} | "
@@ -247,7 +288,8 @@ def _print_table(rows: list[dict[str, Any]], seconds: int) -> None:
             f"{r['list_p50_ms']:.0f} ms | {r['list_p99_ms']:.0f} ms | "
             f"{r['download_p50_ms']:.0f} ms | {r['download_p99_ms']:.0f} ms | "
             f"{r['non_2xx']} | {r['socket_errors']} | {r['timeouts']} | "
-            f"{r['healthz_p99_ms']:.0f} ms | {r['healthz_max_ms']:.0f} ms |"
+            f"{r['healthz_p99_ms']:.0f} ms | {r['healthz_max_ms']:.0f} ms | "
+            f"{r['control_healthz_p99_ms']:.0f} ms | {r['control_healthz_max_ms']:.0f} ms |"
         )
 
 

@@ -29,6 +29,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,48 @@ def held_by_kind(busy: list[list[Any]], start: float, end: float) -> dict[str, f
     return {k: round(v / (end - start), 1) for k, v in sorted(held.items())} if end > start else {}
 
 
+class LimitSampler(threading.Thread):
+    """The backend's concurrency limit and requests in flight, as /v1/backends shows them, twice a
+    second: what the workers learnt, seen from the outside. Times are time.monotonic(), the
+    machine-wide clock the slot server stamps with too."""
+
+    def __init__(self, api_url: str) -> None:
+        super().__init__(daemon=True)
+        self.api_url = api_url
+        self.samples: list[tuple[float, int, int]] = []  # server time, limit, in flight
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.api_url, timeout=10) as api:
+            while not self._halt.wait(0.5):
+                try:
+                    rows = api.get("/v1/backends").json()
+                    at = time.monotonic()
+                except (httpx.HTTPError, ValueError):
+                    continue
+                for row in rows:
+                    if row.get("concurrency_limit") is not None:
+                        self.samples.append((at, row["concurrency_limit"], row["in_flight"]))
+                        break
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(15)
+
+    def median_limit(self, start: float, end: float) -> float | None:
+        limits = sorted(limit for at, limit, _ in self.samples if start <= at <= end)
+        return limits[len(limits) // 2] if limits else None
+
+    def timeline(self, start: float, end: float, points: int = 10) -> list[int]:
+        """The limit at `points` evenly spaced moments of the job."""
+        out = []
+        for n in range(points):
+            moment = start + (end - start) * n / max(1, points - 1)
+            before = [limit for at, limit, _ in self.samples if at <= moment]
+            out.append(before[-1] if before else 0)
+        return out
+
+
 # --- one run on the real stack ---------------------------------------------------------------------
 
 
@@ -213,8 +256,11 @@ def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
                                            "options": {"seed": 3 + n, **options}}).json()["id"]
                 for n in range(jobs)
             ]  # fmt: skip
+            sampler = LimitSampler(stack.url)
+            sampler.start()
             finished = [wait_for_status(api, i, timeout_s=3600) for i in ids]
             end = server.now()
+            sampler.stop()
             loads = (
                 api.get("/v1/backends").json()
                 if "/v1/backends" in api.get("/openapi.json").text
@@ -235,6 +281,8 @@ def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
         "peak_waiting": stats["peak_waiting"],
         "accepted": sum(j["progress"]["instructions_accepted"] for j in finished),
         "backends": loads,
+        "limit_middle": sampler.median_limit(*middle),
+        "limit_timeline": sampler.timeline(start, end),
     }
 
 
@@ -275,6 +323,8 @@ def main() -> None:
             print(f"<!-- slots held in the middle 60 % by kind: {result['middle_by_kind']} -->")
             if result["backends"]:
                 print(f"<!-- backends at the end: {result['backends']} -->")
+            print(f"<!-- limit: median {result['limit_middle']} in the middle 60 %; at tenths of "
+                  f"the job {result['limit_timeline']} -->", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

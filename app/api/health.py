@@ -117,6 +117,23 @@ async def health_monitoring(_: FastAPI) -> AsyncIterator[None]:
         _monitor = None
 
 
+def _verdict(state: HealthState, stale_after_s: float) -> Health:
+    fresh = state.checked_at > 0 and time.monotonic() - state.checked_at < stale_after_s
+    ok = fresh and state.database and state.broker
+    return Health(status="ok" if ok else "degraded", database=state.database, broker=state.broker)
+
+
+def answer_now() -> tuple[int, bytes] | None:
+    """/healthz's status and body from the latest check, without waiting; None while there is
+    no check to read (no monitor, or its first check is still running): then the route answers.
+    For the HTTP protocol's own fast path (app.prompt_health)."""
+    monitor = _monitor
+    if monitor is None or not monitor.state.checked_at:
+        return None
+    health = _verdict(monitor.state, monitor.stale_after_s)
+    return (200 if health.status == "ok" else 503), health.model_dump_json().encode()
+
+
 @router.get("/healthz", response_model=Health, responses={503: {"model": Health}})
 async def healthz(response: Response) -> Health:
     """200 when the last check (at most a few seconds old) reached the database and the broker."""
@@ -127,10 +144,7 @@ async def healthz(response: Response) -> Health:
         state = HealthState(database, broker, time.monotonic())
     else:
         state = await _monitor.current()
-    fresh = state.checked_at > 0 and time.monotonic() - state.checked_at < (
-        _monitor.stale_after_s if _monitor else 15.0
-    )
-    ok = fresh and state.database and state.broker
-    if not ok:
+    health = _verdict(state, _monitor.stale_after_s if _monitor else 15.0)
+    if health.status != "ok":
         response.status_code = 503
-    return Health(status="ok" if ok else "degraded", database=state.database, broker=state.broker)
+    return health

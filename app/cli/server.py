@@ -53,7 +53,16 @@ def serve(
     # queue drained at about 70 a second), so a client that connects while a thousand others
     # poll, /healthz probes included, waited seconds before its request was read; asyncio's
     # loop accepts every pending connection at once (bench/bench_api_load.py, BENCHMARKS.md).
-    run = {"factory": True, "host": host, "port": port, "log_config": None, "loop": "asyncio"}
+    from app.prompt_health import PromptHealthProtocol
+
+    run = {
+        "factory": True,
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "loop": "asyncio",
+        "http": PromptHealthProtocol,  # /healthz ahead of the loop's queue (app.prompt_health)
+    }
     if not embedded:
         uvicorn.run("app.main:create_app", workers=workers, **run)  # type: ignore[arg-type]
         return
