@@ -132,6 +132,11 @@ class Progress(BaseModel):
     dedupe_seconds: float = Field(
         0.0, description="Time spent on the ROUGE-L near-duplicate filter (step 1) so far."
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the numbers alone do not say, e.g. a judge that rejected nearly "
+        "everything it judged.",
+    )
 
 
 class BackendLoadRead(BaseModel):

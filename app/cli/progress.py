@@ -67,6 +67,8 @@ def wait_for_job(
                 f"{p['prompt_tokens'] + p['completion_tokens']:,} tokens",
             )
             if job["status"] in FINISHED:
+                for warning in p.get("warnings", []):
+                    console.print(f"[yellow]warning:[/yellow] {warning}")
                 return job
             if check is not None and (failure := check()) is not None:
                 raise StackFailed(failure)

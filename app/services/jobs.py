@@ -25,6 +25,7 @@ from app.models import (
     LLMCall,
 )
 from app.schemas import BackendLoadRead, JobRead, Progress
+from app.selfinstruct.judges import Outcomes, judge_warnings
 from app.selfinstruct.options import GenerationOptions, judge_options
 from app.selfinstruct.reproducibility import template_version
 from app.services.backend_load import current_loads
@@ -293,7 +294,10 @@ def count_progress(
     accepted = sum(n for ok, _, n in instr if ok)
     tokens = int(calls[2]) + int(calls[3])
     rejected = {str(r): n for ok, r, n in instr if not ok}
-    targets = (options or GenerationOptions.model_validate(job.options)).balance
+    instances_accepted = sum(n for ok, _, n in inst if ok)
+    instances_rejected = {str(r): n for ok, r, n in inst if not ok}
+    options = options or GenerationOptions.model_validate(job.options)
+    targets = options.balance
     balance = (
         None
         if targets is None
@@ -307,14 +311,20 @@ def count_progress(
         reformulations_rejected={str(r): n for ok, r, n in reformulated if not ok},
         balance=balance,
         instructions_with_instances=with_instances or 0,
-        instances_accepted=sum(n for ok, _, n in inst if ok),
-        instances_rejected={str(r): n for ok, r, n in inst if not ok},
+        instances_accepted=instances_accepted,
+        instances_rejected=instances_rejected,
         llm_requests=calls[0],
         llm_errors=int(calls[1]),
         prompt_tokens=int(calls[2]),
         completion_tokens=int(calls[3]),
         tokens_per_accepted_instruction=round(tokens / accepted, 1) if accepted else None,
         dedupe_seconds=round(job.dedupe_s or 0.0, 3),
+        warnings=judge_warnings(
+            options.judges.steps() if options.judges else (),
+            Outcomes(accepted + rejected.get("over_target", 0), rejected),
+            Outcomes(instances_accepted, instances_rejected),
+            finished=JobStatus(job.status).finished,
+        ),
     )
 
 

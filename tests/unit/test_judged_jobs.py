@@ -1,0 +1,101 @@
+"""Jobs with an answer judge, end to end on SQLite: a judge that writes something other than a
+grade keeps the examples without a score, and one that rejects everything says so."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from app.db import session_scope
+from app.models import Instance, InstancesState, Instruction, Job
+from app.schemas import Progress
+from app.selfinstruct.options import GenerationOptions
+from app.services import instances, pipeline
+from app.services.jobs import create_job, job_progress
+from app.services.llm import llm_for
+from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
+from tests.support.sqlite_db import forget_settings, stored_seed_set, use_sqlite
+
+TARGET = 12
+AN_EXAMPLE_NOT_A_GRADE = " Example 1\nInput: a short text about tea.\nOutput: Tea is a drink."
+
+
+def run_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_seeds: Path, grader_answer: str
+) -> uuid.UUID:
+    """A paper job with the answer judge, driven as its tasks would, until it finishes."""
+    config = FakeLLMConfig(seed=4, truncate_rate=0.0, grader_answer=grader_answer)
+    with FakeLLMServer(config) as server:
+        use_sqlite(tmp_path / "judged.db", monkeypatch, server.base_url)
+        seed_set_id = stored_seed_set(default_seeds)
+        options = GenerationOptions(seed=2, judges={"answer": {}})  # type: ignore[arg-type]
+        with session_scope() as session:
+            job_id = create_job(
+                session, seed_set_id=seed_set_id, num_instructions=TARGET, options=options
+            ).id
+        round_no: int | None = 1
+        while round_no is not None:
+            round_no = pipeline.run_round(job_id, round_no, llm_for).next_round
+        instances.generate_instances(job_id, pending(job_id), llm_for)
+        assert pipeline.finalize_if_complete(job_id)
+    return job_id
+
+
+def pending(job_id: uuid.UUID) -> list[uuid.UUID]:
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(Instruction.id).where(
+                    Instruction.job_id == job_id,
+                    Instruction.instances_state == InstancesState.PENDING,
+                )
+            )
+        )
+
+
+def final_progress(job_id: uuid.UUID) -> Progress:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "succeeded"
+        return job_progress(session, job)
+
+
+@pytest.fixture(autouse=True)
+def _forget_settings() -> Iterator[None]:
+    yield
+    forget_settings()
+
+
+def test_a_judge_answer_that_is_no_grade_keeps_the_example_without_a_score(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_seeds: Path
+) -> None:
+    job_id = run_job(tmp_path, monkeypatch, default_seeds, AN_EXAMPLE_NOT_A_GRADE)
+    progress = final_progress(job_id)
+    assert "judge_low_score" not in progress.instances_rejected
+    assert progress.instances_accepted > 0 and progress.warnings == []
+    with session_scope() as session:
+        scores = set(
+            session.scalars(
+                select(Instance.answer_score).where(
+                    Instance.job_id == job_id, Instance.accepted.is_(True)
+                )
+            )
+        )
+    assert scores == {None}
+
+
+def test_a_judge_that_rejects_everything_says_so_in_the_jobs_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_seeds: Path
+) -> None:
+    job_id = run_job(tmp_path, monkeypatch, default_seeds, " Grade: 1")
+    progress = final_progress(job_id)
+    assert progress.instances_accepted == 0
+    rejected = progress.instances_rejected["judge_low_score"]
+    assert [w for w in progress.warnings if "answer judge" in w] == [
+        f"the answer judge rejected {rejected} of the {rejected} instances it judged "
+        "(judge_low_score): check that its backend answers its prompt as asked"
+    ]
