@@ -111,7 +111,14 @@ class BalanceProgress(BaseModel):
 class Progress(BaseModel):
     rounds_completed: int
     instructions_accepted: int
-    instructions_rejected: dict[str, int]
+    instructions_rejected: dict[str, int] = Field(
+        description="Rejected candidates per reason (candidates past the target are not here)."
+    )
+    instructions_over_target: int = Field(
+        0,
+        description="Candidates that passed every filter after the target was reached: "
+        "surplus, not rejections.",
+    )
     instructions_with_instances: int
     instances_accepted: int
     instances_rejected: dict[str, int]

@@ -28,6 +28,7 @@ from app.schemas import BackendLoadRead, JobRead, Progress
 from app.selfinstruct.judges import Outcomes, judge_warnings
 from app.selfinstruct.options import GenerationOptions, judge_options
 from app.selfinstruct.reproducibility import template_version
+from app.selfinstruct.types import SURPLUS_REASONS
 from app.services.backend_load import current_loads
 from app.services.balance import balance_progress, mix_so_far
 from app.services.keys import ANYONE, Caller
@@ -293,7 +294,8 @@ def count_progress(
     ).one()
     accepted = sum(n for ok, _, n in instr if ok)
     tokens = int(calls[2]) + int(calls[3])
-    rejected = {str(r): n for ok, r, n in instr if not ok}
+    rejected = {str(r): n for ok, r, n in instr if not ok and r not in SURPLUS_REASONS}
+    over_target = sum(n for ok, r, n in instr if not ok and r in SURPLUS_REASONS)
     instances_accepted = sum(n for ok, _, n in inst if ok)
     instances_rejected = {str(r): n for ok, r, n in inst if not ok}
     options = options or GenerationOptions.model_validate(job.options)
@@ -307,6 +309,7 @@ def count_progress(
         rounds_completed=job.rounds_completed,
         instructions_accepted=accepted,
         instructions_rejected=rejected,
+        instructions_over_target=over_target,
         reformulations_accepted=sum(n for ok, _, n in reformulated if ok),
         reformulations_rejected={str(r): n for ok, r, n in reformulated if not ok},
         balance=balance,
@@ -321,7 +324,7 @@ def count_progress(
         dedupe_seconds=round(job.dedupe_s or 0.0, 3),
         warnings=judge_warnings(
             options.judges.steps() if options.judges else (),
-            Outcomes(accepted + rejected.get("over_target", 0), rejected),
+            Outcomes(accepted + over_target, rejected),
             Outcomes(instances_accepted, instances_rejected),
             finished=JobStatus(job.status).finished,
         ),

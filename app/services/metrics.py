@@ -24,6 +24,7 @@ from sqlalchemy import case, func, select
 
 from app.db import session_scope
 from app.models import Instance, Instruction, Job, LLMCall
+from app.selfinstruct.types import SURPLUS_REASONS
 from app.services.backend_load import current_loads
 
 log = logging.getLogger(__name__)
@@ -71,14 +72,23 @@ class PipelineCollector(Collector):
 def _decisions(session, model, name: str) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
     family = CounterMetricFamily(
         f"selfinstruct_{name}",
-        f"Generated {name} by outcome and rejection reason.",
+        f"Generated {name} by outcome (accepted, rejected, over_target) and rejection reason.",
         labels=["outcome", "reason"],
     )
     for accepted, reason, count in session.execute(
         select(model.accepted, model.reason, func.count()).group_by(model.accepted, model.reason)
     ):
-        family.add_metric(["accepted" if accepted else "rejected", reason or ""], count)
+        family.add_metric(_outcome(accepted, reason), count)
     yield family
+
+
+def _outcome(accepted: bool, reason: str | None) -> list[str]:
+    """The labels of a decision: surplus past the target is an outcome of its own."""
+    if accepted:
+        return ["accepted", ""]
+    if reason in SURPLUS_REASONS:
+        return ["over_target", ""]
+    return ["rejected", reason or ""]
 
 
 def _llm(session) -> Iterator[Metric]:  # type: ignore[no-untyped-def]

@@ -11,14 +11,18 @@ import pytest
 from sqlalchemy import select
 
 from app.db import session_scope
-from app.models import Instance, InstancesState, Instruction, Job
+from app.models import Instance, Job
 from app.schemas import Progress
 from app.selfinstruct.options import GenerationOptions
-from app.services import instances, pipeline
-from app.services.jobs import create_job, job_progress
-from app.services.llm import llm_for
+from app.services.jobs import job_progress
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
-from tests.support.sqlite_db import forget_settings, stored_seed_set, use_sqlite
+from tests.support.sqlite_db import (
+    forget_settings,
+    new_job,
+    run_to_end,
+    stored_seed_set,
+    use_sqlite,
+)
 
 TARGET = 12
 AN_EXAMPLE_NOT_A_GRADE = " Example 1\nInput: a short text about tea.\nOutput: Tea is a drink."
@@ -27,34 +31,14 @@ AN_EXAMPLE_NOT_A_GRADE = " Example 1\nInput: a short text about tea.\nOutput: Te
 def run_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_seeds: Path, grader_answer: str
 ) -> uuid.UUID:
-    """A paper job with the answer judge, driven as its tasks would, until it finishes."""
+    """A paper job with the answer judge, driven until it finishes."""
     config = FakeLLMConfig(seed=4, truncate_rate=0.0, grader_answer=grader_answer)
     with FakeLLMServer(config) as server:
         use_sqlite(tmp_path / "judged.db", monkeypatch, server.base_url)
-        seed_set_id = stored_seed_set(default_seeds)
         options = GenerationOptions(seed=2, judges={"answer": {}})  # type: ignore[arg-type]
-        with session_scope() as session:
-            job_id = create_job(
-                session, seed_set_id=seed_set_id, num_instructions=TARGET, options=options
-            ).id
-        round_no: int | None = 1
-        while round_no is not None:
-            round_no = pipeline.run_round(job_id, round_no, llm_for).next_round
-        instances.generate_instances(job_id, pending(job_id), llm_for)
-        assert pipeline.finalize_if_complete(job_id)
+        job_id = new_job(stored_seed_set(default_seeds), TARGET, options)
+        run_to_end(job_id)
     return job_id
-
-
-def pending(job_id: uuid.UUID) -> list[uuid.UUID]:
-    with session_scope() as session:
-        return list(
-            session.scalars(
-                select(Instruction.id).where(
-                    Instruction.job_id == job_id,
-                    Instruction.instances_state == InstancesState.PENDING,
-                )
-            )
-        )
 
 
 def final_progress(job_id: uuid.UUID) -> Progress:

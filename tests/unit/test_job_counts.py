@@ -1,0 +1,72 @@
+"""A job's counters, on SQLite with the test server, agree with the rows they describe: what a
+user reads in progress, the report and /metrics."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.db import session_scope
+from app.models import Job
+from app.schemas import Progress
+from app.selfinstruct.options import GenerationOptions
+from app.services.export import iter_rejected
+from app.services.jobs import job_progress
+from app.services.report import job_report
+from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
+from tests.support.sqlite_db import (
+    forget_settings,
+    new_job,
+    run_to_end,
+    stored_seed_set,
+    use_sqlite,
+)
+
+
+@pytest.fixture
+def llm() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(FakeLLMConfig(seed=8, truncate_rate=0.0)) as server:
+        yield server
+
+
+@pytest.fixture
+def seed_set_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llm: FakeLLMServer, default_seeds: Path
+) -> Iterator[uuid.UUID]:
+    use_sqlite(tmp_path / "counts.db", monkeypatch, llm.base_url)
+    yield stored_seed_set(default_seeds)
+    forget_settings()
+
+
+def progress_of(job_id: uuid.UUID) -> Progress:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job_progress(session, job)
+
+
+def test_candidates_past_the_target_are_counted_apart_from_rejections(
+    seed_set_id: uuid.UUID,
+) -> None:
+    # One round of five prompts brings more than three instructions: the rest is surplus.
+    job_id = new_job(seed_set_id, 3, GenerationOptions(seed=1, rounds_in_flight=1))
+    run_to_end(job_id)
+    progress = progress_of(job_id)
+    assert progress.instructions_accepted == 3 and progress.instructions_over_target > 0
+    assert "over_target" not in progress.instructions_rejected
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        report = job_report(session, job).instructions
+    assert report.over_target == progress.instructions_over_target
+    assert report.by_reason == progress.instructions_rejected
+    assert report.rejected == sum(progress.instructions_rejected.values())
+    assert report.generated == report.accepted + report.rejected + report.over_target
+    lines = [r for r in iter_rejected(job_id) if r["kind"] == "instruction"]
+    surplus = [r for r in lines if r["reason"] == "over_target"]
+    assert len(surplus) == report.over_target
+    assert {r["status"] for r in surplus} == {"over_target"}
+    assert {r["status"] for r in lines if r not in surplus} <= {"rejected"}
