@@ -119,7 +119,10 @@ class Progress(BaseModel):
         description="Candidates that passed every filter after the target was reached: "
         "surplus, not rejections.",
     )
-    instructions_with_instances: int
+    instructions_with_instances: int = Field(
+        description="Accepted instructions with at least one stored instance (accepted or "
+        "rejected); those given up after a budget stop or failed requests have none."
+    )
     instances_accepted: int
     instances_rejected: dict[str, int]
     llm_requests: int

@@ -17,7 +17,6 @@ from app.config import DEFAULT_BACKEND, get_settings
 from app.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from app.models import (
     Instance,
-    InstancesState,
     Instruction,
     Job,
     JobStatus,
@@ -274,14 +273,15 @@ def count_progress(
         .where(Instance.job_id == job.id)
         .group_by(Instance.accepted, Instance.reason)
     ).all()
+    # Instructions with a stored instance: one given up (a budget stop, failed requests) is
+    # settled too, but has none.
     with_instances = session.scalar(
-        select(func.count())
-        .select_from(Instruction)
+        select(func.count(func.distinct(Instance.instruction_id)))
+        .join(Instruction, Instance.instruction_id == Instruction.id)
         .where(
-            Instruction.job_id == job.id,
+            Instance.job_id == job.id,
             Instruction.accepted.is_(True),
             Instruction.variant == 0,
-            Instruction.instances_state != InstancesState.PENDING,
         )
     )
     calls = session.execute(

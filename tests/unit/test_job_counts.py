@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from app.db import session_scope
-from app.models import Job
+from app.models import Instance, InstancesState, Instruction, Job
 from app.schemas import Progress
 from app.selfinstruct.options import GenerationOptions
 from app.services.export import iter_rejected
@@ -70,3 +71,46 @@ def test_candidates_past_the_target_are_counted_apart_from_rejections(
     assert len(surplus) == report.over_target
     assert {r["status"] for r in surplus} == {"over_target"}
     assert {r["status"] for r in lines if r not in surplus} <= {"rejected"}
+
+
+def instructions_with_a_stored_instance(job_id: uuid.UUID) -> int:
+    with session_scope() as session:
+        return session.scalar(
+            select(func.count(func.distinct(Instance.instruction_id))).where(
+                Instance.job_id == job_id
+            )
+        )  # type: ignore[return-value]
+
+
+def test_after_a_budget_stop_only_instructions_with_instances_count_as_such(
+    seed_set_id: uuid.UUID,
+) -> None:
+    options = GenerationOptions(seed=1, rounds_in_flight=1, max_llm_requests=20)
+    job_id = new_job(seed_set_id, 40, options)
+    run_to_end(job_id)
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.stopped_reason == "request_budget"
+        given_up = session.scalar(
+            select(func.count()).where(
+                Instruction.job_id == job_id, Instruction.instances_state == InstancesState.FAILED
+            )
+        )
+    assert given_up  # accepted in step 1, then left without instances by the stop
+    progress = progress_of(job_id)
+    assert progress.instructions_with_instances == instructions_with_a_stored_instance(job_id)
+    assert progress.instructions_with_instances < progress.instructions_accepted
+
+
+def test_instructions_whose_instance_requests_failed_have_no_instances(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_seeds: Path
+) -> None:
+    failing = ("instances_input_first", "instances_output_first")
+    monkeypatch.setenv("SELFINSTRUCT_LLM_MAX_RETRIES", "1")  # fail fast
+    with FakeLLMServer(FakeLLMConfig(seed=8, failing_kinds=failing)) as server:
+        use_sqlite(tmp_path / "failing.db", monkeypatch, server.base_url)
+        job_id = new_job(stored_seed_set(default_seeds), 4, GenerationOptions(seed=1))
+        run_to_end(job_id)
+    progress = progress_of(job_id)
+    assert progress.instructions_accepted == 4
+    assert progress.instructions_with_instances == 0 == progress.instances_accepted
