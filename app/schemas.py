@@ -125,8 +125,17 @@ class Progress(BaseModel):
     )
     instances_accepted: int
     instances_rejected: dict[str, int]
-    llm_requests: int
-    llm_errors: int
+    llm_requests: int = Field(description="LLM requests recorded, each counted once.")
+    llm_errors: int = Field(description="Requests that failed after all their retries.")
+    llm_attempts: int = Field(
+        0, description="HTTP attempts the requests took: one each, plus every retry."
+    )
+    llm_retries: int = Field(0, description="Attempts that were retries of a failed one.")
+    llm_failed_attempts: dict[str, int] = Field(
+        default_factory=dict,
+        description="Failed attempts (retried or last) by kind: http_429, http_5xx, "
+        "http_4xx, timeout, connection, invalid_answer, other.",
+    )
     prompt_tokens: int
     completion_tokens: int
     tokens_per_accepted_instruction: float | None = Field(

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.config import DEFAULT_BACKEND, get_settings
 from app.errors import Conflict, InvalidInput, NotFound, TooManyRequests
+from app.llm.base import parse_attempt_errors
 from app.models import (
     Instance,
     Instruction,
@@ -290,8 +291,17 @@ def count_progress(
             func.coalesce(func.sum(case((LLMCall.ok.is_(False), 1), else_=0)), 0),
             func.coalesce(func.sum(LLMCall.prompt_tokens), 0),
             func.coalesce(func.sum(LLMCall.completion_tokens), 0),
+            func.coalesce(func.sum(LLMCall.attempts), 0),
         ).where(LLMCall.job_id == job.id)
     ).one()
+    failed_attempts: Counter[str] = Counter()
+    for text, n in session.execute(
+        select(LLMCall.attempt_errors, func.count())
+        .where(LLMCall.job_id == job.id, LLMCall.attempt_errors.is_not(None))
+        .group_by(LLMCall.attempt_errors)
+    ):
+        for kind, count in parse_attempt_errors(text).items():
+            failed_attempts[kind] += count * n
     accepted = sum(n for ok, _, n in instr if ok)
     tokens = int(calls[2]) + int(calls[3])
     rejected = {str(r): n for ok, r, n in instr if not ok and r not in SURPLUS_REASONS}
@@ -318,6 +328,9 @@ def count_progress(
         instances_rejected=instances_rejected,
         llm_requests=calls[0],
         llm_errors=int(calls[1]),
+        llm_attempts=int(calls[4]),
+        llm_retries=int(calls[4]) - int(calls[0]),
+        llm_failed_attempts=dict(sorted(failed_attempts.items())),
         prompt_tokens=int(calls[2]),
         completion_tokens=int(calls[3]),
         tokens_per_accepted_instruction=round(tokens / accepted, 1) if accepted else None,

@@ -4,18 +4,22 @@ user reads in progress, the report and /metrics."""
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from app.db import session_scope
-from app.models import Instance, InstancesState, Instruction, Job
+from app.models import Instance, InstancesState, Instruction, Job, LLMCall
 from app.schemas import Progress
 from app.selfinstruct.options import GenerationOptions
 from app.services.export import iter_rejected
 from app.services.jobs import job_progress
+from app.services.metrics import build_registry
 from app.services.report import job_report
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
 from tests.support.sqlite_db import (
@@ -114,3 +118,53 @@ def test_instructions_whose_instance_requests_failed_have_no_instances(
     progress = progress_of(job_id)
     assert progress.instructions_accepted == 4
     assert progress.instructions_with_instances == 0 == progress.instances_accepted
+
+
+def test_retried_failures_are_counted_by_kind_in_progress_calls_and_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_seeds: Path
+) -> None:
+    """A quarter of the attempts fail and are retried: progress, the call rows and /metrics
+    count every attempt the server saw, by how it failed."""
+    config = FakeLLMConfig(seed=3, truncate_rate=0.0, error_rate_5xx=0.15, rate_limit_rate=0.1)
+    monkeypatch.setenv("SELFINSTRUCT_LLM_MAX_RETRIES", "6")  # every request gets through
+    with FakeLLMServer(config) as server:
+        use_sqlite(tmp_path / "flaky.db", monkeypatch, server.base_url)
+        job_id = new_job(stored_seed_set(default_seeds), 4, GenerationOptions(seed=1))
+        run_to_end(job_id)
+        sent, faults = len(server.requests), dict(server.counts)
+    progress = progress_of(job_id)
+    assert progress.llm_errors == 0 and faults["fault_5xx"] and faults["fault_429"]
+    assert progress.llm_attempts == sent
+    assert progress.llm_retries == sent - progress.llm_requests
+    assert progress.llm_failed_attempts == {
+        "http_429": faults["fault_429"],
+        "http_5xx": faults["fault_5xx"],
+    }
+    with session_scope() as session:
+        calls = session.execute(
+            select(LLMCall.attempts, LLMCall.attempt_errors).where(LLMCall.job_id == job_id)
+        ).all()
+    assert sum(attempts for attempts, _ in calls) == sent
+    assert all((attempts > 1) == (errors is not None) for attempts, errors in calls)
+    found = metric_samples()
+    assert (
+        sum(v for (name, _), v in found.items() if name == "selfinstruct_llm_attempts_total")
+        == sent
+    )
+    retries = sum(v for (name, _), v in found.items() if name == "selfinstruct_llm_retries_total")
+    assert retries == progress.llm_retries
+    by_kind = Counter[str]()
+    for (name, labels), value in found.items():
+        if name == "selfinstruct_llm_failed_attempts_total":
+            by_kind[dict(labels)["kind"]] += int(value)
+    assert by_kind == progress.llm_failed_attempts
+
+
+def metric_samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry, _, _ = build_registry(None)
+    text = generate_latest(registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
