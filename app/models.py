@@ -248,6 +248,11 @@ class LLMCall(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # HTTP attempts the call took (retries are the rest), and why those that failed did:
+    # "http_429=2,http_5xx=1" (kinds of app.llm.base.ATTEMPT_ERROR_KINDS, sorted; NULL for none).
+    # A string rather than JSON, so that counts group in SQL on every database.
+    attempts: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    attempt_errors: Mapped[str | None] = mapped_column(String(200))
     # SHA-256 of the exact prompt text: with the job's template version, seed and options it
     # identifies every call without storing megabytes of repeated prompt text.
     prompt_sha256: Mapped[str | None] = mapped_column(String(64))
@@ -273,6 +278,8 @@ class LLMAnswer(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # as llm_calls
+    attempt_errors: Mapped[str | None] = mapped_column(String(200))
     # Already in llm_calls (its round was dropped unstored): taken again, it is not counted again.
     recorded: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -111,12 +111,31 @@ class BalanceProgress(BaseModel):
 class Progress(BaseModel):
     rounds_completed: int
     instructions_accepted: int
-    instructions_rejected: dict[str, int]
-    instructions_with_instances: int
+    instructions_rejected: dict[str, int] = Field(
+        description="Rejected candidates per reason (candidates past the target are not here)."
+    )
+    instructions_over_target: int = Field(
+        0,
+        description="Candidates that passed every filter after the target was reached: "
+        "surplus, not rejections.",
+    )
+    instructions_with_instances: int = Field(
+        description="Accepted instructions with at least one stored instance (accepted or "
+        "rejected); those given up after a budget stop or failed requests have none."
+    )
     instances_accepted: int
     instances_rejected: dict[str, int]
-    llm_requests: int
-    llm_errors: int
+    llm_requests: int = Field(description="LLM requests recorded, each counted once.")
+    llm_errors: int = Field(description="Requests that failed after all their retries.")
+    llm_attempts: int = Field(
+        0, description="HTTP attempts the requests took: one each, plus every retry."
+    )
+    llm_retries: int = Field(0, description="Attempts that were retries of a failed one.")
+    llm_failed_attempts: dict[str, int] = Field(
+        default_factory=dict,
+        description="Failed attempts (retried or last) by kind: http_429, http_5xx, "
+        "http_4xx, timeout, connection, invalid_answer, other.",
+    )
     prompt_tokens: int
     completion_tokens: int
     tokens_per_accepted_instruction: float | None = Field(
@@ -131,6 +150,11 @@ class Progress(BaseModel):
     )
     dedupe_seconds: float = Field(
         0.0, description="Time spent on the ROUGE-L near-duplicate filter (step 1) so far."
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the numbers alone do not say, e.g. a judge that rejected nearly "
+        "everything it judged.",
     )
 
 

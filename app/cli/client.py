@@ -169,7 +169,9 @@ def report(
     out = Console()
     for kind in ("instructions", "instances"):
         part = data[kind]
-        table = Table(title=f"{kind}: {part['accepted']} accepted of {part['generated']}")
+        surplus = part.get("over_target", 0)
+        title = f"{kind}: {part['accepted']} accepted of {part['generated']}"
+        table = Table(title=title + (f", {surplus} past the target" if surplus else ""))
         table.add_column("rejected because")
         table.add_column("count", justify="right")
         table.add_column("example")

@@ -97,7 +97,8 @@ def _summary(job: dict, lines: int, output: Path) -> None:  # type: ignore[type-
         f"rejected: {sum(p['instances_rejected'].values())} {p['instances_rejected']}"
     )
     console.print(
-        f"LLM requests: {p['llm_requests']} ({p['llm_errors']} failed), "
+        f"LLM requests: {p['llm_requests']} ({p['llm_errors']} failed, "
+        f"{p.get('llm_retries', 0)} retried attempts), "
         f"tokens: {p['prompt_tokens']} prompt + {p['completion_tokens']} completion"
     )
     console.print(f"[green]wrote {lines} examples to {output.resolve()}[/green]")

@@ -51,7 +51,7 @@ def wait_for_job(
     )
     with Progress(*columns, console=console, transient=False, expand=False) as bars:
         instructions = bars.add_task("instructions", total=target, detail="")
-        instances = bars.add_task("with examples", total=target, detail="")
+        instances = bars.add_task("with instances", total=target, detail="")
         while True:
             p = job["progress"]
             rejected = sum(p["instructions_rejected"].values())
@@ -67,6 +67,8 @@ def wait_for_job(
                 f"{p['prompt_tokens'] + p['completion_tokens']:,} tokens",
             )
             if job["status"] in FINISHED:
+                for warning in p.get("warnings", []):
+                    console.print(f"[yellow]warning:[/yellow] {warning}")
                 return job
             if check is not None and (failure := check()) is not None:
                 raise StackFailed(failure)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,6 +19,34 @@ class LLMRequest:
     stop: tuple[str, ...] = ()
 
 
+# Why an HTTP attempt failed, as counted in the LLM-call records, progress and /metrics.
+ATTEMPT_ERROR_KINDS = (
+    "http_429",
+    "http_5xx",
+    "http_4xx",
+    "timeout",
+    "connection",
+    "invalid_answer",
+    "other",
+)
+
+
+def attempt_errors_text(kinds: Iterable[str]) -> str | None:
+    """Failed attempts as stored: counts per kind, sorted ("http_429=2,http_5xx=1")."""
+    counts = Counter(kinds)
+    return ",".join(f"{kind}={n}" for kind, n in sorted(counts.items())) or None
+
+
+def parse_attempt_errors(text: str | None) -> Counter[str]:
+    """The counts per kind of a stored `attempt_errors` (empty for None)."""
+    counts: Counter[str] = Counter()
+    for part in (text or "").split(","):
+        kind, _, n = part.partition("=")
+        if kind and n.isdigit():
+            counts[kind] += int(n)
+    return counts
+
+
 @dataclass(frozen=True, slots=True)
 class LLMResponse:
     text: str
@@ -25,12 +54,15 @@ class LLMResponse:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    # The kinds of the attempts that failed (and were retried) before this answer came.
+    failed_attempts: tuple[str, ...] = ()
 
 
 class LLMError(Exception):
     """A request failed after the client's own retries."""
 
     latency_s: float = 0.0  # time spent on the request, retries included
+    failed_attempts: tuple[str, ...] = ()  # the kind of each attempt, the last one included
 
 
 class LLMTransientError(LLMError):

@@ -25,6 +25,7 @@ import atexit
 import contextlib
 import errno
 import json
+import logging
 import random
 import re
 import socket
@@ -59,6 +60,8 @@ from app.llm.rate_limit import Limits, RateLimiter, estimate_tokens, limiter_for
 from app.logs import current_job_id
 from app.selfinstruct.options import GenerationOptions
 
+log = logging.getLogger(__name__)
+
 Endpoint = Literal["completions", "chat"]
 
 # Servers may echo (part of) the key in an error body, e.g. OpenAI's "Incorrect API key: sk-ab***".
@@ -88,6 +91,23 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, HTTPStatusError):
         return exc.retryable
     return isinstance(exc, TimeoutError | aiohttp.ClientError)
+
+
+def attempt_error_kind(exc: BaseException) -> str:
+    """One of ATTEMPT_ERROR_KINDS for a failed attempt (or for the error it was translated to)."""
+    if isinstance(exc, LLMError) and exc.__cause__ is not None:
+        return attempt_error_kind(exc.__cause__)
+    if isinstance(exc, HTTPStatusError):
+        if exc.status == 429:
+            return "http_429"
+        return "http_5xx" if exc.status >= 500 else "http_4xx"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientError):
+        return "connection"
+    if isinstance(exc, ValueError):
+        return "invalid_answer"
+    return "other"
 
 
 def _wait(state: RetryCallState) -> float:
@@ -185,15 +205,22 @@ class OpenAICompatClient:
         return list(await asyncio.gather(*(one(r) for r in requests)))
 
     async def acomplete(self, request: LLMRequest) -> LLMResponse:
+        """The answer, or an LLMError; either way with the kinds of the attempts that failed."""
         started = time.perf_counter()
+        failed: list[str] = []
         try:
             body = self._body(request, await self.resolve_model())
             path = "/chat/completions" if self.endpoint == "chat" else "/completions"
             cost = estimate_tokens(request.prompt, request.max_tokens) if self.limiter else None
-            reply = await self._with_retries("POST", path, body, cost)
-            text, finish_reason = self._first_choice(reply)
+            reply = await self._with_retries("POST", path, body, cost, failed)
+            try:
+                text, finish_reason = self._first_choice(reply)
+            except LLMError:
+                failed.append("invalid_answer")
+                raise
         except LLMError as exc:
             exc.latency_s = time.perf_counter() - started
+            exc.failed_attempts = tuple(failed) or (attempt_error_kind(exc),)
             raise
         usage = reply.get("usage") or {}
         response = LLMResponse(
@@ -202,6 +229,7 @@ class OpenAICompatClient:
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             latency_s=time.perf_counter() - started,
+            failed_attempts=tuple(failed),
         )
         if self.limiter is not None and cost is not None and usage:
             await self.limiter.settle(cost, response.prompt_tokens + response.completion_tokens)
@@ -254,13 +282,36 @@ class OpenAICompatClient:
         return body
 
     async def _with_retries(
-        self, method: str, path: str, body: Any, cost: int | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        cost: int | None = None,
+        failed: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Send with retries; with a rate limiter, each attempt first takes `cost` tokens."""
+        """Send with retries; with a rate limiter, each attempt first takes `cost` tokens.
+        `failed` gets the kind of each attempt that fails, retried or not."""
         payload = None if body is None else json.dumps(body).encode()
+        failed = [] if failed is None else failed
+
+        async def attempt_once(number: int) -> dict[str, Any]:
+            try:
+                return await self._send(method, path, payload, cost)
+            except Exception as exc:
+                failed.append(attempt_error_kind(exc))
+                if _retryable(exc) and number <= self.max_retries:
+                    log.info(
+                        "%s: %s (attempt %d of %d), retrying",
+                        backend_label(self.backend),
+                        failed[-1],
+                        number,
+                        self.max_retries + 1,
+                    )
+                raise
+
         try:
             try:  # the common case, without building a retry controller per request
-                return await self._send(method, path, payload, cost)
+                return await attempt_once(1)
             except Exception as exc:
                 if not _retryable(exc) or self.max_retries < 1:
                     raise
@@ -274,7 +325,7 @@ class OpenAICompatClient:
             )
             async for attempt in retrying:
                 with attempt:
-                    return await self._send(method, path, payload, cost)
+                    return await attempt_once(attempt.retry_state.attempt_number + 1)
         except (TimeoutError, HTTPStatusError, aiohttp.ClientError, ValueError) as exc:
             raise self._translate(exc) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")

@@ -12,6 +12,7 @@ score: a flaky judge must not silently empty a dataset.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from string import Formatter
 
@@ -51,7 +52,40 @@ INSTRUCTION_FIELDS = frozenset({"instruction"})
 INSTANCE_FIELDS = frozenset({"instruction", "input", "output"})
 
 _VERDICT = re.compile(r"^\W*(keep|drop)\b\W*(.*)$", re.IGNORECASE | re.DOTALL)
-_SCORE = re.compile(r"^\D{0,20}?([1-3])(?!\d)")
+# A grade is the whole answer ("3", "3/3", "2 - partly right") or follows a label ("Grade: 2",
+# "**Score:** 3"). A number inside other text ("Example 1", "1. Write a poem") is not a grade.
+_LABEL = (
+    r"[*_#\s]*(?:(?:final|overall)\s+)?(?:grade|score|rating|faithfulness)"
+    r"(?:\s*\(1,\s*2,?\s*or\s*3\))?[*_\s]*"
+)
+_GRADE = r"[*_\s]*([1-3])(?!\d|[.,]\d)(?:\s*(?:/|out\s+of)\s*3\b)?"
+_LABELLED = re.compile(rf"^{_LABEL}(?:[:=]|\bis\b){_GRADE}(?!\s*(?:/|out\s+of))", re.I)
+_BARE = re.compile(
+    rf"^(?:{_LABEL})?{_GRADE}[*_]*(?:\s*[.!)]?[*_]*\s*$|\s*[-\u2013\u2014:;,(]\s*\S)", re.I
+)
+
+
+# A judge that rejects this share of what it saw is more likely broken (wrong backend, a prompt
+# its model does not follow) than right; once it has seen enough, the job's progress says so.
+WARN_REJECTED_SHARE = 0.9
+WARN_MIN_JUDGED = 10
+
+# judge name -> (the reason it rejects with, what it judges), in the order they decide: the
+# faithfulness judge's reason applies only to instances the answer judge passed.
+_JUDGE_REJECTIONS = {
+    "instruction": ("judge_dropped", "instructions"),
+    "answer": ("judge_low_score", "instances"),
+    "faithfulness": ("judge_unfaithful", "instances"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcomes:
+    """What a job's judges saw of its instructions or instances: `passed` came through every
+    filter (for instructions, also those past the target), `rejected` counts per reason."""
+
+    passed: int
+    rejected: Mapping[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +140,37 @@ def parse_instruction_verdict(text: str) -> InstructionVerdict:
 
 
 def parse_score(text: str) -> int | None:
-    """The first grade 1-3 near the start of the answer, or None."""
-    match = _SCORE.match(text.strip())
+    """The grade 1-3 on the answer's first line, or None when that line is not a grade: a
+    judge that writes an example of its own instead must keep the example, not reject it."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    match = _LABELLED.match(first) or _BARE.match(first)
     return int(match.group(1)) if match else None
+
+
+def judge_warnings(
+    judges: Iterable[str], instructions: Outcomes, instances: Outcomes, *, finished: bool
+) -> list[str]:
+    """A warning for each judge that rejected nearly all it judged, so that a job emptied by
+    a judge does not look like a plain success. `finished`: warn however few it judged."""
+    warnings = []
+    for name in judges:
+        reason, kind = _JUDGE_REJECTIONS[name]
+        outcomes = instructions if kind == "instructions" else instances
+        rejected = outcomes.rejected.get(reason, 0)
+        judged = outcomes.passed + sum(
+            outcomes.rejected.get(r, 0) for r, k in _later_judges(name) if k == kind
+        )
+        if not rejected or not (finished or judged >= WARN_MIN_JUDGED):
+            continue
+        if rejected / judged >= WARN_REJECTED_SHARE:
+            warnings.append(
+                f"the {name} judge rejected {rejected} of the {judged} {kind} it judged "
+                f"({reason}): check that its backend answers its prompt as asked"
+            )
+    return warnings
+
+
+def _later_judges(name: str) -> list[tuple[str, str]]:
+    """The reasons and kinds of the judge `name` and of those deciding after it."""
+    names = list(_JUDGE_REJECTIONS)
+    return [_JUDGE_REJECTIONS[n] for n in names[names.index(name) :]]

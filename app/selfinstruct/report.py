@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from app.selfinstruct.rouge import RougeLIndex, tokenize
+from app.selfinstruct.types import SURPLUS_REASONS
 
 VerbObject = tuple[str | None, str | None]
 VerbObjectParser = Callable[[Sequence[str]], list[VerbObject]]
@@ -44,9 +45,14 @@ class InstanceRow:
 
 
 class Rejections(BaseModel):
-    generated: int
+    generated: int = Field(description="accepted + rejected + over_target.")
     accepted: int
     rejected: int
+    over_target: int = Field(
+        0,
+        description="Candidates that passed every filter after the target was reached: "
+        "surplus, not rejections (not in `rejected` or `by_reason`).",
+    )
     by_reason: dict[str, int] = Field(description="Rejections per reason code, largest first.")
     examples: dict[str, list[str]] = Field(description="A few rejected texts for each reason.")
 
@@ -194,8 +200,12 @@ def evenly_spaced(total: int, at_most: int) -> list[int]:
 def rejections(rows: Sequence[tuple[str, bool, str | None]]) -> Rejections:
     counts: Counter[str] = Counter()
     examples: dict[str, list[str]] = defaultdict(list)
+    surplus = 0
     for text, accepted, reason in rows:
         if accepted:
+            continue
+        if reason in SURPLUS_REASONS:
+            surplus += 1
             continue
         key = reason or "unknown"
         counts[key] += 1
@@ -204,8 +214,9 @@ def rejections(rows: Sequence[tuple[str, bool, str | None]]) -> Rejections:
     rejected = sum(counts.values())
     return Rejections(
         generated=len(rows),
-        accepted=len(rows) - rejected,
+        accepted=len(rows) - rejected - surplus,
         rejected=rejected,
+        over_target=surplus,
         by_reason=dict(counts.most_common()),
         examples=dict(examples),
     )

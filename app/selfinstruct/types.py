@@ -45,6 +45,11 @@ class InstructionReason(StrEnum):
     OVERSIZED_RESPONSE = "oversized_response"  # the answer was far longer than max_tokens allows
 
 
+# Candidates that passed every filter once the target was already met: surplus, not rejects.
+# They are counted apart, so that they do not inflate rejection counts and rates.
+SURPLUS_REASONS = frozenset({InstructionReason.OVER_TARGET.value})
+
+
 class InstanceReason(StrEnum):
     """Why a generated instance was not accepted."""
 

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from app.db import paged_rows
 from app.models import Instance, Instruction
 from app.selfinstruct.formats import ExportFormat, convert
+from app.selfinstruct.types import SURPLUS_REASONS
 
 _BATCH = 500
 
@@ -106,7 +107,8 @@ def _judge_fields(
 
 
 def iter_rejected(job_id: uuid.UUID) -> Iterator[dict[str, Any]]:
-    """Rejected instructions, then rejected instances, each with its reason code."""
+    """Rejected instructions (and those past the target, as status `over_target`), then
+    rejected instances, each with its reason code."""
     instructions = select(Instruction).where(
         Instruction.job_id == job_id, Instruction.accepted.is_(False)
     )
@@ -119,7 +121,7 @@ def iter_rejected(job_id: uuid.UUID) -> Iterator[dict[str, Any]]:
     for (row,) in paged_rows(instructions, by_instruction, _BATCH):
         yield {
             "kind": "instruction",
-            "status": "rejected",
+            "status": "over_target" if row.reason in SURPLUS_REASONS else "rejected",
             "id": str(row.id),
             "job_id": str(job_id),
             "round": row.round,

@@ -350,7 +350,15 @@ def _bounded_caller(llm: LLMClient) -> Callable[..., Awaitable[CallRecord]]:
                 answer = cleaned_answer(await client.acomplete(request), request)
                 return CallRecord(purpose, None, answer, None, 0.0, digest)
             except LLMTransientError as exc:
-                return CallRecord(purpose, None, None, error_text(exc), exc.latency_s, digest)
+                return CallRecord(
+                    purpose,
+                    None,
+                    None,
+                    error_text(exc),
+                    exc.latency_s,
+                    digest,
+                    failed_attempts=exc.failed_attempts,
+                )
 
     return call
 

@@ -15,9 +15,9 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.config import DEFAULT_BACKEND, get_settings
 from app.errors import Conflict, InvalidInput, NotFound, TooManyRequests
+from app.llm.base import parse_attempt_errors
 from app.models import (
     Instance,
-    InstancesState,
     Instruction,
     Job,
     JobStatus,
@@ -25,8 +25,10 @@ from app.models import (
     LLMCall,
 )
 from app.schemas import BackendLoadRead, JobRead, Progress
+from app.selfinstruct.judges import Outcomes, judge_warnings
 from app.selfinstruct.options import GenerationOptions, judge_options
 from app.selfinstruct.reproducibility import template_version
+from app.selfinstruct.types import SURPLUS_REASONS
 from app.services.backend_load import current_loads
 from app.services.balance import balance_progress, mix_so_far
 from app.services.keys import ANYONE, Caller
@@ -272,14 +274,15 @@ def count_progress(
         .where(Instance.job_id == job.id)
         .group_by(Instance.accepted, Instance.reason)
     ).all()
+    # Instructions with a stored instance: one given up (a budget stop, failed requests) is
+    # settled too, but has none.
     with_instances = session.scalar(
-        select(func.count())
-        .select_from(Instruction)
+        select(func.count(func.distinct(Instance.instruction_id)))
+        .join(Instruction, Instance.instruction_id == Instruction.id)
         .where(
-            Instruction.job_id == job.id,
+            Instance.job_id == job.id,
             Instruction.accepted.is_(True),
             Instruction.variant == 0,
-            Instruction.instances_state != InstancesState.PENDING,
         )
     )
     calls = session.execute(
@@ -288,12 +291,25 @@ def count_progress(
             func.coalesce(func.sum(case((LLMCall.ok.is_(False), 1), else_=0)), 0),
             func.coalesce(func.sum(LLMCall.prompt_tokens), 0),
             func.coalesce(func.sum(LLMCall.completion_tokens), 0),
+            func.coalesce(func.sum(LLMCall.attempts), 0),
         ).where(LLMCall.job_id == job.id)
     ).one()
+    failed_attempts: Counter[str] = Counter()
+    for text, n in session.execute(
+        select(LLMCall.attempt_errors, func.count())
+        .where(LLMCall.job_id == job.id, LLMCall.attempt_errors.is_not(None))
+        .group_by(LLMCall.attempt_errors)
+    ):
+        for kind, count in parse_attempt_errors(text).items():
+            failed_attempts[kind] += count * n
     accepted = sum(n for ok, _, n in instr if ok)
     tokens = int(calls[2]) + int(calls[3])
-    rejected = {str(r): n for ok, r, n in instr if not ok}
-    targets = (options or GenerationOptions.model_validate(job.options)).balance
+    rejected = {str(r): n for ok, r, n in instr if not ok and r not in SURPLUS_REASONS}
+    over_target = sum(n for ok, r, n in instr if not ok and r in SURPLUS_REASONS)
+    instances_accepted = sum(n for ok, _, n in inst if ok)
+    instances_rejected = {str(r): n for ok, r, n in inst if not ok}
+    options = options or GenerationOptions.model_validate(job.options)
+    targets = options.balance
     balance = (
         None
         if targets is None
@@ -303,18 +319,28 @@ def count_progress(
         rounds_completed=job.rounds_completed,
         instructions_accepted=accepted,
         instructions_rejected=rejected,
+        instructions_over_target=over_target,
         reformulations_accepted=sum(n for ok, _, n in reformulated if ok),
         reformulations_rejected={str(r): n for ok, r, n in reformulated if not ok},
         balance=balance,
         instructions_with_instances=with_instances or 0,
-        instances_accepted=sum(n for ok, _, n in inst if ok),
-        instances_rejected={str(r): n for ok, r, n in inst if not ok},
+        instances_accepted=instances_accepted,
+        instances_rejected=instances_rejected,
         llm_requests=calls[0],
         llm_errors=int(calls[1]),
+        llm_attempts=int(calls[4]),
+        llm_retries=int(calls[4]) - int(calls[0]),
+        llm_failed_attempts=dict(sorted(failed_attempts.items())),
         prompt_tokens=int(calls[2]),
         completion_tokens=int(calls[3]),
         tokens_per_accepted_instruction=round(tokens / accepted, 1) if accepted else None,
         dedupe_seconds=round(job.dedupe_s or 0.0, 3),
+        warnings=judge_warnings(
+            options.judges.steps() if options.judges else (),
+            Outcomes(accepted + over_target, rejected),
+            Outcomes(instances_accepted, instances_rejected),
+            finished=JobStatus(job.status).finished,
+        ),
     )
 
 

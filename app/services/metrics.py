@@ -1,18 +1,21 @@
 """Prometheus metrics.
 
-Pipeline counters (instructions, instances, LLM requests, tokens, latency) are read from the
-database at scrape time rather than counted in each process: workers run in other processes and
-often on other hosts, and the stored rows are the truth the job status also reports, so the two
-can never disagree. HTTP metrics are the API process's own. Queue depth comes from the broker.
+Pipeline counters (instructions, instances, LLM requests and their HTTP attempts, tokens,
+latency) are read from the database at scrape time rather than counted in each process: workers
+run in other processes and often on other hosts, and the stored rows are the truth the job
+status also reports, so the two can never disagree. HTTP metrics are the API process's own.
+Queue depth comes from the broker.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import Counter as PromCounter
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -23,7 +26,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 
 from app.db import session_scope
+from app.llm.base import parse_attempt_errors
 from app.models import Instance, Instruction, Job, LLMCall
+from app.selfinstruct.types import SURPLUS_REASONS
 from app.services.backend_load import current_loads
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,7 @@ class PipelineCollector(Collector):
             yield from _decisions(session, Instruction, "instructions")
             yield from _decisions(session, Instance, "instances")
             yield from _llm(session)
+            yield from _llm_attempts(session)
         if self._queue_depth is not None:
             depth = GaugeMetricFamily(
                 "selfinstruct_queue_depth",
@@ -71,14 +77,23 @@ class PipelineCollector(Collector):
 def _decisions(session, model, name: str) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
     family = CounterMetricFamily(
         f"selfinstruct_{name}",
-        f"Generated {name} by outcome and rejection reason.",
+        f"Generated {name} by outcome (accepted, rejected, over_target) and rejection reason.",
         labels=["outcome", "reason"],
     )
     for accepted, reason, count in session.execute(
         select(model.accepted, model.reason, func.count()).group_by(model.accepted, model.reason)
     ):
-        family.add_metric(["accepted" if accepted else "rejected", reason or ""], count)
+        family.add_metric(_outcome(accepted, reason), count)
     yield family
+
+
+def _outcome(accepted: bool, reason: str | None) -> list[str]:
+    """The labels of a decision: surplus past the target is an outcome of its own."""
+    if accepted:
+        return ["accepted", ""]
+    if reason in SURPLUS_REASONS:
+        return ["over_target", ""]
+    return ["rejected", reason or ""]
 
 
 def _llm(session) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
@@ -128,6 +143,43 @@ def _llm(session) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
     yield latency
 
 
+def _llm_attempts(session) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
+    """HTTP attempts behind the requests: a retried failure is in none of the request counts."""
+    attempts = CounterMetricFamily(
+        "selfinstruct_llm_attempts",
+        "HTTP attempts of LLM requests (one per request, plus its retries) by purpose.",
+        labels=["purpose"],
+    )
+    retries = CounterMetricFamily(
+        "selfinstruct_llm_retries", "LLM request retries by purpose.", labels=["purpose"]
+    )
+    failed = CounterMetricFamily(
+        "selfinstruct_llm_failed_attempts",
+        "Failed HTTP attempts of LLM requests (retried or last) by purpose and kind.",
+        labels=["purpose", "kind"],
+    )
+    for purpose, count, total in session.execute(
+        select(
+            LLMCall.purpose, func.count(), func.coalesce(func.sum(LLMCall.attempts), 0)
+        ).group_by(LLMCall.purpose)
+    ):
+        attempts.add_metric([purpose], int(total))
+        retries.add_metric([purpose], int(total) - count)
+    by_kind: Counter[tuple[str, str]] = Counter()
+    for purpose, text, count in session.execute(
+        select(LLMCall.purpose, LLMCall.attempt_errors, func.count())
+        .where(LLMCall.attempt_errors.is_not(None))
+        .group_by(LLMCall.purpose, LLMCall.attempt_errors)
+    ):
+        for kind, n in parse_attempt_errors(text).items():
+            by_kind[purpose, kind] += n * count
+    for (purpose, kind), n in sorted(by_kind.items()):
+        failed.add_metric([purpose, kind], n)
+    yield attempts
+    yield retries
+    yield failed
+
+
 def _backend_loads() -> Iterator[Metric]:
     """Each LLM backend's requests in flight, concurrency limit and waiting requests, as every
     worker's gate shares them."""
@@ -162,7 +214,7 @@ def build_registry(
     """A registry with the pipeline collector and the API's own HTTP metrics."""
     registry = CollectorRegistry()
     registry.register(PipelineCollector(queue_depth))
-    http_requests = Counter(
+    http_requests = PromCounter(
         "selfinstruct_http_requests",
         "API requests by method, route and status.",
         ["method", "route", "status"],

@@ -28,7 +28,15 @@ from sqlalchemy.orm import Session
 from app.config import get_settings
 from app.db import session_scope
 from app.llm.aio import run_sync
-from app.llm.base import LLMClient, LLMError, LLMRequest, LLMResponse, LLMTransientError
+from app.llm.base import (
+    LLMClient,
+    LLMError,
+    LLMRequest,
+    LLMResponse,
+    LLMTransientError,
+    attempt_errors_text,
+    parse_attempt_errors,
+)
 from app.models import (
     Instance,
     InstancesState,
@@ -99,6 +107,17 @@ class CallRecord:
     latency_s: float = 0.0
     prompt_sha256: str | None = None
     recorded: bool = False  # taken from the journal, already in llm_calls
+    failed_attempts: tuple[str, ...] = ()  # of a failed call (an answer carries its own)
+
+    @property
+    def attempt_kinds(self) -> tuple[str, ...]:
+        """The kind of each attempt that failed, retried or last."""
+        return self.response.failed_attempts if self.response else self.failed_attempts
+
+    @property
+    def attempts(self) -> int:
+        """HTTP attempts: the failed ones, and the one that answered."""
+        return max(1, len(self.attempt_kinds) + (self.response is not None))
 
     def row(self, job_id: uuid.UUID) -> LLMCall:
         """The stored call; what the server sent is bounded to what the columns hold."""
@@ -114,6 +133,8 @@ class CallRecord:
             latency_ms=round((r.latency_s if r else self.latency_s) * 1000),
             error=self.error,
             prompt_sha256=self.prompt_sha256,
+            attempts=self.attempts,
+            attempt_errors=attempt_errors_text(self.attempt_kinds),
         )
 
 
@@ -163,7 +184,15 @@ def call_records(
         if not isinstance(answer, LLMTransientError):
             raise answer
         records.append(
-            CallRecord(purpose, round_no, None, error_text(answer), answer.latency_s, digest)
+            CallRecord(
+                purpose,
+                round_no,
+                None,
+                error_text(answer),
+                answer.latency_s,
+                digest,
+                failed_attempts=answer.failed_attempts,
+            )
         )
     return records
 
@@ -403,6 +432,7 @@ def _journaled(planned: PlannedRound) -> dict[int, CallRecord]:
                         row.prompt_tokens,
                         row.completion_tokens,
                         row.latency_ms / 1000,
+                        _kinds(parse_attempt_errors(row.attempt_errors)),
                     ),
                     prompt_sha256=row.prompt_sha256,
                     recorded=row.recorded,
@@ -413,6 +443,11 @@ def _journaled(planned: PlannedRound) -> dict[int, CallRecord]:
     except Exception:  # a journal is an optimisation: without it the round is asked again
         log.warning("round %d: journal not read", planned.round_no, exc_info=True)
         return {}
+
+
+def _kinds(counts: Counter[str]) -> tuple[str, ...]:
+    """Failed attempts as a tuple of kinds again, from their stored counts."""
+    return tuple(kind for kind, n in sorted(counts.items()) for _ in range(n))
 
 
 def _journal(planned: PlannedRound, records: dict[int, CallRecord]) -> None:
@@ -440,6 +475,8 @@ def _journal(planned: PlannedRound, records: dict[int, CallRecord]) -> None:
                     prompt_tokens=_count(r.response.prompt_tokens),
                     completion_tokens=_count(r.response.completion_tokens),
                     latency_ms=round(r.response.latency_s * 1000),
+                    attempts=r.attempts,
+                    attempt_errors=attempt_errors_text(r.attempt_kinds),
                 )
                 for n, r in answered.items()
                 if r.response is not None and r.prompt_sha256 is not None

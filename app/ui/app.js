@@ -254,7 +254,8 @@ function rejectionTable(title, part, id) {
   const rows = Object.entries(part.by_reason).map(([reason, count]) =>
     el("tr", {}, el("td", {}, reason), el("td", { class: "num" }, count),
       el("td", { class: "cell muted" }, (part.examples[reason] || [""])[0])));
-  return el("div", {}, el("h2", {}, `${title}: ${part.accepted} accepted of ${part.generated}`),
+  const surplus = part.over_target ? `, ${part.over_target} past the target` : "";
+  return el("div", {}, el("h2", {}, `${title}: ${part.accepted} accepted of ${part.generated}${surplus}`),
     el("table", { id }, el("tr", {}, el("th", {}, "rejected because"), el("th", { class: "num" }, "count"), el("th", {}, "example")), rows));
 }
 

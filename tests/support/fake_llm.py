@@ -55,6 +55,8 @@ KINDS = (
     "unknown",
 )
 
+GRADER_KINDS = ("judge_answer", "judge_faithfulness")
+
 
 @dataclass
 class FakeLLMConfig:
@@ -85,6 +87,9 @@ class FakeLLMConfig:
     hostile_bytes: int = 3_000_000  # the size of a runaway answer
     # Prompts of these kinds always get an HTTP 500, like a server that crashes on them.
     failing_kinds: tuple[str, ...] = ()
+    # When set, every answer and faithfulness judge prompt gets this text, e.g. a model that
+    # writes an example of its own instead of a grade.
+    grader_answer: str | None = None
 
 
 # --- vocabulary ------------------------------------------------------------------------------------
@@ -796,6 +801,8 @@ class FakeLLMServer:
             with self._lock:
                 self.counts["fault_garbage"] += 1
             text = garbage(rng)
+        elif self.config.grader_answer is not None and kind in GRADER_KINDS:
+            text = self.config.grader_answer
         else:
             text = answer_for(prompt, kind, rng, imitate_mix=self.config.imitate_mix)
         if rng.random() < self.config.truncate_rate:

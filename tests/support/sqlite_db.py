@@ -7,12 +7,17 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from app.config import get_settings
 from app.db import reset_engine, session_scope
 from app.migrate import upgrade_database
+from app.models import InstancesState, Instruction
+from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.seeds import parse_seed_jsonl
-from app.services.llm import reset_llm_clients
+from app.services import instances, pipeline
+from app.services.jobs import create_job
+from app.services.llm import llm_for, reset_llm_clients
 from app.services.seed_sets import create_seed_set
 
 
@@ -37,3 +42,33 @@ def stored_seed_set(seeds: Path) -> uuid.UUID:
     )
     with session_scope() as session:
         return create_seed_set(session, name="seeds", tasks=tasks).id
+
+
+def new_job(seed_set_id: uuid.UUID, target: int, options: GenerationOptions) -> uuid.UUID:
+    with session_scope() as session:
+        return create_job(
+            session, seed_set_id=seed_set_id, num_instructions=target, options=options
+        ).id
+
+
+def run_to_end(job_id: uuid.UUID) -> None:
+    """Drive a job as its tasks would, in one process: its rounds, then every pending
+    instruction's instances (failures left as the task's last retry leaves them)."""
+    round_no: int | None = 1
+    while round_no is not None:
+        round_no = pipeline.run_round(job_id, round_no, llm_for).next_round
+    with session_scope() as session:
+        pending = list(
+            session.scalars(
+                select(Instruction.id).where(
+                    Instruction.job_id == job_id,
+                    Instruction.instances_state == InstancesState.PENDING,
+                )
+            )
+        )
+    if pending:
+        try:
+            instances.generate_instances(job_id, pending, llm_for)
+        except instances.InstancesWaiting as waiting:
+            instances.mark_instances_failed(job_id, waiting.instruction_ids)
+    pipeline.finalize_if_complete(job_id)

@@ -9,8 +9,10 @@ from app.selfinstruct.judges import (
     ANSWER_JUDGE_PROMPT,
     INSTRUCTION_JUDGE_PROMPT,
     InstructionVerdict,
+    Outcomes,
     build_instance_judge_prompt,
     build_instruction_judge_prompt,
+    judge_warnings,
     parse_instruction_verdict,
     parse_score,
 )
@@ -36,10 +38,42 @@ def test_instruction_verdicts(answer: str, keep: bool, note: str) -> None:
 @pytest.mark.parametrize(
     ("answer", "score"),
     [(" 3", 3), ("2 - partly right", 2), (" Grade: 1", 1), ("10", None), ("none", None),
-     ("The answer deserves a 3", None)],
+     ("The answer deserves a 3", None), ("3/3", 3), ("2 out of 3", 2), ("Score: 2", 2),
+     ("Rating: 3", 3), ("**Grade:** 2", 2), ("Grade (1, 2 or 3): 2", 2), ("Final score: 1", 1),
+     ("3.", 3), ("3 (correct)", 3), ("3\n\nTask: next", 3), ("Grade: 3. It is right.", 3),
+     ("Grade 2", 2), ("Score: 10", None), ("2.5", None), ("3/5", None), ("Score: 2/5", None)],
 )  # fmt: skip
 def test_scores(answer: str, score: int | None) -> None:
     assert parse_score(answer) == score
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["Example 1\nInput: a text\nOutput: 3", "1. Write a poem about the sea.", "1) Write",
+     "Example 1: Write a haiku.", "1 Write a poem", "Grade 1 students read.", "Task 2: Sum it."],
+)  # fmt: skip
+def test_a_number_inside_other_text_is_no_grade(answer: str) -> None:
+    assert parse_score(answer) is None
+
+
+def test_a_judge_that_rejects_nearly_all_it_judged_is_a_warning() -> None:
+    instructions = Outcomes(passed=20, rejected={"over_target": 2, "judge_dropped": 1})
+    rejects_all = Outcomes(passed=1, rejected={"judge_low_score": 18, "empty_output": 5})
+    (warning,) = judge_warnings(
+        ["instruction", "answer"], instructions, rejects_all, finished=False
+    )
+    assert warning.startswith("the answer judge rejected 18 of the 19 instances it judged")
+    # Below nine in ten, or on too few while the job runs, it may be right.
+    most = Outcomes(passed=3, rejected={"judge_low_score": 17})
+    assert judge_warnings(["answer"], instructions, most, finished=True) == []
+    few = Outcomes(passed=0, rejected={"judge_low_score": 3})
+    assert judge_warnings(["answer"], instructions, few, finished=False) == []
+    (finished,) = judge_warnings(["answer"], instructions, few, finished=True)
+    assert "rejected 3 of the 3 instances" in finished
+    # The faithfulness judge decides among the instances the answer judge passed.
+    both = Outcomes(passed=1, rejected={"judge_low_score": 9, "judge_unfaithful": 10})
+    (unfaithful,) = judge_warnings(["answer", "faithfulness"], instructions, both, finished=True)
+    assert unfaithful.startswith("the faithfulness judge rejected 10 of the 11 instances")
 
 
 def test_prompts_end_where_the_verdict_goes() -> None:

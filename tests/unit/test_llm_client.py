@@ -122,6 +122,44 @@ def test_transient_failures_are_retried(server: FakeLLMServer, status: int, fail
     assert len(server.requests) == failures + 1
 
 
+def test_each_failed_attempt_is_counted_by_kind(
+    server: FakeLLMServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retried failure leaves no error behind, so the answer carries what it took."""
+    server.fail_next(1, status=429)
+    server.fail_next(1, status=503)
+    request = LLMRequest(prompt=PROMPT, max_tokens=64)
+    with caplog.at_level("INFO", logger="app.llm.openai_compat"):
+        answer = client_for(server, model="m", backend="vllm").complete(request)
+    assert answer.text and answer.failed_attempts == ("http_429", "http_5xx")
+    retried = [r.getMessage() for r in caplog.records]
+    assert retried == [
+        "backend 'vllm': http_429 (attempt 1 of 3), retrying",
+        "backend 'vllm': http_5xx (attempt 2 of 3), retrying",
+    ]
+    server.fail_next(3, status=500)
+    with pytest.raises(LLMTransientError) as raised:
+        client_for(server, model="m").complete(request)
+    assert raised.value.failed_attempts == ("http_5xx",) * 3  # the last one included
+    server.fail_next(1, status=400)
+    with pytest.raises(LLMPermanentError) as refused:
+        client_for(server, model="m").complete(request)
+    assert refused.value.failed_attempts == ("http_4xx",)
+
+
+def test_connection_failures_and_timeouts_are_kinds_of_their_own() -> None:
+    base_url = f"http://127.0.0.1:{closed_port()}/v1"
+    llm = OpenAICompatClient(base_url=base_url, api_key=API_KEY, model="m", max_retries=1)
+    with pytest.raises(LLMTransientError) as refused:
+        llm.complete(LLMRequest(prompt="hi", max_tokens=4))
+    assert refused.value.failed_attempts == ("connection", "connection")
+    with FakeLLMServer(FakeLLMConfig(latency_s=0.6)) as server:
+        slow = client_for(server, model="m", max_retries=0, timeout_s=0.1)
+        with pytest.raises(LLMTransientError) as timed_out:
+            slow.complete(LLMRequest(prompt="hi", max_tokens=4))
+    assert timed_out.value.failed_attempts == ("timeout",)
+
+
 def test_retries_exhausted_is_transient_and_names_backend_and_status(
     server: FakeLLMServer,
 ) -> None:

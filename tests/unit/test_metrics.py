@@ -55,6 +55,8 @@ def test_counters_come_from_the_stored_rows(database: None) -> None:
                             reason="near_duplicate"),
                 Instruction(job_id=job.id, round=1, slot=2, text="c", accepted=False,
                             reason="near_duplicate"),
+                Instruction(job_id=job.id, round=1, slot=3, text="d", accepted=False,
+                            reason="over_target"),
             ]
         )  # fmt: skip
         session.flush()
@@ -75,6 +77,11 @@ def test_counters_come_from_the_stored_rows(database: None) -> None:
     )
     rejected = (("outcome", "rejected"), ("reason", "near_duplicate"))
     assert found[("selfinstruct_instructions_total", rejected)] == 2
+    surplus = (("outcome", "over_target"), ("reason", ""))
+    assert found[("selfinstruct_instructions_total", surplus)] == 1  # not a rejection
+    assert not any(
+        labels == (("outcome", "rejected"), ("reason", "over_target")) for _, labels in found
+    )
     assert found[("selfinstruct_instances_total", (("outcome", "accepted"), ("reason", "")))] == 1
     assert (
         found[("selfinstruct_llm_requests_total", (("ok", "false"), ("purpose", "classify")))] == 1

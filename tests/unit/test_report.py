@@ -51,6 +51,17 @@ def test_rejections_are_counted_by_reason_with_examples() -> None:
     assert "Write a poem about the sea at night." in report.instances.examples["empty_output"][0]
 
 
+def test_candidates_past_the_target_are_surplus_not_rejections() -> None:
+    instructions, instances = rows()
+    surplus = [InstructionRow(f"Name {n} rivers of Europe.", False, "over_target", None)
+               for n in (3, 4, 5)]  # fmt: skip
+    report = build_report([*instructions, *surplus], instances, SEEDS, (10, 1, 1), HEURISTIC)
+    part = report.instructions
+    assert (part.generated, part.accepted, part.rejected, part.over_target) == (10, 4, 3, 3)
+    assert part.by_reason == {"blacklisted_keyword": 2, "too_short": 1}
+    assert "over_target" not in part.examples
+
+
 def test_shares_lengths_and_usage() -> None:
     instructions, instances = rows()
     report = build_report(

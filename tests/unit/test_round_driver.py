@@ -204,3 +204,28 @@ def test_a_round_partly_answered_when_its_task_died_asks_only_for_the_rest(
     again = pipeline.send_round(llm_for, planned)
     assert len(llm.requests) - sent == 1
     assert all(r.response is not None for r in again)
+
+
+def test_a_journaled_answer_keeps_the_attempts_it_took(
+    seed_set_id: uuid.UUID, llm: FakeLLMServer
+) -> None:
+    job_id = new_job(seed_set_id)
+    assert pipeline.start_round(job_id, 1, leases.Hold(job_id))
+    planned = pipeline.prepare_round(job_id, 1)
+    assert isinstance(planned, pipeline.PlannedRound)
+    before = len(llm.requests)
+    llm.fail_next(2, status=502)  # two attempts fail and are retried
+    pipeline.send_round(llm_for, planned)  # ... and the task dies before storing the round
+    sent = len(llm.requests) - before
+    records = pipeline.send_round(_no_llm, planned)  # type: ignore[arg-type]
+    assert sum(r.attempts for r in records) == len(records) + 2 == sent
+    pipeline.finish_round(job_id, planned, records, llm_for)
+    with session_scope() as session:
+        stored = session.execute(
+            select(LLMCall.attempts, LLMCall.attempt_errors).where(
+                LLMCall.job_id == job_id, LLMCall.purpose == "instructions"
+            )
+        ).all()
+    assert sum(attempts for attempts, _ in stored) == sent
+    failed = sorted(errors for _, errors in stored if errors)
+    assert failed in (["http_5xx=1", "http_5xx=1"], ["http_5xx=2"])

@@ -1,0 +1,170 @@
+"""A job's counters, on SQLite with the test server, agree with the rows they describe: what a
+user reads in progress, the report and /metrics."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
+
+from app.db import session_scope
+from app.models import Instance, InstancesState, Instruction, Job, LLMCall
+from app.schemas import Progress
+from app.selfinstruct.options import GenerationOptions
+from app.services.export import iter_rejected
+from app.services.jobs import job_progress
+from app.services.metrics import build_registry
+from app.services.report import job_report
+from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
+from tests.support.sqlite_db import (
+    forget_settings,
+    new_job,
+    run_to_end,
+    stored_seed_set,
+    use_sqlite,
+)
+
+
+@pytest.fixture
+def llm() -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(FakeLLMConfig(seed=8, truncate_rate=0.0)) as server:
+        yield server
+
+
+@pytest.fixture
+def seed_set_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, llm: FakeLLMServer, default_seeds: Path
+) -> Iterator[uuid.UUID]:
+    use_sqlite(tmp_path / "counts.db", monkeypatch, llm.base_url)
+    yield stored_seed_set(default_seeds)
+    forget_settings()
+
+
+def progress_of(job_id: uuid.UUID) -> Progress:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job_progress(session, job)
+
+
+def test_candidates_past_the_target_are_counted_apart_from_rejections(
+    seed_set_id: uuid.UUID,
+) -> None:
+    # One round of five prompts brings more than three instructions: the rest is surplus.
+    job_id = new_job(seed_set_id, 3, GenerationOptions(seed=1, rounds_in_flight=1))
+    run_to_end(job_id)
+    progress = progress_of(job_id)
+    assert progress.instructions_accepted == 3 and progress.instructions_over_target > 0
+    assert "over_target" not in progress.instructions_rejected
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        report = job_report(session, job).instructions
+    assert report.over_target == progress.instructions_over_target
+    assert report.by_reason == progress.instructions_rejected
+    assert report.rejected == sum(progress.instructions_rejected.values())
+    assert report.generated == report.accepted + report.rejected + report.over_target
+    lines = [r for r in iter_rejected(job_id) if r["kind"] == "instruction"]
+    surplus = [r for r in lines if r["reason"] == "over_target"]
+    assert len(surplus) == report.over_target
+    assert {r["status"] for r in surplus} == {"over_target"}
+    assert {r["status"] for r in lines if r not in surplus} <= {"rejected"}
+
+
+def instructions_with_a_stored_instance(job_id: uuid.UUID) -> int:
+    with session_scope() as session:
+        return session.scalar(
+            select(func.count(func.distinct(Instance.instruction_id))).where(
+                Instance.job_id == job_id
+            )
+        )  # type: ignore[return-value]
+
+
+def test_after_a_budget_stop_only_instructions_with_instances_count_as_such(
+    seed_set_id: uuid.UUID,
+) -> None:
+    options = GenerationOptions(seed=1, rounds_in_flight=1, max_llm_requests=20)
+    job_id = new_job(seed_set_id, 40, options)
+    run_to_end(job_id)
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.stopped_reason == "request_budget"
+        given_up = session.scalar(
+            select(func.count()).where(
+                Instruction.job_id == job_id, Instruction.instances_state == InstancesState.FAILED
+            )
+        )
+    assert given_up  # accepted in step 1, then left without instances by the stop
+    progress = progress_of(job_id)
+    assert progress.instructions_with_instances == instructions_with_a_stored_instance(job_id)
+    assert progress.instructions_with_instances < progress.instructions_accepted
+
+
+def test_instructions_whose_instance_requests_failed_have_no_instances(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_seeds: Path
+) -> None:
+    failing = ("instances_input_first", "instances_output_first")
+    monkeypatch.setenv("SELFINSTRUCT_LLM_MAX_RETRIES", "1")  # fail fast
+    with FakeLLMServer(FakeLLMConfig(seed=8, failing_kinds=failing)) as server:
+        use_sqlite(tmp_path / "failing.db", monkeypatch, server.base_url)
+        job_id = new_job(stored_seed_set(default_seeds), 4, GenerationOptions(seed=1))
+        run_to_end(job_id)
+    progress = progress_of(job_id)
+    assert progress.instructions_accepted == 4
+    assert progress.instructions_with_instances == 0 == progress.instances_accepted
+
+
+def test_retried_failures_are_counted_by_kind_in_progress_calls_and_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_seeds: Path
+) -> None:
+    """A quarter of the attempts fail and are retried: progress, the call rows and /metrics
+    count every attempt the server saw, by how it failed."""
+    config = FakeLLMConfig(seed=3, truncate_rate=0.0, error_rate_5xx=0.15, rate_limit_rate=0.1)
+    monkeypatch.setenv("SELFINSTRUCT_LLM_MAX_RETRIES", "6")  # every request gets through
+    with FakeLLMServer(config) as server:
+        use_sqlite(tmp_path / "flaky.db", monkeypatch, server.base_url)
+        job_id = new_job(stored_seed_set(default_seeds), 4, GenerationOptions(seed=1))
+        run_to_end(job_id)
+        sent, faults = len(server.requests), dict(server.counts)
+    progress = progress_of(job_id)
+    assert progress.llm_errors == 0 and faults["fault_5xx"] and faults["fault_429"]
+    assert progress.llm_attempts == sent
+    assert progress.llm_retries == sent - progress.llm_requests
+    assert progress.llm_failed_attempts == {
+        "http_429": faults["fault_429"],
+        "http_5xx": faults["fault_5xx"],
+    }
+    with session_scope() as session:
+        calls = session.execute(
+            select(LLMCall.attempts, LLMCall.attempt_errors).where(LLMCall.job_id == job_id)
+        ).all()
+    assert sum(attempts for attempts, _ in calls) == sent
+    assert all((attempts > 1) == (errors is not None) for attempts, errors in calls)
+    found = metric_samples()
+    assert (
+        sum(v for (name, _), v in found.items() if name == "selfinstruct_llm_attempts_total")
+        == sent
+    )
+    retries = sum(v for (name, _), v in found.items() if name == "selfinstruct_llm_retries_total")
+    assert retries == progress.llm_retries
+    by_kind = Counter[str]()
+    for (name, labels), value in found.items():
+        if name == "selfinstruct_llm_failed_attempts_total":
+            by_kind[dict(labels)["kind"]] += int(value)
+    assert by_kind == progress.llm_failed_attempts
+
+
+def metric_samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry, _, _ = build_registry(None)
+    text = generate_latest(registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
