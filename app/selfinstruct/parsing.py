@@ -77,9 +77,11 @@ def _strip_input_label(text: str) -> str:
 
 def _output_first_chunk(chunk: str) -> ParsedInstance:
     """The label is the rest of the "Class label:" line (maybe empty); the lines after it are
-    the input, field name included, as the model wrote it."""
+    the input. A specific field name ("Review:", "Sentence:") is kept, as the paper's data
+    keeps it, since it says what the text is; a generic "Input:" says nothing and would be
+    doubled by every training template that writes its own "Input:" label, so it is dropped."""
     label, _, rest = chunk.lstrip(" \t").partition("\n")
-    return ParsedInstance(input=rest.strip(), output=label.strip())
+    return ParsedInstance(input=_strip_input_label(rest.strip()).strip(), output=label.strip())
 
 
 def parse_instances(text: str, *, is_classification: bool) -> list[ParsedInstance]:
