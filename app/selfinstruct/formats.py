@@ -52,7 +52,7 @@ TEMPLATES_WITHOUT_INPUT: tuple[str, ...] = (
 _NO_CONSTRAINTS = frozenset({"", "none", "none.", "n/a"})
 # Where an example came from, kept in the formats whose readers take extra keys (raw, Alpaca,
 # ShareGPT); the OpenAI chat and prompt/completion lines stay as their fine-tuning APIs want them.
-PROVENANCE_KEYS: tuple[str, ...] = ("variant", "core_id")
+PROVENANCE_KEYS: tuple[str, ...] = ("variant", "core_id", "inverted")
 
 
 def task_text(example: Example) -> str:
@@ -67,7 +67,7 @@ def task_text(example: Example) -> str:
 
 
 def provenance(example: Example) -> Record:
-    """The example's variant and core, for the formats that keep them."""
+    """The example's variant, core and inversion mark, for the formats that keep them."""
     return {key: example[key] for key in PROVENANCE_KEYS if example.get(key) is not None}
 
 

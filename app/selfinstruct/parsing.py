@@ -95,9 +95,10 @@ def parse_instances(text: str, *, is_classification: bool) -> list[ParsedInstanc
 
 
 def parse_inversion_completion(text: str) -> str | None:
-    """The reverse task's instruction: the first line of the answer, if it looks like one."""
+    """The reverse task's instruction: the first line of the answer, if it looks like one. A
+    numbered line ("2. ...") is the model running on into a list of other tasks, not an answer."""
     first = text.strip().split("\n", 1)[0].strip()
     first = re.sub(r"(?i)^reverse task\s*:\s*", "", first).strip()
-    if len(first.split()) < 3 or first.lower().startswith("task:"):
+    if len(first.split()) < 3 or first.lower().startswith("task:") or _ITEM_START.match(first):
         return None
     return first
