@@ -75,6 +75,17 @@ def run_round(self: Task, job_id: str, round_no: int, claim: str | None = None) 
                 retries=self.request.retries,
             )
             return
+        except pipeline.InstancesPending as pending:  # a poll, behind the instance tasks
+            token = hold.hand_over(pending.poll_after_s)
+            enqueue_round(
+                jid,
+                round_no,
+                countdown=pending.poll_after_s,
+                claim=token,
+                behind_bulk=True,
+                retries=self.request.retries,
+            )
+            return
         except LLMPermanentError as exc:
             pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")
             return

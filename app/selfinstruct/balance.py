@@ -12,6 +12,12 @@ with weights, so the examples the model imitates carry the mix the job still nee
   accepted instructions is rejected in step 1 (reason `verb_cap`).
 
 Machine instructions in the prompt stay uniformly sampled, as in the paper.
+
+Steps 2 and 3 run in instance tasks on any worker, so at the time a round is planned they have
+decided more or less of the earlier rounds. A round's weights therefore read the mix of a fixed
+set of rounds, all of whose instructions steps 2 and 3 must have decided (the round waits for
+them otherwise): what a balanced job asks for is the same however fast its instance tasks were,
+and a rerun against a deterministic backend repeats it.
 """
 
 from __future__ import annotations
@@ -36,6 +42,16 @@ def steers_on_instances(balance: BalanceTargets | None) -> bool:
     return balance is not None and (
         balance.classification_share is not None or balance.input_share is not None
     )
+
+
+# Round r is steered by rounds up to r - 2: their instance tasks ran while round r - 1 was out,
+# so a round seldom waits for them (rounds up to r - 1 would make every round wait).
+STEERING_LAG = 2
+
+
+def steering_rounds(round_no: int) -> int:
+    """The last round whose mix steers round `round_no` (0: none, the targets themselves)."""
+    return max(0, round_no - STEERING_LAG)
 
 
 @dataclass

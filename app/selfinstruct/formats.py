@@ -1,8 +1,9 @@
 """Training formats for generated examples: one pure function per format, one record each.
 
-An example is the dict the export streams: instruction, input, output, is_classification and ids.
-Template choice for prompt/completion pairs is seeded by the example's id, so an export is the same
-every time it is downloaded.
+An example is the dict the export streams: instruction, input, output, is_classification and ids
+(Unnatural-Instructions examples also carry constraints, variant and core_id). Template choice for
+prompt/completion pairs is seeded by the example's id, so an export is the same every time it is
+downloaded.
 """
 
 from __future__ import annotations
@@ -47,9 +48,32 @@ TEMPLATES_WITHOUT_INPUT: tuple[str, ...] = (
 )
 
 
+# Constraints that say nothing (Unnatural mode stores "None." for a task without any).
+_NO_CONSTRAINTS = frozenset({"", "none", "none.", "n/a"})
+# Where an example came from, kept in the formats whose readers take extra keys (raw, Alpaca,
+# ShareGPT); the OpenAI chat and prompt/completion lines stay as their fine-tuning APIs want them.
+PROVENANCE_KEYS: tuple[str, ...] = ("variant", "core_id", "inverted")
+
+
+def task_text(example: Example) -> str:
+    """The instruction a model trains on: with the example's constraints (e.g. "The output
+    should be one of: ...") after a blank line, as Unnatural Instructions writes them, since the
+    output follows that rule and a model that never saw it would learn the wrong task."""
+    instruction = example["instruction"]
+    constraints = str(example.get("constraints") or "").strip()
+    if constraints.lower() in _NO_CONSTRAINTS:
+        return instruction
+    return f"{instruction.rstrip()}\n\n{constraints}"
+
+
+def provenance(example: Example) -> Record:
+    """The example's variant, core and inversion mark, for the formats that keep them."""
+    return {key: example[key] for key in PROVENANCE_KEYS if example.get(key) is not None}
+
+
 def user_message(example: Example) -> str:
-    """The instruction, then the input (if any) after a blank line."""
-    instruction, inp = example["instruction"], example.get("input") or ""
+    """The instruction (with its constraints), then the input (if any) after a blank line."""
+    instruction, inp = task_text(example), example.get("input") or ""
     return f"{instruction}\n\n{inp}" if inp.strip() else instruction
 
 
@@ -59,9 +83,10 @@ def to_raw(example: Example, *, system_prompt: str | None = None) -> Record:
 
 def to_alpaca(example: Example, *, system_prompt: str | None = None) -> Record:
     return {
-        "instruction": example["instruction"],
+        "instruction": task_text(example),
         "input": example.get("input") or "",
         "output": example["output"],
+        **provenance(example),
     }
 
 
@@ -81,7 +106,7 @@ def to_sharegpt(example: Example, *, system_prompt: str | None = None) -> Record
         {"from": "human", "value": user_message(example)},
         {"from": "gpt", "value": example["output"]},
     ]
-    return {"conversations": turns}
+    return {"conversations": turns, **provenance(example)}
 
 
 def _template_rng(example: Example) -> random.Random:
@@ -95,7 +120,7 @@ def to_prompt_completion(example: Example, *, system_prompt: str | None = None) 
     inp = example.get("input") or ""
     templates = TEMPLATES_WITH_INPUT if inp.strip() else TEMPLATES_WITHOUT_INPUT
     template = _template_rng(example).choice(templates)
-    prompt = template.format(instruction=example["instruction"].strip(), input=inp.strip())
+    prompt = template.format(instruction=task_text(example).strip(), input=inp.strip())
     if system_prompt:
         prompt = f"{system_prompt}\n\n{prompt}"
     return {"prompt": prompt, "completion": " " + example["output"].strip()}

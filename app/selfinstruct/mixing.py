@@ -8,7 +8,8 @@
 - a cap on examples per instruction, so no single task dominates;
 - plain text mixed in at a ratio;
 - two-stage schedules with a replay fraction of stage 1 in stage 2, optionally easy to hard;
-- inversion: a task that goes the other way (given the output, produce the input).
+- inversion: a task that goes the other way (given the output, produce the input), swapped in
+  for the example it turns around.
 
 Everything is deterministic under the `random.Random` it is given.
 """
@@ -20,6 +21,10 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
+
+from app.selfinstruct.options import GenerationOptions
+from app.selfinstruct.rouge import characters
+from app.selfinstruct.rounds import filter_instruction
 
 T = TypeVar("T")
 Record = dict[str, Any]
@@ -169,6 +174,38 @@ def invert(example: Mapping[str, Any], rng: random.Random) -> Record | None:
         "inverted": True,
         "inverted_from": example.get("id"),
     }
+
+
+def inversion_count(chosen: int, fraction: float, cap: int | None) -> int:
+    """How many of the `chosen` examples to turn around: `fraction` of them, at most `cap`."""
+    wanted = round(chosen * fraction)
+    return wanted if cap is None else min(wanted, cap)
+
+
+def can_invert(example: Mapping[str, Any]) -> bool:
+    """Only a task with an input has one to produce."""
+    return bool(str(example.get("input") or "").strip())
+
+
+# Words that relate any two English sentences, so they do not count as shared.
+_FUNCTION_WORDS = frozenset(
+    "a an the of to in on at by for from with and or but is are was be it its this that these "
+    "those as into than then so if not no given each your you".split()
+)
+
+
+def inverse_rejection(written: str, instruction: str, options: GenerationOptions) -> str | None:
+    """Why an LLM-written reverse instruction is not used (None: it is): the filters every
+    generated instruction must pass (length, keywords, how it starts), and one word in common
+    with the task it reverses; a reverse task names the same things ("question", "sentence"),
+    while a sentence that shares none is the model writing about something else."""
+    reason = filter_instruction(written, options)
+    if reason is not None:
+        return str(reason)
+    own = set(characters(written)) - _FUNCTION_WORDS
+    if not own & set(characters(instruction)):
+        return "unrelated"
+    return None
 
 
 def difficulty_by_length(record: Mapping[str, Any]) -> float:

@@ -77,9 +77,11 @@ def _strip_input_label(text: str) -> str:
 
 def _output_first_chunk(chunk: str) -> ParsedInstance:
     """The label is the rest of the "Class label:" line (maybe empty); the lines after it are
-    the input, field name included, as the model wrote it."""
+    the input. A specific field name ("Review:", "Sentence:") is kept, as the paper's data
+    keeps it, since it says what the text is; a generic "Input:" says nothing and would be
+    doubled by every training template that writes its own "Input:" label, so it is dropped."""
     label, _, rest = chunk.lstrip(" \t").partition("\n")
-    return ParsedInstance(input=rest.strip(), output=label.strip())
+    return ParsedInstance(input=_strip_input_label(rest.strip()).strip(), output=label.strip())
 
 
 def parse_instances(text: str, *, is_classification: bool) -> list[ParsedInstance]:
@@ -93,9 +95,10 @@ def parse_instances(text: str, *, is_classification: bool) -> list[ParsedInstanc
 
 
 def parse_inversion_completion(text: str) -> str | None:
-    """The reverse task's instruction: the first line of the answer, if it looks like one."""
+    """The reverse task's instruction: the first line of the answer, if it looks like one. A
+    numbered line ("2. ...") is the model running on into a list of other tasks, not an answer."""
     first = text.strip().split("\n", 1)[0].strip()
     first = re.sub(r"(?i)^reverse task\s*:\s*", "", first).strip()
-    if len(first.split()) < 3 or first.lower().startswith("task:"):
+    if len(first.split()) < 3 or first.lower().startswith("task:") or _ITEM_START.match(first):
         return None
     return first

@@ -28,7 +28,16 @@ from pydantic import (
 )
 
 from app.selfinstruct.formats import ExportFormat, convert
-from app.selfinstruct.mixing import cap_per_key, invert, mix, two_stages, with_plain_text
+from app.selfinstruct.mixing import (
+    can_invert,
+    cap_per_key,
+    inverse_rejection,
+    inversion_count,
+    invert,
+    mix,
+    two_stages,
+    with_plain_text,
+)
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.untrusted import JsonNumbers, iter_lines, json_number, loads_bounded
 
@@ -144,7 +153,13 @@ class Recipe(JsonNumbers):
         None, max_length=MAX_SOURCES, description="Fixed weight per source name."
     )
     per_instruction_cap: int | None = Field(None, ge=1, le=MAX_RECORDS)
-    invert_fraction: float = Field(0.0, ge=0, le=1, description="Share of examples to invert.")
+    invert_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of the mixed examples swapped for their inversion (tasks with an "
+        "input only).",
+    )
     invert_cap: int | None = Field(
         None, ge=0, le=MAX_RECORDS, description="At most this many inverted examples."
     )
@@ -403,8 +418,9 @@ def build_mixture(
         weights=recipe.weights,
     )
     entries = [Entry(name, _render(recipe, kinds[name], r)) for name, r in chosen]
-    inverted, by_llm = _inversions(recipe, chosen, kinds, rng, write_inverse)
-    entries += inverted
+    inversions = _inversions(recipe, chosen, kinds, rng, write_inverse)
+    for position, entry in inversions.entries.items():
+        entries[position] = entry  # in place of the example it turns around
     text_entries = [
         Entry(n, render_plain_text(r["text"], recipe.format), plain_text=True)
         for n, records in now.items()
@@ -423,7 +439,7 @@ def build_mixture(
         stages = list(
             two_stages(first, second, recipe.stage2.replay_fraction, rng, difficulty=difficulty)
         )
-    manifest = _manifest(recipe, stages, counts, chosen, kinds, by_llm)
+    manifest = _manifest(recipe, stages, counts, chosen, kinds, inversions)
     return Mixture(stages=stages, manifest=manifest)
 
 
@@ -435,33 +451,50 @@ def _render(recipe: Recipe, kind: SourceKind, record: Mapping[str, Any]) -> Reco
     return render_plain_text(record["text"], recipe.format)
 
 
+@dataclass
+class _Inversions:
+    entries: dict[int, Entry] = field(default_factory=dict)  # by position among the chosen
+    by_llm: int = 0
+    fallbacks: Counter[str] = field(default_factory=Counter)  # LLM answers not used, by reason
+
+
 def _inversions(
     recipe: Recipe,
     chosen: Sequence[tuple[str, Record]],
     kinds: Mapping[str, SourceKind],
     rng: random.Random,
     write_inverse: InverseWriter | None,
-) -> tuple[list[Entry], int]:
-    limit = recipe.invert_cap if recipe.invert_cap is not None else len(chosen)
-    entries: list[Entry] = []
-    by_llm = 0
-    for name, record in chosen:
-        if len(entries) >= limit:
-            break
-        if kinds[name] != "instructions" or rng.random() >= recipe.invert_fraction:
-            continue
+) -> _Inversions:
+    """`invert_fraction` of the chosen examples (at most `invert_cap`, and only tasks with an
+    input), picked at random, each turned around; its instruction from a template, or by the
+    LLM when that passes the instruction filters (else the template stays)."""
+    invertible = [
+        position
+        for position, (name, record) in enumerate(chosen)
+        if kinds[name] == "instructions" and can_invert(record)
+    ]
+    count = inversion_count(len(chosen), recipe.invert_fraction, recipe.invert_cap)
+    done = _Inversions()
+    for position in sorted(rng.sample(invertible, min(count, len(invertible)))):
+        name, record = chosen[position]
         turned = invert(record, rng)
-        if turned is None:
-            continue
+        assert turned is not None  # it has an input
         if recipe.invert_writer == "llm" and write_inverse is not None:
             written = write_inverse(record)
-            if written:
+            reason = (
+                "no_answer"
+                if not written
+                else inverse_rejection(written, str(record["instruction"]), recipe.llm)
+            )
+            if reason is None:
                 turned["instruction"] = written
                 turned["inverted_by"] = "llm"
-                by_llm += 1
+                done.by_llm += 1
+            else:
+                done.fallbacks[reason] += 1
         rendered = _render(recipe, "instructions", turned)
-        entries.append(Entry(name, rendered, inverted=True))
-    return entries, by_llm
+        done.entries[position] = Entry(name, rendered, inverted=True)
+    return done
 
 
 def _manifest(
@@ -470,7 +503,7 @@ def _manifest(
     counts: Mapping[str, int],
     chosen: Sequence[tuple[str, Record]],
     kinds: Mapping[str, SourceKind],
-    by_llm: int,
+    inversions: _Inversions,
 ) -> dict[str, Any]:
     def summary(stage: Sequence[Entry]) -> dict[str, Any]:
         return {
@@ -491,7 +524,8 @@ def _manifest(
         "counts_per_source": dict(sorted(counts.items())),
         "stages": stage_summaries,
         "inverted": sum(e.inverted for s in stages[:1] for e in s),
-        "inverted_by_llm": by_llm,
+        "inverted_by_llm": inversions.by_llm,
+        "inverse_fallbacks": dict(sorted(inversions.fallbacks.items())),
         "tasks": len(per_task),
         "counts_per_task": dict(per_task.most_common()),
         "total": sum(len(s) for s in stages),

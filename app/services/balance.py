@@ -7,15 +7,19 @@ import uuid
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from app.models import Instance, Instruction
+from app.models import Instance, InstancesState, Instruction
 from app.schemas import BalanceProgress, ShareProgress
 from app.selfinstruct.balance import MixSoFar
 from app.selfinstruct.options import BalanceTargets
 from app.selfinstruct.types import InstructionReason
 
 
-def mix_so_far(session: Session, job_id: uuid.UUID) -> MixSoFar:
-    """Classification and input counts among accepted instructions steps 2 and 3 have decided."""
+def mix_so_far(
+    session: Session, job_id: uuid.UUID, *, through_round: int | None = None
+) -> MixSoFar:
+    """Classification and input counts among accepted instructions steps 2 and 3 have decided;
+    with `through_round`, among those of rounds up to that one only."""
+    in_rounds = () if through_round is None else (Instruction.round <= through_round,)
     classified, classification = session.execute(
         select(
             func.count(Instruction.is_classification),
@@ -24,15 +28,34 @@ def mix_so_far(session: Session, job_id: uuid.UUID) -> MixSoFar:
             Instruction.job_id == job_id,
             Instruction.accepted.is_(True),
             Instruction.variant == 0,
+            *in_rounds,
         )
     ).one()
-    with_instances, with_input = session.execute(
-        select(
-            func.count(func.distinct(Instance.instruction_id)),
-            func.count(func.distinct(case((Instance.input != "", Instance.instruction_id)))),
-        ).where(Instance.job_id == job_id, Instance.accepted.is_(True))
-    ).one()
+    instances = select(
+        func.count(func.distinct(Instance.instruction_id)),
+        func.count(func.distinct(case((Instance.input != "", Instance.instruction_id)))),
+    ).where(Instance.job_id == job_id, Instance.accepted.is_(True))
+    if through_round is not None:
+        instances = instances.join(Instruction, Instance.instruction_id == Instruction.id).where(
+            *in_rounds
+        )
+    with_instances, with_input = session.execute(instances).one()
     return MixSoFar(int(classified), int(classification), int(with_instances), int(with_input))
+
+
+def undecided_through(session: Session, job_id: uuid.UUID, through_round: int) -> int:
+    """Accepted instructions of rounds up to `through_round` still waiting for steps 2 and 3."""
+    count = session.scalar(
+        select(func.count())
+        .select_from(Instruction)
+        .where(
+            Instruction.job_id == job_id,
+            Instruction.accepted.is_(True),
+            Instruction.round <= through_round,
+            Instruction.instances_state == InstancesState.PENDING,
+        )
+    )
+    return int(count or 0)
 
 
 def balance_progress(

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import select
 
-from app.db import paged_rows
-from app.models import Instance, Instruction
+from app.db import paged_rows, session_scope
+from app.models import Instance, Instruction, Job
 from app.selfinstruct.formats import ExportFormat, convert
 from app.selfinstruct.types import SURPLUS_REASONS
 
@@ -187,6 +187,27 @@ _PARQUET_SCHEMAS: dict[ExportFormat, pa.Schema] = {
         [("prompt", pa.string()), ("completion", pa.string())]
     ),
 }
+# The columns an Unnatural-Instructions job's records add, in the formats that keep them.
+_UNNATURAL_COLUMNS: dict[ExportFormat, tuple[str, ...]] = {
+    ExportFormat.RAW: ("constraints", "variant", "core_id"),
+    ExportFormat.ALPACA: ("variant", "core_id"),
+    ExportFormat.SHAREGPT: ("variant", "core_id"),
+}
+
+
+def parquet_schema(fmt: ExportFormat, *, unnatural: bool) -> pa.Schema:
+    """The format's columns, plus those of Unnatural-Instructions records for such a job (a
+    fixed schema would drop them, as Parquet keeps only the columns it is given)."""
+    schema = _PARQUET_SCHEMAS[fmt]
+    for name in _UNNATURAL_COLUMNS.get(fmt, ()) if unnatural else ():
+        schema = schema.append(pa.field(name, pa.string()))
+    return schema
+
+
+def _is_unnatural(job_id: uuid.UUID) -> bool:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        return job is not None and (job.options or {}).get("mode") == "unnatural"
 
 
 def iter_records(
@@ -216,7 +237,8 @@ def export_stream(
 ) -> Iterator[bytes]:
     records = iter_records(job_id, fmt, system_prompt=system_prompt)
     if container == "parquet":
-        yield from _parquet(records, _PARQUET_SCHEMAS[fmt])  # known schema: one pass
+        schema = parquet_schema(fmt, unnatural=_is_unnatural(job_id))
+        yield from _parquet(records, schema)  # known schema: one pass
     else:
         yield from records_stream(lambda: records, container)
 

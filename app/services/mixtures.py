@@ -33,8 +33,9 @@ _BATCH = 1000
 
 
 class LLMInverseWriter:
-    """Asks the LLM for the instruction of the reverse task; a failed or unusable answer falls
-    back to a template (the core does that on None), so an LLM outage never fails a mixture."""
+    """Asks the LLM for the instruction of the reverse task; a failed or unparseable answer
+    (None), or one that fails the instruction filters, falls back to a template (the core
+    decides), so an LLM outage never fails a mixture."""
 
     def __init__(self, client: LLMClient, options: GenerationOptions) -> None:
         self.client = client

@@ -46,7 +46,12 @@ from app.models import (
     LLMAnswer,
     LLMCall,
 )
-from app.selfinstruct.balance import count_verbs, seed_weights, steers_on_instances
+from app.selfinstruct.balance import (
+    count_verbs,
+    seed_weights,
+    steering_rounds,
+    steers_on_instances,
+)
 from app.selfinstruct.batched import accept_batched_round, batched_stop, plan_batched_round
 from app.selfinstruct.judges import (
     InstructionVerdict,
@@ -71,6 +76,7 @@ from app.selfinstruct.sanitize import clean_completion, clean_text, completion_c
 from app.selfinstruct.types import (
     CandidateDecision,
     Completion,
+    SeedTask,
 )
 from app.selfinstruct.unnatural import (
     accept_unnatural_round,
@@ -78,7 +84,7 @@ from app.selfinstruct.unnatural import (
     plan_unnatural_round,
 )
 from app.services import batches, budget, leases
-from app.services.balance import mix_so_far
+from app.services.balance import mix_so_far, undecided_through
 from app.services.budget import job_usage
 from app.services.seed_sets import load_seed_tasks
 
@@ -344,11 +350,7 @@ def prepare_round(job_id: uuid.UUID, round_no: int) -> PlannedRound | RoundResul
             prompts = plan_unnatural_round(seeds, options, rng)
         else:
             shown = prompt_seeds(seeds, options)
-            weights = (
-                seed_weights(shown, options.balance, mix_so_far(session, job_id))
-                if options.balance is not None
-                else None
-            )
+            weights = _steering_weights(session, job_id, round_no, shown, options)
             pool = state.pool_through(round_no - rounds_in_flight(options))
             prompts = plan_round([s.instruction for s in shown], pool, options, rng, weights)
     requests = [
@@ -364,6 +366,39 @@ def prepare_round(job_id: uuid.UUID, round_no: int) -> PlannedRound | RoundResul
         for p in prompts
     ]
     return PlannedRound(round_no, options, requests, dedupe_s, job_id)
+
+
+class InstancesPending(Exception):
+    """A balanced round is steered by steps 2 and 3 of earlier rounds that are still running:
+    send the round again after `poll_after_s` (a poll, not a failure)."""
+
+    poll_after_s = 1.0
+
+    def __init__(self, job_id: uuid.UUID, round_no: int, undecided: int) -> None:
+        super().__init__(
+            f"job {job_id}: round {round_no} waits for steps 2 and 3 of {undecided} "
+            "instructions of earlier rounds"
+        )
+
+
+def _steering_weights(
+    session: Session,
+    job_id: uuid.UUID,
+    round_no: int,
+    shown: Sequence[SeedTask],
+    options: GenerationOptions,
+) -> list[float] | None:
+    """Seed weights of a balanced job, from the mix of a fixed set of earlier rounds once steps
+    2 and 3 have decided all of them (InstancesPending until then): read whenever the round
+    is planned, the mix would depend on how far the instance tasks had got, and a rerun would
+    ask for something else."""
+    if options.balance is None or not steers_on_instances(options.balance):
+        return None  # no share targets (a verb cap alone weighs no seeds)
+    through = steering_rounds(round_no)
+    undecided = undecided_through(session, job_id, through) if through else 0
+    if undecided:
+        raise InstancesPending(job_id, round_no, undecided)
+    return seed_weights(shown, options.balance, mix_so_far(session, job_id, through_round=through))
 
 
 def rounds_in_flight(options: GenerationOptions) -> int:

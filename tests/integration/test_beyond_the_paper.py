@@ -36,6 +36,22 @@ def limited_llm() -> Iterator[FakeLLMServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def slow_steps_llm() -> Iterator[FakeLLMServer]:
+    """Deterministic, with slow answers to steps 2 and 3: rounds are planned while instance
+    tasks are still at work."""
+    config = FakeLLMConfig(
+        seed=5,
+        deterministic=True,
+        imitate_mix=True,
+        slow_rate=0.5,
+        slow_s=0.4,
+        slow_kinds=("classify", "instances_input_first", "instances_output_first"),
+    )
+    with FakeLLMServer(config) as server:
+        yield server
+
+
 LIMITED_RPM = 600  # 10 requests/s with a burst of 10
 
 
@@ -45,16 +61,18 @@ def stack(
     broker_url: str,
     deterministic_llm: FakeLLMServer,
     limited_llm: FakeLLMServer,
+    slow_steps_llm: FakeLLMServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServiceStack]:
     tmp = tmp_path_factory.mktemp("recipes")
     limited = {"base_url": limited_llm.base_url, "requests_per_minute": LIMITED_RPM}
+    slow_steps = {"base_url": slow_steps_llm.base_url}
     env = {
         "DATABASE_URL": pg_url,
         "CELERY_BROKER_URL": broker_url,
         "OPENAI_BASE_URL": deterministic_llm.base_url,
         "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
-        "SELFINSTRUCT_BACKENDS": json.dumps({"limited": limited}),
+        "SELFINSTRUCT_BACKENDS": json.dumps({"limited": limited, "slow_steps": slow_steps}),
         "SELFINSTRUCT_INSTRUCTIONS_PER_INSTANCE_TASK": "2",  # instance tasks on both workers
     }
     with ServiceStack(env, tmp / "logs") as running:
@@ -208,6 +226,27 @@ def test_balancing_steers_the_mix_and_caps_verbs(
     assert share["actual"] >= unsteered + 0.15, (share, unsteered)
     assert max(count_verbs(_accepted_texts(pg_url, steered["id"])).values()) <= 5
     assert max(count_verbs(_accepted_texts(pg_url, plain["id"])).values()) > 5
+
+
+def test_a_balanced_job_reruns_the_same(
+    api: httpx.Client, stack: ServiceStack, pg_url: str, default_seeds: Path
+) -> None:
+    """Its prompts are steered by steps 2 and 3, which run on both workers at their own pace."""
+    seed_set = upload(api, default_seeds)
+    balance = {"classification_share": 0.6, "input_share": 0.7, "max_per_verb": 8}
+    body = {"seed_set_id": seed_set["id"], "num_instructions": 40}
+    options = {"seed": 3, "balance": balance, "backend": "slow_steps"}
+    first = api.post("/v1/jobs", json={**body, "options": options}).json()
+    first = wait_for_status(api, first["id"], timeout_s=240)
+    assert first["status"] == "succeeded", stack.logs()
+    second = api.post(f"/v1/jobs/{first['id']}/rerun").json()
+    second = wait_for_status(api, second["id"], timeout_s=240)
+    assert second["status"] == "succeeded", stack.logs()
+    assert sorted(_accepted_texts(pg_url, second["id"])) == sorted(
+        _accepted_texts(pg_url, first["id"])
+    )
+    assert _examples(api, second["id"]) == _examples(api, first["id"])
+    assert _prompt_hashes(pg_url, second["id"]) == _prompt_hashes(pg_url, first["id"])
 
 
 def test_bad_balance_options_are_422(api: httpx.Client, default_seeds: Path) -> None:

@@ -125,8 +125,9 @@ def test_two_stage_mixture_with_every_kind_of_source(
     summary1, summary2 = manifest["stages"]
     mixed = counts["qa"] + counts["generated"]
     assert summary1["inverted"] == 4  # invert_fraction 1, capped at 4 (every qa task has input)
-    assert summary1["plain_text"] == round((mixed + 4) * 0.2 / 0.8)
-    assert summary1["total"] == len(first) == mixed + 4 + summary1["plain_text"]
+    assert sum(r.get("inverted") is True for r in first) == 4  # swapped in, marked
+    assert summary1["plain_text"] == round(mixed * 0.2 / 0.8)
+    assert summary1["total"] == len(first) == mixed + summary1["plain_text"]
     assert sum(r["instruction"] == "" for r in first) == summary1["plain_text"]
     assert summary2["replayed"] == round(DIALOGUES * 0.25 / 0.75) == 8
     assert summary2["total"] == len(second) == DIALOGUES + 8

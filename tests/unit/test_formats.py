@@ -77,3 +77,49 @@ def test_prompt_completion_templates_are_varied_and_stable() -> None:
     }
     assert len(no_input) == len(TEMPLATES_WITHOUT_INPUT)
     assert all("Input" not in p and "Given" not in p for p in no_input)
+
+
+CONSTRAINTS = 'The output should be one of: "Positive", "Negative".'
+UNNATURAL_CORE = {
+    **WITH_INPUT,
+    "id": "u1",
+    "instruction": "Decide whether the review is positive or negative.",
+    "input": "Loved it.",
+    "output": "Positive",
+    "is_classification": True,
+    "constraints": CONSTRAINTS,
+    "variant": "reformulation",
+    "core_id": "c1",
+}
+SEEN_INSTRUCTION = f"Decide whether the review is positive or negative.\n\n{CONSTRAINTS}"
+
+
+def test_every_training_format_shows_the_constraints_after_the_instruction() -> None:
+    alpaca = convert(UNNATURAL_CORE, ExportFormat.ALPACA)
+    assert alpaca["instruction"] == SEEN_INSTRUCTION and alpaca["input"] == "Loved it."
+    user = f"{SEEN_INSTRUCTION}\n\nLoved it."
+    chat = convert(UNNATURAL_CORE, ExportFormat.OPENAI_CHAT)["messages"]
+    assert chat[0] == {"role": "user", "content": user}
+    turns = convert(UNNATURAL_CORE, ExportFormat.SHAREGPT)["conversations"]
+    assert turns[0] == {"from": "human", "value": user}
+    for n in range(20):  # every template
+        example = {**UNNATURAL_CORE, "id": f"u{n}"}
+        prompt = convert(example, ExportFormat.PROMPT_COMPLETION)["prompt"]
+        assert SEEN_INSTRUCTION in prompt and "Loved it." in prompt
+
+
+def test_no_constraints_leave_the_instruction_as_it_is() -> None:
+    for nothing in ("None.", "none", "", None):
+        example = {**UNNATURAL_CORE, "constraints": nothing}
+        assert convert(example, ExportFormat.ALPACA)["instruction"] == example["instruction"]
+
+
+def test_variant_and_core_stay_where_the_format_takes_extra_keys() -> None:
+    for fmt in (ExportFormat.RAW, ExportFormat.ALPACA, ExportFormat.SHAREGPT):
+        record = convert(UNNATURAL_CORE, fmt)
+        assert (record["variant"], record["core_id"]) == ("reformulation", "c1")
+    assert convert(UNNATURAL_CORE, ExportFormat.RAW)["constraints"] == CONSTRAINTS
+    assert set(convert(UNNATURAL_CORE, ExportFormat.OPENAI_CHAT)) == {"messages"}
+    assert set(convert(UNNATURAL_CORE, ExportFormat.PROMPT_COMPLETION)) == {"prompt", "completion"}
+    # A Self-Instruct example gains no keys.
+    assert set(convert(WITH_INPUT, ExportFormat.ALPACA)) == {"instruction", "input", "output"}

@@ -205,3 +205,21 @@ def test_task_label_after_the_number_is_dropped() -> None:
         "Alpha task here.",
         "Beta task here.",
     ]
+
+
+def test_output_first_drops_a_generic_input_label() -> None:
+    text = (
+        "Class label: Positive\nInput: A short text about a great day.\n"
+        "Class label: Negative\ninput 2:\nA short text\nabout a bad day.\n"
+    )
+    assert parse_instances(text, is_classification=True) == [
+        ParsedInstance("A short text about a great day.", "Positive"),
+        ParsedInstance("A short text\nabout a bad day.", "Negative"),
+    ]
+
+
+def test_output_first_keeps_a_specific_field_name() -> None:
+    text = "Class label: Positive\nSentence: Input: is the first word here.\n"
+    assert parse_instances(text, is_classification=True) == [
+        ParsedInstance("Sentence: Input: is the first word here.", "Positive"),
+    ]
