@@ -178,7 +178,7 @@ class Settings(BaseSettings):
         2, ge=1, le=64, description="Threads making download chunks at once, per API process."
     )
     api_requests_per_pass: int = Field(
-        32,
+        12,
         ge=1,
         le=10_000,
         description="GET requests the API's event loop starts per pass; more wait their turn "

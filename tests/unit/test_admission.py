@@ -192,7 +192,7 @@ def test_healthz_is_answered_ahead_of_a_backlog_of_reads() -> None:
         return done.index("/healthz"), request_gate().per_pass
 
     position, per_pass = asyncio.run(scenario())
-    assert per_pass == 32  # the default
+    assert per_pass == 12  # the default
     assert position <= 3 * per_pass, position  # without the gate: 300, after every read
 
 
