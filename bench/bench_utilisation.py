@@ -55,6 +55,7 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
     busy: list[tuple[float, float, str]] = []  # (slot taken, given back, prompt kind), monotonic
     counts = {"requests": 0, "refused": 0, "serving": 0, "peak_waiting": 0, "waiting": 0,
               "repeats": 0}  # fmt: skip
+    refused_at: list[float] = []  # monotonic
     seen: set[str] = set()  # request bodies served: one seen again is work sent twice
     repeats_by_kind: dict[str, int] = {}
 
@@ -79,6 +80,7 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
         counts["requests"] += 1
         if refuse_above is not None and counts["serving"] >= refuse_above:
             counts["refused"] += 1
+            refused_at.append(time.monotonic())
             return 429, {"error": {"message": "Rate limit reached", "type": "rate_limit"}}
         counts["waiting"] += 1
         counts["peak_waiting"] = max(counts["peak_waiting"], counts["waiting"])
@@ -114,7 +116,7 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
             answer: Any = {"object": "list", "data": [{"id": "bench", "object": "model"}]}
         elif path == "/stats":
             answer = {"now": time.monotonic(), "busy": busy, "repeats_by_kind": repeats_by_kind,
-                      **counts}  # fmt: skip
+                      "refused_at": refused_at, **counts}  # fmt: skip
         else:
             body = json.loads(b"".join(chunks))
             status, answer = await complete(body, chat=path.endswith("/chat/completions"))
@@ -167,6 +169,13 @@ def utilisation(busy: list[list[Any]], slots: int, start: float, end: float) -> 
     """Busy slot-seconds within [start, end] over slots x (end - start)."""
     held = sum(max(0.0, min(b, end) - max(a, start)) for a, b, *_ in busy)
     return held / (slots * (end - start)) if end > start else 0.0
+
+
+def refused_share(stats: dict[str, Any], start: float, end: float) -> float:
+    """429s among the requests that arrived within [start, end] (served ones by slot time)."""
+    refused = sum(1 for at in stats["refused_at"] if start <= at <= end)
+    served = sum(1 for taken, *_ in stats["busy"] if start <= taken <= end)
+    return refused / max(1, refused + served)
 
 
 def held_by_kind(busy: list[list[Any]], start: float, end: float) -> dict[str, float]:
@@ -278,6 +287,7 @@ def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
         "middle_by_kind": held_by_kind(stats["busy"], *middle),
         "requests": stats["requests"],
         "refused": stats["refused"],
+        "refused_middle_share": refused_share(stats, *middle),
         "peak_waiting": stats["peak_waiting"],
         "accepted": sum(j["progress"]["instructions_accepted"] for j in finished),
         "backends": loads,
@@ -323,6 +333,11 @@ def main() -> None:
             print(f"<!-- slots held in the middle 60 % by kind: {result['middle_by_kind']} -->")
             if result["backends"]:
                 print(f"<!-- backends at the end: {result['backends']} -->")
+            if args.refuse_above is not None:
+                print(
+                    f"<!-- 429s: {result['refused'] / max(1, result['requests']):.1%} of the job's "
+                    f"requests, {result['refused_middle_share']:.1%} in the middle 60 % -->"
+                )
             print(f"<!-- limit: median {result['limit_middle']} in the middle 60 %; at tenths of "
                   f"the job {result['limit_timeline']} -->", flush=True)  # fmt: skip
 

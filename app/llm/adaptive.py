@@ -13,8 +13,9 @@ The limit is learnt from two signals, as TCP's congestion control learns a windo
   of it stays bounded.
 * Overload. HTTP 429s or 503s or timeouts cut the limit by `OVERLOAD_CUT` (by `GENTLE_CUT` when
   they come at about the level of the previous ones) and the level is remembered: growth near it
-  is slow, so against a server that refuses requests above a hidden concurrency the limit
-  settles just under that concurrency with few refusals. It takes most of the requests sent at
+  is slow, and slower below it with each overload in a row at that level, so against a server
+  that refuses requests above a hidden concurrency the limit settles just under that
+  concurrency with few refusals. It takes most of the requests sent at
   a level or above being refused (at least `MIN_REFUSALS`): a server's random faults, or a rate
   limit's, refuse some requests at every level, and cutting for them would only starve the
   server. One episode cuts once: a window starts after each change, so refusals of requests
@@ -62,6 +63,11 @@ NEAR_OVERLOAD = 0.9  # growth is slow from this share of the last overload level
 FORGET_OVERLOAD = 1.1  # ...up to this multiple of it, where the level is forgotten
 NEAR_STEP = 0.01  # slow growth per window, as a share of the limit (at least MIN_NEAR_STEP)
 MIN_NEAR_STEP = 0.25
+# Each overload in a row at the same level halves the slow growth below that level, up to this
+# many times: against a server that does not change, episodes (each costs a few refusals) come
+# at doubling intervals instead of every few seconds. Above the level the pace is the usual one,
+# so a server that has grown is still found.
+MAX_REPEAT_HALVINGS = 3
 MIN_REFUSALS = 2  # refusals a concurrency signal needs...
 REFUSED_SHARE = 0.75  # ...and the share of the requests sent at their level or above they are
 MANY_REFUSALS = 8  # with this many, a lower share is enough (chance no longer explains it)
@@ -113,6 +119,7 @@ class LimitState:
     rising: bool = False  # slow start: the last window's latency was well above the baseline
     baseline_s: float = 0.0  # no-load latency; 0 until measured
     overload_level: float = 0.0  # most in flight known to be fine below the last overload
+    overload_repeats: int = 0  # overloads in a row at about that level, after the first
     last_cut_at: float = 0.0  # last overload cut
     probe_level: float = 0.0  # the limit in force while probing; 0: not probing
     probe_ref_s: float = 0.0  # median at the level above the current probe level
@@ -276,15 +283,19 @@ def apply_window(
     new = replace(new, cuts_in_row=0)
     if state.slow_start:
         return replace(new, limit=_clamp(limit * 2, config), rising=False)
-    step, level = max(1.0, math.sqrt(limit)), state.overload_level
+    step, level, repeats = max(1.0, math.sqrt(limit)), state.overload_level, state.overload_repeats
     if level and limit > FORGET_OVERLOAD * level:
-        level = 0.0
+        level, repeats = 0.0, 0
     elif level:
         slow = max(MIN_NEAR_STEP, NEAR_STEP * limit)
+        if limit < level:
+            slow /= 2 ** min(repeats, MAX_REPEAT_HALVINGS)
         # Fast up to the slow zone below the last overload, slowly through it.
         step = slow if limit >= NEAR_OVERLOAD * level else min(step, NEAR_OVERLOAD * level - limit)
         step = max(step, slow)
-    return replace(new, limit=_clamp(limit + step, config), overload_level=level)
+    return replace(
+        new, limit=_clamp(limit + step, config), overload_level=level, overload_repeats=repeats
+    )
 
 
 def _after_overload(
@@ -298,6 +309,7 @@ def _after_overload(
         limit=_clamp(min(state.limit, in_flight) * cut, config),
         slow_start=False,
         overload_level=known,
+        overload_repeats=state.overload_repeats + 1 if same else 0,
         last_cut_at=now,
         probe_level=0.0,
         updated_at=now,

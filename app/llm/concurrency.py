@@ -359,8 +359,8 @@ def _parse_state(raw: dict[bytes, bytes], config: AdaptiveConfig) -> LimitState:
             continue
         if spec.name in ("slow_start", "rising"):
             values[spec.name] = text == b"1"
-        elif spec.name == "version":
-            values[spec.name] = int(text)
+        elif spec.name in ("version", "overload_repeats", "cuts_in_row"):
+            values[spec.name] = int(float(text))
         else:
             values[spec.name] = float(text)
     if "limit" not in values:

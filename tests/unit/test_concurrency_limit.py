@@ -188,6 +188,14 @@ def test_refusing_server_settles_just_under_its_concurrency(hidden: int) -> None
     assert result.overload_share < 0.02, result
 
 
+def test_overloads_at_an_unchanged_level_come_ever_more_rarely() -> None:
+    """A job of a few minutes against a server refusing above 40 (the bench's 429 server):
+    repeated episodes at the same level slow the climb back, so refusals stay few."""
+    result = simulate(40, 1.0, refuse=True, duration_s=300.0, warmup=0.2)
+    assert abs(result.limit - 40) <= 4, result
+    assert result.overload_share < 0.005, result
+
+
 @pytest.mark.parametrize("refuse", [False, True])
 @pytest.mark.parametrize("after", [16, 256])
 def test_limit_follows_a_change_of_capacity(refuse: bool, after: int) -> None:
