@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -134,12 +135,16 @@ def generate_instances(
     rows = [(row[0], row[1]) for row in pending]
     verdicts = Verdicts(job_id, {row[0]: row[3] for row in pending if row[3] is not None})
     if options.mode == "unnatural":
-        cores = [
-            (row[0], CoreExample(row[1], (row[2] or {}).get("input", ""),
-                                 (row[2] or {}).get("constraints", NO_CONSTRAINTS)))
-            for row in pending
-        ]  # fmt: skip
-        results = run_sync(_outputs_and_reformulations(llm_factory(options), cores, options))
+        cores = [(row[0], _core_of(row)) for row in pending]
+        results = run_sync(
+            _outputs_and_reformulations(
+                llm_factory(options),
+                cores,
+                options,
+                store=partial(_store_done, job_id),
+                more=_TakeMore(job_id, hold, options, payload=_core_of),
+            )
+        )
     elif options.batch_api:
         results = _classify_and_generate_in_batches(job_id, rows, options)
     else:
@@ -194,9 +199,16 @@ def _stop_instances_for_budget(
     )
 
 
-def _pending_rows(
-    session: Session, ids: Sequence[uuid.UUID]
-) -> list[tuple[uuid.UUID, str, dict | None, bool | None]]:
+PendingRow = tuple[uuid.UUID, str, dict | None, bool | None]  # id, text, extra, classification
+
+
+def _core_of(row: PendingRow) -> CoreExample:
+    """An Unnatural-Instructions core as step 1 stored it: instruction, input, constraints."""
+    extra = row[2] or {}
+    return CoreExample(row[1], extra.get("input", ""), extra.get("constraints", NO_CONSTRAINTS))
+
+
+def _pending_rows(session: Session, ids: Sequence[uuid.UUID]) -> list[PendingRow]:
     return list(
         session.execute(  # rows unpack as (id, text, extra, is_classification)
             select(
@@ -224,12 +236,15 @@ class _TakeMore:
         hold: leases.Hold,
         options: GenerationOptions,
         verdicts: Verdicts | None = None,
+        payload: Callable[[PendingRow], Any] = lambda row: row[1],
     ) -> None:
+        """`payload`: what the task's work gets of each row (the instruction's text, or an
+        Unnatural core)."""
         self.job_id, self.hold, self.options = job_id, hold, options
-        self.verdicts = verdicts
+        self.verdicts, self.payload = verdicts, payload
         self.until = time.monotonic() + INSTANCE_SLICE_S
 
-    def __call__(self, limit: int) -> list[tuple[uuid.UUID, str]]:
+    def __call__(self, limit: int) -> list[tuple[uuid.UUID, Any]]:
         if limit < 1 or time.monotonic() >= self.until:
             return []
         with session_scope() as session:
@@ -245,7 +260,7 @@ class _TakeMore:
             rows = _pending_rows(session, claimed)
         if self.verdicts is not None:
             self.verdicts.known.update((row[0], row[3]) for row in rows if row[3] is not None)
-        return [(row[0], row[1]) for row in rows]
+        return [(row[0], self.payload(row)) for row in rows]
 
 
 class Verdicts:
@@ -364,10 +379,16 @@ def _bounded_caller(llm: LLMClient) -> Callable[..., Awaitable[CallRecord]]:
 
 
 async def _outputs_and_reformulations(
-    llm: LLMClient, cores: Sequence[tuple[uuid.UUID, CoreExample]], options: GenerationOptions
+    llm: LLMClient,
+    cores: Sequence[tuple[uuid.UUID, CoreExample]],
+    options: GenerationOptions,
+    store: Callable[[_InstanceResult], Awaitable[None]] | None = None,
+    more: MoreWork | None = None,
 ) -> list[_InstanceResult]:
     """Unnatural mode's steps 2 and 3 per core: its output, then its rephrasings; a core whose
-    requests did not all get answers stays incomplete and is retried."""
+    requests did not all get answers stays incomplete and is retried. Streamed as paper mode's
+    are (`_streamed`): each core is stored as soon as it is complete, and with `more` the task
+    keeps taking the job's other pending cores."""
     call = _bounded_caller(llm)
     count = options.reformulations
 
@@ -400,14 +421,11 @@ async def _outputs_and_reformulations(
             texts = parse_rephrasings(record.response.text, count)
             result.reformulations = judge_reformulations(core.instruction, texts, options)
         result.complete = True
+        if store is not None:
+            await store(result)
         return result
 
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(i, core)) for i, core in cores]
-    except* LLMError as failed:
-        raise failed.exceptions[0] from None
-    return [t.result() for t in tasks]
+    return await _streamed(cores, one, more)
 
 
 async def _store_done(job_id: uuid.UUID, result: _InstanceResult) -> None:
@@ -442,7 +460,7 @@ def _classify_and_generate(
     )
 
 
-MoreWork = Callable[[int], Sequence[tuple[uuid.UUID, str]]]
+MoreWork = Callable[[int], Sequence[tuple[uuid.UUID, Any]]]  # (id, text or core)
 
 
 async def _classify_and_generate_async(
@@ -569,8 +587,8 @@ Admission = tuple[InstanceBudget, Callable[[str], Cost]]
 
 
 async def _streamed(
-    first: Sequence[tuple[uuid.UUID, str]],
-    one: Callable[[uuid.UUID, str], Awaitable[_InstanceResult]],
+    first: Sequence[tuple[uuid.UUID, Any]],
+    one: Callable[[uuid.UUID, Any], Awaitable[_InstanceResult]],
     more: MoreWork | None,
     admission: Admission | None = None,
 ) -> list[_InstanceResult]:
@@ -583,7 +601,7 @@ async def _streamed(
     window = get_settings().instructions_per_instance_task
     results: list[_InstanceResult] = []
     order: dict[uuid.UUID, int] = {}  # results in the order the task took the instructions
-    waiting: deque[tuple[uuid.UUID, str]] = deque()  # taken, not yet admitted by the budget
+    waiting: deque[tuple[uuid.UUID, Any]] = deque()  # taken, not yet admitted by the budget
     running, taking, dry_until = 0, False, 0.0
 
     async def take_more(group: asyncio.TaskGroup) -> None:
@@ -600,7 +618,7 @@ async def _streamed(
             dry_until = time.monotonic() + TAKE_AGAIN_S
         await start(group, items)
 
-    async def start(group: asyncio.TaskGroup, items: Sequence[tuple[uuid.UUID, str]]) -> None:
+    async def start(group: asyncio.TaskGroup, items: Sequence[tuple[uuid.UUID, Any]]) -> None:
         nonlocal running
         for instruction_id, _ in items:
             order.setdefault(instruction_id, len(order))
@@ -617,7 +635,7 @@ async def _streamed(
             group.create_task(work(group, instruction_id, text, cost))
 
     async def work(
-        group: asyncio.TaskGroup, instruction_id: uuid.UUID, text: str, cost: Cost | None
+        group: asyncio.TaskGroup, instruction_id: uuid.UUID, text: Any, cost: Cost | None
     ) -> None:
         nonlocal running
         result = None

@@ -211,6 +211,32 @@ def test_an_instance_task_takes_the_jobs_pending_instructions_nobody_holds(
     assert len(fake_llm.requests) - before == 2 * (len(pending) - 1)  # classify + instances
 
 
+def _prompt_kinds(requests: list[dict]) -> list[str]:
+    return [prompt_kind(r.get("prompt") or r["messages"][-1]["content"]) for r in requests]
+
+
+def test_an_unnatural_instance_task_takes_the_jobs_pending_cores_nobody_holds(
+    job_id: uuid.UUID, fake_llm: FakeLLMServer
+) -> None:
+    """Unnatural mode's steps 2 and 3 stream as paper mode's do: a task named for one core
+    also does the others nobody holds."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.options = GenerationOptions(seed=3, mode="unnatural").model_dump(mode="json")
+    pipeline.run_round(job_id, 1, llm_for)
+    pending = _pending(job_id)
+    assert len(pending) >= 3  # one held elsewhere, one named, at least one to take
+    other = leases.Hold(job_id)
+    with session_scope() as session:
+        leases.claim_instructions(session, job_id, pending[:1], other)
+    before = len(fake_llm.requests)
+    assert instances.generate_instances(job_id, pending[1:2], llm_for)
+    assert _pending(job_id) == pending[:1]  # a live task's claim is left alone
+    kinds = _prompt_kinds(fake_llm.requests[before:])
+    assert kinds.count("unnatural_output") == len(pending) - 1
+
+
 def test_an_instance_task_takes_nothing_more_after_its_slice(
     job_id: uuid.UUID, fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
