@@ -14,7 +14,7 @@ from app.deps import CallerDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidInput
 from app.limits import upload_name, upload_too_large
 from app.schemas import SeedSetRead
-from app.selfinstruct.seed_formats import SeedFormat, to_seed_jsonl
+from app.selfinstruct.seed_formats import FORMAT_NAMES, SeedFormat, guess_format, to_seed_jsonl
 from app.selfinstruct.seeds import NO_NUL_PATTERN, SeedFileError, parse_seed_jsonl
 from app.selfinstruct.types import SeedTask
 from app.services.keys import Caller
@@ -72,7 +72,21 @@ def _parse(stream: IO[bytes], fmt: SeedFormat) -> list[SeedTask]:
             max_tasks=settings.max_seed_tasks,
         )
     except SeedFileError as exc:
-        raise InvalidInput(f"file: {exc}", errors=seed_errors(exc)) from exc
+        hint = _format_hint(stream) if fmt == SeedFormat.SELF_INSTRUCT else ""
+        raise InvalidInput(f"file: {hint}{exc}", errors=seed_errors(exc)) from exc
+
+
+def _format_hint(stream: IO[bytes]) -> str:
+    """A file in another supported format fails the default parse on every line; say which
+    format it looks like instead of leaving the user with a page of JSON errors."""
+    stream.seek(0)
+    guessed = guess_format(stream.read())
+    if guessed is None:
+        return ""
+    return (
+        f"this looks like {FORMAT_NAMES[guessed]}, not Self-Instruct JSONL: "
+        f"upload it again with format={guessed.value}. "
+    )
 
 
 @router.get("/{seed_set_id}", response_model=SeedSetRead, responses=ERROR_RESPONSES)

@@ -13,11 +13,10 @@ from app.config import Settings, get_settings
 @cli.command()
 def migrate() -> None:
     """Upgrade the database to the newest schema."""
-    from app.migrate import upgrade_database
+    from app.migrate import describe_upgrade, upgrade_database
 
     settings = get_settings()
-    upgrade_database(settings.resolved_database_url)
-    typer.echo("database is up to date")
+    typer.echo(describe_upgrade(*upgrade_database(settings.resolved_database_url)))
 
 
 @cli.command()

@@ -27,6 +27,13 @@ class SeedFormat(StrEnum):
     LINES = "lines"
 
 
+FORMAT_NAMES = {
+    SeedFormat.SELF_INSTRUCT: "Self-Instruct seed JSONL",
+    SeedFormat.NATURAL_INSTRUCTIONS: "a Natural Instructions task file",
+    SeedFormat.ALPACA: "Alpaca JSON records",
+    SeedFormat.LINES: "plain text with one instruction per line",
+}
+
 # NI category names that mean a finite label set.
 _CLASSIFICATION_CATEGORIES = ("classification", "categorization", "detection", "sentiment")
 
@@ -42,6 +49,34 @@ def to_seed_jsonl(data: bytes, fmt: SeedFormat) -> bytes:
     records = _records(text)
     convert = _from_natural_instructions if fmt == SeedFormat.NATURAL_INSTRUCTIONS else _from_alpaca
     return _jsonl(convert(r, n) for n, r in enumerate(records, start=1))
+
+
+_NI_KEYS = ("Definition", "Positive Examples", "Instances")
+
+
+def guess_format(data: bytes) -> SeedFormat | None:
+    """The non-default format an upload looks like, so a failed Self-Instruct parse can say
+    which `format` to pass; None when it looks like none of them (or like Self-Instruct)."""
+    try:
+        text = _decode(data)
+    except SeedFileError:
+        return None
+    try:
+        whole = loads_bounded(text)
+    except ValueError:  # JSONTooDeep included: not one readable document, try the first line
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        try:
+            whole = loads_bounded(first)
+        except ValueError:
+            return SeedFormat.LINES if first and not first.lstrip().startswith(("{", "[")) else None
+    record = whole[0] if isinstance(whole, list) and whole else whole
+    if not isinstance(record, dict):
+        return None
+    if "Definition" in record and any(key in record for key in _NI_KEYS[1:]):
+        return SeedFormat.NATURAL_INSTRUCTIONS
+    if "instruction" in record and "output" in record and "instances" not in record:
+        return SeedFormat.ALPACA
+    return None
 
 
 def _decode(data: bytes) -> str:

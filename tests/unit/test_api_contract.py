@@ -167,6 +167,26 @@ def test_uploads_are_bounded_and_name_the_file(client: TestClient) -> None:
     assert deep.json()["detail"] == "file: line 1: invalid JSON: nested deeper than 64 levels"
 
 
+def test_a_seed_file_in_another_format_says_which_format_to_pass(client: TestClient) -> None:
+    ni_task = {
+        "Definition": ["Decide whether the review is positive or negative."],
+        "Positive Examples": [{"input": "Works great.", "output": "positive"}],
+        "Instances": [{"id": "t1", "input": "Love it.", "output": ["positive"]}],
+    }
+    upload = json.dumps(ni_task, indent=2).encode()
+    response = client.post("/v1/seed-sets", files={"file": ("task.json", upload)})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail.startswith("file: this looks like a Natural Instructions task file")
+    assert "format=natural_instructions" in detail
+    accepted = client.post(
+        "/v1/seed-sets",
+        files={"file": ("task.json", upload)},
+        data={"format": "natural_instructions"},
+    )
+    assert accepted.status_code == 201, accepted.text
+
+
 def test_dataset_upload_names_the_bad_line_and_keeps_the_hash(client: TestClient) -> None:
     lines = [b'{"instruction": "a", "output": "b"}', b'{"instruction": "c", "output": "d"}']
     created = client.post("/v1/datasets", files={"file": ("d.jsonl", b"\n".join(lines) + b"\n")})

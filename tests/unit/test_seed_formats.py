@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from app.selfinstruct.seed_formats import SeedFormat, to_seed_jsonl
+from app.selfinstruct.seed_formats import SeedFormat, guess_format, to_seed_jsonl
 from app.selfinstruct.seeds import SeedFileError, parse_seed_jsonl
 
 NI_TASK = {
@@ -78,3 +78,14 @@ def test_plain_lines() -> None:
         "List three prime numbers.",
     ]
     assert all(t.instances == () for t in tasks)
+
+
+def test_a_failed_default_parse_can_name_the_format_the_file_looks_like() -> None:
+    indented_ni = json.dumps(NI_TASK, indent=2).encode()
+    alpaca = json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi."}], indent=2)
+    assert guess_format(indented_ni) == SeedFormat.NATURAL_INSTRUCTIONS
+    assert guess_format((json.dumps(NI_TASK) + "\n").encode()) == SeedFormat.NATURAL_INSTRUCTIONS
+    assert guess_format(alpaca.encode()) == SeedFormat.ALPACA
+    assert guess_format(b"Write a haiku about rain.\nName three rivers.\n") == SeedFormat.LINES
+    assert guess_format(b'{"instruction": "Say hi.", "instances": []}\n{"broken\n') is None
+    assert guess_format(b"\xff\xfe") is None
