@@ -228,3 +228,10 @@ class MixtureRead(BaseModel):
     error: str | None = None
     created_at: datetime
     finished_at: datetime | None = None
+
+
+class MixturePage(BaseModel):
+    items: list[MixtureRead]
+    total: int
+    limit: int
+    offset: int

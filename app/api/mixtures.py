@@ -14,7 +14,7 @@ from app.api.jobs import MEDIA_TYPES
 from app.deps import CallerDep, SessionDep
 from app.errors import ERROR_RESPONSES, Conflict, NotFound, ServiceUnavailable
 from app.models import MixtureStatus
-from app.schemas import MixtureRead
+from app.schemas import MixturePage, MixtureRead
 from app.selfinstruct.recipes import ApiRecipe
 from app.services import mixtures as mixture_service
 from app.services.export import Container, in_chunks
@@ -47,6 +47,25 @@ def create_mixture(
         ) from exc
     response.headers["Location"] = f"/v1/mixtures/{mixture.id}"
     return mixture_service.mixture_read(mixture)
+
+
+@router.get("", response_model=MixturePage, responses=ERROR_RESPONSES)
+def list_mixtures(
+    session: SessionDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> MixturePage:
+    """Your mixtures, newest first (each as `GET /v1/mixtures/{id}` shows it)."""
+    mixtures, total = mixture_service.list_mixtures(
+        session, limit=limit, offset=offset, caller=caller
+    )
+    return MixturePage(
+        items=[mixture_service.mixture_read(m) for m in mixtures],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
 
 
 @router.get("/{mixture_id}", response_model=MixtureRead, responses=ERROR_RESPONSES)

@@ -54,7 +54,8 @@ def mix_command(
 ) -> None:
     """Mix sources (examples-proportional with a cap, temperature or fixed weights), cap examples
     per instruction, add inverted tasks and plain text, optionally a second stage with replay;
-    writes OUTPUT (OUTPUT.stage2 too) and OUTPUT.manifest.json."""
+    writes OUTPUT, a second stage beside it (train.jsonl -> train.stage2.jsonl: the extension
+    stays, so tools still read it as JSONL) and OUTPUT.manifest.json."""
     try:
         recipe = Recipe.model_validate(yaml.safe_load(recipe_path.read_text(encoding="utf-8")))
     except (ValidationError, yaml.YAMLError) as exc:

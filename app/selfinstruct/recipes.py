@@ -186,6 +186,11 @@ class Recipe(JsonNumbers):
             unknown = wanted - set(names)
             if unknown:
                 raise ValueError(f"{label}: unknown source(s) {sorted(unknown)}")
+        if self.stage2 is not None and set(names) <= set(self.stage2.sources):
+            raise ValueError(
+                "stage2.sources: lists every source, so stage 1 would have none; "
+                "keep at least one source out of stage2"
+            )
         return self
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from app.db import paged_rows, session_scope
@@ -112,6 +112,22 @@ def get_mixture(session: Session, mixture_id: uuid.UUID, caller: Caller = ANYONE
     if mixture is None or not caller.owns(mixture.owner_key_id):
         raise NotFound(f"mixture {mixture_id} not found")
     return mixture
+
+
+def list_mixtures(
+    session: Session, *, limit: int, offset: int, caller: Caller = ANYONE
+) -> tuple[list[Mixture], int]:
+    """The caller's mixtures, newest first, one page of them, and how many there are."""
+    mine = caller.scope(Mixture.owner_key_id)
+    total = session.scalar(select(func.count()).select_from(Mixture).where(mine)) or 0
+    mixtures = session.scalars(
+        select(Mixture)
+        .where(mine)
+        .order_by(Mixture.created_at.desc(), Mixture.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(mixtures), total
 
 
 def _load(session: Session, recipe: Recipe) -> dict[str, list[dict[str, Any]]]:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from app.config import get_settings
 from app.db import reset_engine, session_scope
 from app.main import create_app
 from app.migrate import upgrade_database
-from app.services.keys import create_key
+from app.models import Mixture
+from app.services.keys import create_key, list_keys
 
 TASK = {"instruction": "Name a colour of the rainbow."}
 JOB = {"seed_tasks": [TASK], "num_instructions": 2}
@@ -185,6 +188,43 @@ def test_a_seed_file_in_another_format_says_which_format_to_pass(client: TestCli
         data={"format": "natural_instructions"},
     )
     assert accepted.status_code == 201, accepted.text
+
+
+def test_mixtures_are_listed_newest_first_per_owner_in_pages(client: TestClient) -> None:
+    recipe = {"sources": [{"name": "a", "dataset_id": str(uuid.uuid4())}]}
+    with session_scope() as session:
+        (mine,) = [k for k in list_keys(session) if k.name == "contract"]
+        other = create_key(session, "someone else")[0]
+        start = datetime(2026, 1, 1, tzinfo=UTC)
+        owners = [mine.id, other.id, mine.id, mine.id]
+        rows = [
+            Mixture(recipe=recipe, owner_key_id=owner, created_at=start + timedelta(minutes=n))
+            for n, owner in enumerate(owners)
+        ]
+        session.add_all(rows)
+        session.flush()
+        mine_newest_first = [str(r.id) for r in reversed(rows) if r.owner_key_id == mine.id]
+    first = client.get("/v1/mixtures", params={"limit": 2})
+    assert first.status_code == 200, first.text
+    assert first.json()["total"] == 3
+    assert [m["id"] for m in first.json()["items"]] == mine_newest_first[:2]
+    rest = client.get("/v1/mixtures", params={"limit": 2, "offset": 2}).json()
+    assert [m["id"] for m in rest["items"]] == mine_newest_first[2:]
+    assert rest["items"][0]["status"] == "queued" and rest["offset"] == 2
+    assert "get" in client.get("/openapi.json").json()["paths"]["/v1/mixtures"]
+
+
+def test_a_recipe_with_every_source_in_stage2_is_a_422_naming_the_field(
+    client: TestClient,
+) -> None:
+    dataset_id = str(uuid.uuid4())
+    recipe = {
+        "sources": [{"name": "chat", "dataset_id": dataset_id}],
+        "stage2": {"sources": ["chat"]},
+    }
+    response = client.post("/v1/mixtures", json=recipe)
+    assert response.status_code == 422
+    assert "stage2.sources" in response.json()["detail"]
 
 
 def test_dataset_upload_names_the_bad_line_and_keeps_the_hash(client: TestClient) -> None:

@@ -185,3 +185,10 @@ def test_mix_command_two_stages_with_chat_and_replay(tmp_path) -> None:  # type:
     assert manifest["stages"][1]["path"] == "train.stage2.jsonl"
     lengths = [len(json.dumps(r).split()) for r in stage2]
     assert lengths == sorted(lengths)
+    # The README names the files as the CLI writes them (for -o train.jsonl).
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    for written in ("train.jsonl", "train.stage2.jsonl", "train.jsonl.manifest.json"):
+        assert (tmp_path / written).exists()
+        assert f"`{written}`" in readme, written
