@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -106,27 +109,57 @@ class APIClient:
     def download(
         self,
         job_id: str,
-        path: Path,
+        path: Path | None,
         *,
         include_rejected: bool = False,
         export: dict[str, str] | None = None,
     ) -> int:
-        """Write the job's examples to `path` (atomically); returns the number of lines.
+        """Write the job's examples to `path` (atomically), or to stdout when `path` is None;
+        returns the number of records (not lines: a Parquet file has none to count).
 
         `export` selects a training format (the /export endpoint's query parameters)."""
-        tmp = path.with_name(path.name + ".part")
-        lines = 0
+        container = (export or {}).get("container", "jsonl")
         chunks = (
             self.iter_export(job_id, export)
             if export
             else self.iter_examples(job_id, include_rejected=include_rejected)
         )
+        if path is None:
+            records = write_counting_records(chunks, sys.stdout.buffer, container)
+            sys.stdout.buffer.flush()
+            return records
+        tmp = path.with_name(path.name + ".part")
         with tmp.open("wb") as fh:
-            for chunk in chunks:
-                lines += chunk.count(b"\n")
-                fh.write(chunk)
+            records = write_counting_records(chunks, fh, container)
         tmp.replace(path)
-        return lines
+        return records
+
+
+def write_counting_records(chunks: Iterable[bytes], sink: IO[bytes], container: str) -> int:
+    """Copy an export to `sink` and count its records. JSONL and the JSON array hold one record
+    per line (the array's brackets on lines of their own); Parquet says how many rows it has in
+    its footer, so it is spooled first and copied once counted."""
+    if container == "parquet":
+        import pyarrow.parquet as pq
+
+        with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as spool:
+            for chunk in chunks:
+                spool.write(chunk)
+            spool.seek(0)
+            rows = pq.ParquetFile(spool).metadata.num_rows
+            spool.seek(0)
+            shutil.copyfileobj(spool, sink)
+        return rows
+    records, partial = 0, b""
+    for chunk in chunks:
+        sink.write(chunk)
+        *complete, partial = (partial + chunk).split(b"\n")
+        records += sum(_holds_a_record(line) for line in complete)
+    return records + _holds_a_record(partial)
+
+
+def _holds_a_record(line: bytes) -> bool:
+    return line.strip() not in (b"", b"[", b"]")
 
 
 def _error_message(response: httpx.Response) -> str:

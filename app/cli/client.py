@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from app.cli import cli
 from app.cli.progress import describe, wait_for_job
-from app.client import APIClient, APIError
-from app.config import get_settings
 from app.selfinstruct.formats import ExportFormat
-from app.selfinstruct.seed_formats import SeedFormat
+from app.selfinstruct.seed_format_names import SeedFormat
+
+if TYPE_CHECKING:  # httpx and the settings load when a command runs, not for `--help`
+    from app.client import APIClient
 
 console = Console(stderr=True)
+WIDE_TERMINAL = 120  # columns from which `jobs` also shows each job's progress
 
 ApiUrl = Annotated[
     str | None,
@@ -25,15 +30,20 @@ ApiUrl = Annotated[
 ]
 
 
-def _client(api_url: str | None) -> APIClient:
+@contextmanager
+def _api(api_url: str | None) -> Iterator[APIClient]:
+    """A client for the configured API; an API error ends the command with its message."""
+    from app.client import APIClient, APIError
+    from app.config import get_settings
+
     settings = get_settings()
     key = settings.api_key.get_secret_value() if settings.api_key else None
-    return APIClient(api_url or settings.resolved_api_url, api_key=key)
-
-
-def _fail(exc: APIError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}", highlight=False)
-    return typer.Exit(code=1)
+    with APIClient(api_url or settings.resolved_api_url, api_key=key) as client:
+        try:
+            yield client
+        except APIError as exc:
+            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(code=1) from exc
 
 
 @cli.command()
@@ -59,21 +69,18 @@ def submit(
     except json.JSONDecodeError as exc:
         console.print(f"[red]error:[/red] --options is not valid JSON: {exc}")
         raise typer.Exit(code=2) from exc
-    with _client(api_url) as client:
-        try:
-            seed_set = client.upload_seed_set(seeds, seed_format=seed_format.value)
-            job = client.create_job(
-                seed_set_id=seed_set["id"], num_instructions=num_instructions, options=parsed
-            )
-            typer.echo(job["id"])
-            if not wait:
-                return
-            job = wait_for_job(client, job["id"], console)
-            if output is not None:
-                lines = client.download(job["id"], output)
-                console.print(f"wrote {lines} examples to {output}")
-        except APIError as exc:
-            raise _fail(exc) from exc
+    with _api(api_url) as client:
+        seed_set = client.upload_seed_set(seeds, seed_format=seed_format.value)
+        job = client.create_job(
+            seed_set_id=seed_set["id"], num_instructions=num_instructions, options=parsed
+        )
+        typer.echo(job["id"])
+        if not wait:
+            return
+        job = wait_for_job(client, job["id"], console)
+        if output is not None:
+            records = client.download(job["id"], output)
+            console.print(f"wrote {records} examples to {output}")
     if job["status"] != "succeeded":
         console.print(f"[red]job {job['status']}[/red]: {job.get('error') or ''}")
         raise typer.Exit(code=1)
@@ -82,43 +89,46 @@ def submit(
 @cli.command()
 def status(job_id: str, api_url: ApiUrl = None) -> None:
     """Show a job's status and progress as JSON."""
-    with _client(api_url) as client:
-        try:
-            job = client.job(job_id)
-        except APIError as exc:
-            raise _fail(exc) from exc
+    with _api(api_url) as client:
+        job = client.job(job_id)
     typer.echo(json.dumps(job, indent=2))
 
 
 @cli.command()
 def jobs(
-    limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="Jobs to show.")] = 20,
+    offset: Annotated[int, typer.Option(min=0, help="Newest jobs to skip (paging).")] = 0,
     api_url: ApiUrl = None,
 ) -> None:
-    """List jobs, newest first."""
-    with _client(api_url) as client:
-        try:
-            page = client.jobs(limit=limit)
-        except APIError as exc:
-            raise _fail(exc) from exc
-    table = Table("id", "status", "accepted", "target", "created", "progress")
+    """List jobs, newest first, with their full ids."""
+    with _api(api_url) as client:
+        page = client.jobs(limit=limit, offset=offset)
+    out = Console()
+    # The progress column needs room; on a narrow terminal `status JOB_ID` shows it.
+    with_progress = out.width >= WIDE_TERMINAL
+    title = f"jobs {offset + 1}-{offset + len(page['items'])} of {page['total']}"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    # An id is for copying: never shortened, whatever the terminal's width.
+    table.add_column("id", no_wrap=True, min_width=36)
+    table.add_column("status", no_wrap=True)
+    table.add_column("accepted", no_wrap=True, justify="right")
+    table.add_column("created", no_wrap=True)
+    if with_progress:
+        table.add_column("progress", overflow="fold")
     for job in page["items"]:
-        p = job["progress"]
-        table.add_row(
-            job["id"],
-            job["status"],
-            str(p["instructions_accepted"]),
-            str(job["num_instructions"]),
-            job["created_at"][:19],
-            describe(job),
-        )
-    Console().print(table)
+        accepted = f"{job['progress']['instructions_accepted']}/{job['num_instructions']}"
+        cells = [job["id"], job["status"], accepted, job["created_at"][:16].replace("T", " ")]
+        table.add_row(*cells, *([describe(job)] if with_progress else []))
+    out.print(table)
 
 
 @cli.command()
 def download(
     job_id: str,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSONL.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Where to write the file; '-' or none: stdout."),
+    ] = None,
     include_rejected: Annotated[bool, typer.Option(help="Append rejected items.")] = False,
     format: Annotated[
         ExportFormat | None,
@@ -138,14 +148,15 @@ def download(
         export = {"format": format.value, "container": container}
         if system_prompt:
             export["system_prompt"] = system_prompt
-    with _client(api_url) as client:
-        try:
-            lines = client.download(
-                job_id, output, include_rejected=include_rejected, export=export
-            )
-        except APIError as exc:
-            raise _fail(exc) from exc
-    console.print(f"wrote {lines} lines to {output}")
+    to_stdout = output is None or str(output) == "-"
+    with _api(api_url) as client:
+        records = client.download(
+            job_id,
+            None if to_stdout else output,
+            include_rejected=include_rejected,
+            export=export,
+        )
+    console.print(f"wrote {records} records to {'stdout' if to_stdout else output}")
 
 
 @cli.command()
@@ -158,11 +169,8 @@ def report(
     api_url: ApiUrl = None,
 ) -> None:
     """A job's quality report: rejections, ROUGE-L, verbs and objects, lengths, usage."""
-    with _client(api_url) as client:
-        try:
-            data = client.report(job_id, sample=sample)
-        except APIError as exc:
-            raise _fail(exc) from exc
+    with _api(api_url) as client:
+        data = client.report(job_id, sample=sample)
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
@@ -179,13 +187,14 @@ def report(
             table.add_row(reason, str(count), (part["examples"].get(reason) or [""])[0][:80])
         out.print(table)
     rouge = data["rouge_l"]
-    for name in ("to_nearest_seed", "to_nearest_instruction"):
-        out.print(
-            _bars(
-                f"ROUGE-L {name.replace('_', ' ')} ({rouge['sample']} of {rouge['of']})",
-                rouge[name],
+    for name in ("to_nearest_seed", "to_nearest_instruction", "to_nearest_earlier_instruction"):
+        if name in rouge:
+            out.print(
+                _bars(
+                    f"ROUGE-L {name.replace('_', ' ')} ({rouge['sample']} of {rouge['of']})",
+                    rouge[name],
+                )
             )
-        )
     verbs = Table(title=f"top verbs ({data['verbs']['parser']})")
     verbs.add_column("verb")
     verbs.add_column("count", justify="right")
@@ -222,20 +231,14 @@ def _bars(title: str, histogram: dict[str, Any]) -> Table:
 @cli.command()
 def rerun(job_id: str, api_url: ApiUrl = None) -> None:
     """Start a new job with JOB's recipe: seed set, target, options and RNG seed."""
-    with _client(api_url) as client:
-        try:
-            job = client.rerun(job_id)
-        except APIError as exc:
-            raise _fail(exc) from exc
+    with _api(api_url) as client:
+        job = client.rerun(job_id)
     typer.echo(f"{job['id']} {job['status']} (rerun of {job['rerun_of']})")
 
 
 @cli.command()
 def cancel(job_id: str, api_url: ApiUrl = None) -> None:
     """Cancel a job; what it generated so far stays downloadable."""
-    with _client(api_url) as client:
-        try:
-            job = client.cancel(job_id)
-        except APIError as exc:
-            raise _fail(exc) from exc
+    with _api(api_url) as client:
+        job = client.cancel(job_id)
     typer.echo(f"{job['id']} {job['status']}")

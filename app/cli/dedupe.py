@@ -13,8 +13,6 @@ from typing import Annotated, TextIO
 import typer
 
 from app.cli import cli
-from app.selfinstruct.dedupe import dedupe_texts
-from app.selfinstruct.rouge import TOKENIZERS
 
 
 class DedupeInputError(ValueError):
@@ -82,6 +80,8 @@ def dedupe(
     A line is kept when its highest ROUGE-L F-measure against the --against texts and the lines
     kept so far is at most the threshold; kept lines are written unchanged.
     """
+    from app.selfinstruct.rouge import TOKENIZERS  # numpy: imported when a command runs
+
     source = str(input_file) if input_file else "stdin"
     if tokenizer not in TOKENIZERS:
         typer.echo(f"error: --tokenizer must be one of {', '.join(TOKENIZERS)}", err=True)
@@ -119,6 +119,8 @@ def _run(
             yield text
 
     kept = dropped = 0
+    from app.selfinstruct.dedupe import dedupe_texts
+
     verdicts = dedupe_texts(
         texts(),
         threshold=threshold,

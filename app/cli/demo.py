@@ -6,15 +6,16 @@ import contextlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from app.cli import cli
 from app.cli.progress import StackFailed, wait_for_job
-from app.client import APIClient, APIError
-from app.config import Settings, get_settings
+
+if TYPE_CHECKING:  # imported when the command runs, so `selfinstruct --help` stays quick
+    from app.config import Settings
 
 console = Console(stderr=True)
 
@@ -32,6 +33,8 @@ def demo(
 ) -> None:
     """Start everything embedded, generate a small dataset, write it as JSONL, and stop."""
     from app.apiserver import BackgroundAPIServer
+    from app.client import APIClient, APIError
+    from app.config import get_settings
     from app.embedded import EmbeddedStack
 
     settings = get_settings()

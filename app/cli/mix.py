@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
-from pydantic import ValidationError
 
 from app.cli import cli
-from app.selfinstruct.recipes import (
-    DatasetFileError,
-    Entry,
-    InverseWriter,
-    Recipe,
-    RecipeError,
-    SourceKind,
-    build_mixture,
-    parse_dataset,
-)
+
+if TYPE_CHECKING:  # imported when the command runs, so `selfinstruct --help` stays quick
+    from app.selfinstruct.recipes import Entry, InverseWriter, SourceKind
 
 
 def read_source_file(path: Path, kind: SourceKind) -> list[dict[str, Any]]:
+    from app.selfinstruct.recipes import DatasetFileError, parse_dataset
+
     try:
         return parse_dataset(path.read_bytes(), kind)
     except DatasetFileError as exc:
@@ -56,6 +49,11 @@ def mix_command(
     per instruction, add inverted tasks and plain text, optionally a second stage with replay;
     writes OUTPUT, a second stage beside it (train.jsonl -> train.stage2.jsonl: the extension
     stays, so tools still read it as JSONL) and OUTPUT.manifest.json."""
+    import yaml
+    from pydantic import ValidationError
+
+    from app.selfinstruct.recipes import Recipe, RecipeError, build_mixture
+
     try:
         recipe = Recipe.model_validate(yaml.safe_load(recipe_path.read_text(encoding="utf-8")))
     except (ValidationError, yaml.YAMLError) as exc:

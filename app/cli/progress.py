@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+if TYPE_CHECKING:  # imported when a job is followed, so `selfinstruct --help` stays quick
+    from rich.console import Console
 
-from app.client import APIClient
+    from app.client import APIClient
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -40,6 +40,14 @@ def wait_for_job(
 ) -> dict[str, Any]:
     """Poll until the job finishes, drawing accepted instructions and instances as bars.
     `check` names a failure of the processes serving the job (raised as StackFailed)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     job = client.job(job_id)
     target = job["num_instructions"]
     columns = (

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from app.cli import cli
-from app.config import Settings, get_settings
+
+if TYPE_CHECKING:  # imported when a command runs, so `selfinstruct --help` stays quick
+    from app.config import Settings
 
 
 @cli.command()
 def migrate() -> None:
     """Upgrade the database to the newest schema."""
+    from app.config import get_settings
     from app.migrate import describe_upgrade, upgrade_database
 
     settings = get_settings()
@@ -38,6 +41,8 @@ def serve(
 ) -> None:
     """Run the HTTP API (uvicorn)."""
     import uvicorn
+
+    from app.config import get_settings
 
     settings = get_settings()
     host = host or settings.host
@@ -79,14 +84,29 @@ def serve(
 def worker(
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    hostname: Annotated[
+        str | None,
+        typer.Option(
+            "--hostname",
+            "-n",
+            help="Worker node name, e.g. worker2@%h, so two workers on one host have their "
+            "own (default: Celery's, celery@HOST).",
+        ),
+    ] = None,
 ) -> None:
     """Run a Celery worker for the pipeline tasks (rounds first, then bulk work)."""
-    from workers.celery_app import WORKER_QUEUES, celery_app
+    from workers.celery_app import celery_app
 
-    queues = ",".join(WORKER_QUEUES)
-    celery_app.worker_main(
-        ["worker", f"--loglevel={loglevel}", "-Q", queues, f"--concurrency={concurrency}"]
-    )
+    celery_app.worker_main(worker_argv(concurrency, loglevel, hostname))
+
+
+def worker_argv(concurrency: int, loglevel: str, hostname: str | None) -> list[str]:
+    """Celery's own command line for `selfinstruct worker`."""
+    from workers.celery_app import WORKER_QUEUES
+
+    argv = ["worker", f"--loglevel={loglevel}", "-Q", ",".join(WORKER_QUEUES)]
+    argv.append(f"--concurrency={concurrency}")
+    return argv + ([f"--hostname={hostname}"] if hostname else [])
 
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}

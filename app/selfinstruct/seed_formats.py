@@ -13,19 +13,11 @@ record's position (1-based) in the upload.
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from typing import Any
 
+from app.selfinstruct.seed_format_names import SeedFormat
 from app.selfinstruct.seeds import MAX_INSTANCES_PER_SEED, SeedError, SeedFileError
 from app.selfinstruct.untrusted import MAX_JSON_DEPTH, JSONTooDeep, loads_bounded
-
-
-class SeedFormat(StrEnum):
-    SELF_INSTRUCT = "self_instruct"
-    NATURAL_INSTRUCTIONS = "natural_instructions"
-    ALPACA = "alpaca"
-    LINES = "lines"
-
 
 FORMAT_NAMES = {
     SeedFormat.SELF_INSTRUCT: "Self-Instruct seed JSONL",
