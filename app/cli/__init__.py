@@ -9,7 +9,6 @@ cli = typer.Typer(
     help="Turn a handful of seed tasks into an instruction-tuning dataset (Self-Instruct).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # plain click help: rendering it with rich took longer than the rest
 )
 
 # Each module adds its commands to `cli` on import.
