@@ -15,6 +15,7 @@ from app import __version__
 from app.admission import RequestAdmission
 from app.api import backends, datasets, health, jobs, mixtures, seed_sets
 from app.api.metrics import install_metrics
+from app.docs_pages import install_docs
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
 from app.openapi import install_openapi
@@ -52,9 +53,12 @@ def create_app() -> FastAPI:
         version=__version__,
         description="Turn seed tasks into an instruction-tuning dataset with Self-Instruct.",
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs and /redoc without a CDN
+        redoc_url=None,
     )
     install_error_handlers(app)
     install_openapi(app)
+    install_docs(app)
     # Before the metrics middleware, which then wraps it and counts its 413s and 422s too.
     app.add_middleware(BodyLimitMiddleware)
     app.include_router(seed_sets.router)
