@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
@@ -71,7 +71,13 @@ def create_app() -> FastAPI:
     app.add_middleware(RequestAdmission)
     install_metrics(app)
     # The dashboard: static files calling the API above from the browser.
-    app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "ui", html=True), name="ui")
+    ui_dir = Path(__file__).parent / "ui"
+    app.mount("/ui", StaticFiles(directory=ui_dir, html=True), name="ui")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        """Browsers ask for it on every page; an SVG, which they all accept at this address."""
+        return FileResponse(ui_dir / "favicon.svg", media_type="image/svg+xml")
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:

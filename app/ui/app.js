@@ -216,28 +216,56 @@ function histogramChart(title, histogram, { id, labelDigits = 2 } = {}) {
     el("p", { class: "muted" }, `n = ${histogram.count}, median ${histogram.median ?? "-"}, mean ${histogram.mean ?? "-"}`), svg);
 }
 
+const CHART_FONT = "11px system-ui, sans-serif"; // as `svg text` in style.css
+let textCanvas = null;
+
+function textWidth(text) {
+  // Measured on a canvas: the chart's text nodes are not in the page yet when it is laid out.
+  textCanvas = textCanvas || document.createElement("canvas").getContext("2d");
+  textCanvas.font = CHART_FONT;
+  return textCanvas.measureText(text).width;
+}
+
+function fitText(text, room) {
+  // The whole text when it fits in `room` pixels, else its longest prefix that fits with an
+  // ellipsis (never a silently cut word), else nothing.
+  if (textWidth(text) <= room) return text;
+  for (let n = text.length - 1; n >= 3; n--) {
+    const shortened = `${text.slice(0, n)}\u2026`;
+    if (textWidth(shortened) <= room) return shortened;
+  }
+  return "";
+}
+
 function verbChart(verbs) {
   // A nested bar: one bar per root verb, split into its most frequent direct objects.
-  const width = 520, rowHeight = 20, labelWidth = 90, palette = ["#2b6cb0", "#4c9f70", "#d69e2e", "#9f7aea", "#a0aec0"];
+  const width = 520, rowHeight = 20, palette = ["#2b6cb0", "#4c9f70", "#d69e2e", "#9f7aea", "#a0aec0"];
   const top = verbs.top_verbs.slice(0, 15);
+  // Room for the longest verb (up to 40% of the chart), so labels are never clipped at the edge.
+  const labelWidth = Math.min(width * 0.4, Math.max(60, ...top.map((v) => Math.ceil(textWidth(v.verb)) + 12)));
   const peak = Math.max(1, ...top.map((v) => v.count));
   const scale = (width - labelWidth - 10) / peak;
   const height = top.length * rowHeight + 4;
   const svg = svgNode("svg", { width: "100%", viewBox: `0 0 ${width} ${height}`, id: "verb-chart", role: "img", "aria-label": "root verbs" });
   top.forEach((verb, i) => {
     const y = i * rowHeight;
-    svg.append(svgNode("text", { x: labelWidth - 6, y: y + 14, "text-anchor": "end" }, verb.verb));
+    const label = svgNode("text", { x: labelWidth - 6, y: y + 14, "text-anchor": "end", class: "verb" }, fitText(verb.verb, labelWidth - 8));
+    label.append(svgNode("title", {}, verb.verb));
+    svg.append(label);
     let x = labelWidth;
     const pieces = [...verb.objects, ["other", verb.count - verb.objects.reduce((s, [, n]) => s + n, 0)]];
+    const labels = [];
     pieces.forEach(([object, count], j) => {
       if (count <= 0) return;
       const w = count * scale;
       const rect = svgNode("rect", { x, y: y + 3, width: w, height: 15, fill: palette[Math.min(j, palette.length - 1)] });
       rect.append(svgNode("title", {}, `${verb.verb} ${object}: ${count}`));
       svg.append(rect);
-      if (w > 40) svg.append(svgNode("text", { x: x + 3, y: y + 14, fill: "#fff", style: "fill:#fff" }, object));
+      const shown = fitText(object, w - 6);
+      if (shown) labels.push(svgNode("text", { x: x + 3, y: y + 14, fill: "#fff", style: "fill:#fff", class: "object" }, shown));
       x += w;
     });
+    svg.append(...labels); // after all of the row's bars, so no bar is painted over a label
   });
   return el("div", {}, el("h2", {}, "Root verbs and their direct objects"),
     el("p", { class: "muted" }, `${verbs.parsed} of ${verbs.sample} sampled instructions parsed (${verbs.parser})`), svg);

@@ -56,3 +56,18 @@ def test_swagger_ui_gets_its_script_and_styles(client: TestClient) -> None:
 def test_documentation_pages_are_not_api_operations(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert not [path for path in paths if path.startswith(("/docs", "/redoc"))]
+
+
+def test_favicon_is_served_at_the_address_browsers_ask(client: TestClient) -> None:
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("image/svg+xml")
+    assert response.text.lstrip().startswith("<svg")
+    assert "/favicon.ico" not in client.get("/openapi.json").json()["paths"]
+
+
+def test_dashboard_links_its_icon(client: TestClient) -> None:
+    html = client.get("/ui/").text
+    icons = re.findall(r'<link rel="icon" href="([^"]+)"', html)
+    assert icons
+    assert all(client.get(f"/ui/{icon}").status_code == 200 for icon in icons)
