@@ -5,6 +5,8 @@
 const view = document.getElementById("view");
 const KEY = "selfinstruct.apiKey";
 let timer = null;
+let currentView = 0;  // incremented on each navigation: a poll of a page left behind stops
+const FINISHED = ["succeeded", "failed", "cancelled"];
 
 // --- API access -----------------------------------------------------------------------------------
 
@@ -128,30 +130,35 @@ async function jobView(jobId) {
   const report = el("section", { id: "report" }, el("h2", {}, "Report"), el("p", { class: "muted" }, "Loading..."));
   const items = el("section", { id: "items" });
   view.replaceChildren(head, report, items);
-  let lastStatus = null;
-  let reportAt = 0;
+  const shownView = currentView;
+  let drawnState = null;  // the job's status and progress when the head and report were drawn
   let examples = null;
-  const draw = async () => {
+  const poll = async () => {
+    let wait = 1500;
     try {
-      const job = await api(`/v1/jobs/${jobId}`);
-      const finished = ["succeeded", "failed", "cancelled"].includes(job.status);
-      // The report is costlier than the status: while running, refresh it every few seconds;
-      // once finished, one last time. The head is drawn last, so a finished status on the page
-      // means the report and examples below are final too.
-      if (!reportAt || (!finished && Date.now() - reportAt > 8000) || (finished && lastStatus !== job.status)) {
-        reportAt = Date.now();
-        const data = await api(`/v1/jobs/${jobId}/report`);
+      // The head and the report come from the same poll, so their counts agree. The report is
+      // costlier than the status: it is fetched only when the job moved, and a slow one spaces
+      // the polls out (4 times its own duration) instead of letting the head run ahead of it.
+      let job = await api(`/v1/jobs/${jobId}`);
+      if (shownView !== currentView) return;
+      const state = JSON.stringify([job.status, job.progress]);
+      if (state !== drawnState) {
+        const started = Date.now();
+        let data;
+        [job, data] = await Promise.all([api(`/v1/jobs/${jobId}`), api(`/v1/jobs/${jobId}/report`)]);
+        if (shownView !== currentView) return;
+        wait = Math.max(wait, 4 * (Date.now() - started));
         drawReport(report, data);
         if (examples) examples.update(data);
         else examples = drawItems(items, jobId, data);
+        drawHead(head, job);
+        drawnState = JSON.stringify([job.status, job.progress]);
       }
-      drawHead(head, job);
-      lastStatus = job.status;
-      if (finished && timer) { clearInterval(timer); timer = null; }
+      if (FINISHED.includes(job.status) && state === drawnState) return;  // final: stop polling
     } catch (error) { showError(head, error); }
+    if (shownView === currentView) timer = setTimeout(poll, wait);
   };
-  await draw();
-  if (!["succeeded", "failed", "cancelled"].includes(lastStatus)) timer = setInterval(draw, 1500);
+  await poll();
 }
 
 function drawHead(box, job) {
@@ -374,7 +381,8 @@ function drawItems(box, jobId, firstReport) {
 // --- routing --------------------------------------------------------------------------------------
 
 function route() {
-  if (timer) { clearInterval(timer); timer = null; }
+  if (timer) { clearInterval(timer); clearTimeout(timer); timer = null; }
+  currentView += 1;
   const hash = location.hash || "#/";
   const match = hash.match(/^#\/jobs\/([0-9a-f-]{36})$/);
   if (match) jobView(match[1]);

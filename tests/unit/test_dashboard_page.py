@@ -1,9 +1,11 @@
-"""The dashboard's verb chart in headless Chromium: no label is clipped at the chart's edge or
-painted over by a bar; a label too long for its room ends in an ellipsis instead of being cut."""
+"""The dashboard in headless Chromium, with the API stubbed in the page: the verb chart's labels
+are never clipped at the chart's edge or painted over by a bar (a label too long for its room ends
+in an ellipsis), and a job's head and report show counts from the same poll."""
 
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +97,75 @@ def test_no_label_is_clipped_or_painted_over(labels: list[dict]) -> None:
         assert label["coveredBy"] == 0, label
         if label["inBar"]:
             assert label["barRight"] is not None and label["right"] <= label["barRight"], label
+
+
+STUB_API = """
+const jobId = arguments[0];
+window.stub = { accepted: 0, requests: 0, finishAt: arguments[1] };
+const histogram = { edges: [0, 1], counts: [0] };
+const part = (n) => ({ by_reason: {}, examples: {}, accepted: n, generated: n, over_target: 0 });
+const job = () => ({
+  id: jobId, status: stub.accepted >= stub.finishAt ? "succeeded" : "running", num_instructions: 400,
+  error: null, rerun_of: null, backend_load: null,
+  progress: { instructions_accepted: stub.accepted, instances_accepted: stub.accepted, llm_requests: 1,
+              prompt_tokens: 1, completion_tokens: 1, rounds_completed: 1 },
+});
+const report = () => ({
+  classification_share: 0.1, empty_input_share: 0.2,
+  usage: { tokens_per_accepted_example: null, cost: null },
+  instructions: part(stub.accepted), instances: part(stub.accepted),
+  verbs: { top_verbs: [], parsed: 0, sample: 0, parser: "stub" },
+  rouge_l: { to_nearest_seed: histogram, to_nearest_instruction: histogram },
+  lengths: { instruction_words: histogram, input_words: histogram, output_words: histogram },
+});
+window.fetch = async (path) => {
+  stub.requests += 1;
+  let body;
+  if (path.includes("/report")) body = report();
+  else if (path.includes("/items")) body = { items: [], total: 0 };
+  else {  // the job moves on between any two reads of its status
+    if (stub.accepted < stub.finishAt) stub.accepted += 7;
+    body = job();
+  }
+  return { ok: true, status: 200, headers: { get: () => "application/json" }, json: async () => body };
+};
+location.hash = `#/jobs/${jobId}`;
+"""
+
+READ_COUNTS = """
+const head = document.getElementById("job-accepted");
+const table = document.querySelector("#instruction-rejections");
+if (!head || !table) return null;
+return { head: parseInt(head.textContent, 10),
+         report: parseInt(table.parentElement.querySelector("h2").textContent.split(": ")[1], 10),
+         requests: window.stub.requests };
+"""
+
+
+def test_head_and_report_show_the_same_poll(page: object) -> None:
+    driver = page
+    driver.get((UI / "index.html").as_uri())  # type: ignore[attr-defined]
+    driver.execute_script(STUB_API, "0" * 8 + "-0000-0000-0000-" + "0" * 12, 10_000)  # type: ignore[attr-defined]
+    samples = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        counts = driver.execute_script(READ_COUNTS)  # type: ignore[attr-defined]
+        if counts:
+            samples.append(counts)
+        time.sleep(0.25)
+    assert samples and max(s["head"] for s in samples) >= 14  # it polled more than once
+    assert all(s["head"] == s["report"] for s in samples), samples
+
+
+def test_polling_stops_once_the_finished_job_is_drawn(page: object) -> None:
+    driver = page
+    driver.get((UI / "index.html").as_uri())  # type: ignore[attr-defined]
+    driver.execute_script(STUB_API, "1" * 8 + "-0000-0000-0000-" + "1" * 12, 21)  # type: ignore[attr-defined]
+    read = lambda: driver.execute_script(READ_COUNTS)  # type: ignore[attr-defined]  # noqa: E731
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not ((c := read()) and c["head"] == 21):
+        time.sleep(0.2)
+    assert read()["report"] == 21
+    requests = read()["requests"]
+    time.sleep(3.5)
+    assert read()["requests"] == requests
