@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.admission import RequestAdmission
 from app.api import backends, datasets, health, jobs, mixtures, seed_sets
 from app.api.metrics import install_metrics
+from app.docs_pages import install_docs
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
 from app.openapi import install_openapi
@@ -52,9 +53,12 @@ def create_app() -> FastAPI:
         version=__version__,
         description="Turn seed tasks into an instruction-tuning dataset with Self-Instruct.",
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs and /redoc without a CDN
+        redoc_url=None,
     )
     install_error_handlers(app)
     install_openapi(app)
+    install_docs(app)
     # Before the metrics middleware, which then wraps it and counts its 413s and 422s too.
     app.add_middleware(BodyLimitMiddleware)
     app.include_router(seed_sets.router)
@@ -67,7 +71,13 @@ def create_app() -> FastAPI:
     app.add_middleware(RequestAdmission)
     install_metrics(app)
     # The dashboard: static files calling the API above from the browser.
-    app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "ui", html=True), name="ui")
+    ui_dir = Path(__file__).parent / "ui"
+    app.mount("/ui", StaticFiles(directory=ui_dir, html=True), name="ui")
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> FileResponse:
+        """Browsers ask for it on every page; an SVG, which they all accept at this address."""
+        return FileResponse(ui_dir / "favicon.svg", media_type="image/svg+xml")
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:

@@ -139,7 +139,14 @@ class Progress(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     tokens_per_accepted_instruction: float | None = Field(
-        None, description="Prompt + completion tokens spent per accepted instruction so far."
+        None,
+        description="Prompt + completion tokens spent per accepted instruction so far (Unnatural "
+        "mode: per core; reformulations are not counted).",
+    )
+    tokens_per_accepted_example: float | None = Field(
+        None,
+        description="Prompt + completion tokens spent per accepted example (a record of the "
+        "export) so far; as the report's `usage.tokens_per_accepted_example`.",
     )
     reformulations_accepted: int = Field(
         0, description="Unnatural mode: rephrased instructions kept, each its own example."

@@ -103,7 +103,16 @@ class Usage(BaseModel):
     requests: int
     prompt_tokens: int
     completion_tokens: int
-    tokens_per_accepted_example: float | None
+    tokens_per_accepted_example: float | None = Field(
+        None,
+        description="Prompt + completion tokens per accepted example (a record of the export; "
+        "in Unnatural mode reformulations are examples too).",
+    )
+    tokens_per_accepted_instruction: float | None = Field(
+        None,
+        description="Prompt + completion tokens per accepted instruction (Unnatural mode: per "
+        "core; reformulations are not counted); as `progress.tokens_per_accepted_instruction`.",
+    )
     cost: float | None = Field(None, description="In the currency of the backend's prices.")
     cost_per_accepted_example: float | None = None
 
@@ -166,7 +175,8 @@ def build_report(
     prices: Prices | None = None,
     tokenizer: Callable[[str], list[str]] = tokenize,
 ) -> QualityReport:
-    """`instructions` in the order they were generated; `usage` = (requests, prompt tokens,
+    """`instructions` in the order they were generated (Unnatural mode: the cores); `instances`
+    every example of the export (reformulations' too); `usage` = (requests, prompt tokens,
     completion tokens)."""
     accepted = [i.text for i in instructions if i.accepted]
     kept = [i for i in instances if i.accepted]
@@ -185,8 +195,15 @@ def build_report(
         ),
         classification_share=_share(sum(judged_known), len(judged_known)),
         empty_input_share=_share(sum(not i.input.strip() for i in kept), len(kept)),
-        usage=usage_report(*usage, accepted_examples=len(kept), prices=prices),
+        usage=usage_report(
+            *usage, accepted_examples=len(kept), accepted_instructions=len(accepted), prices=prices
+        ),
     )
+
+
+def per_accepted(tokens: int, accepted: int) -> float | None:
+    """Tokens spent per accepted item, as both progress and the report round it."""
+    return round(tokens / accepted, 1) if accepted else None
 
 
 def evenly_spaced(total: int, at_most: int) -> list[int]:
@@ -300,6 +317,7 @@ def usage_report(
     completion_tokens: int,
     *,
     accepted_examples: int,
+    accepted_instructions: int = 0,
     prices: Prices | None,
 ) -> Usage:
     cost = None
@@ -310,9 +328,8 @@ def usage_report(
         requests=requests,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
-        tokens_per_accepted_example=round(tokens / accepted_examples, 1)
-        if accepted_examples
-        else None,
+        tokens_per_accepted_example=per_accepted(tokens, accepted_examples),
+        tokens_per_accepted_instruction=per_accepted(tokens, accepted_instructions),
         cost=None if cost is None else round(cost, 6),
         cost_per_accepted_example=round(cost / accepted_examples, 8)
         if cost is not None and accepted_examples

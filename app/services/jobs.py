@@ -27,6 +27,7 @@ from app.models import (
 from app.schemas import BackendLoadRead, JobRead, Progress
 from app.selfinstruct.judges import Outcomes, judge_warnings
 from app.selfinstruct.options import GenerationOptions, judge_options
+from app.selfinstruct.report import per_accepted
 from app.selfinstruct.reproducibility import template_version
 from app.selfinstruct.types import SURPLUS_REASONS
 from app.services.backend_load import current_loads
@@ -333,7 +334,8 @@ def count_progress(
         llm_failed_attempts=dict(sorted(failed_attempts.items())),
         prompt_tokens=int(calls[2]),
         completion_tokens=int(calls[3]),
-        tokens_per_accepted_instruction=round(tokens / accepted, 1) if accepted else None,
+        tokens_per_accepted_instruction=per_accepted(tokens, accepted),
+        tokens_per_accepted_example=per_accepted(tokens, instances_accepted),
         dedupe_seconds=round(job.dedupe_s or 0.0, 3),
         warnings=judge_warnings(
             options.judges.steps() if options.judges else (),

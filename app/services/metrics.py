@@ -27,13 +27,14 @@ from sqlalchemy import case, func, select
 
 from app.db import session_scope
 from app.llm.base import parse_attempt_errors
-from app.models import Instance, Instruction, Job, LLMCall
+from app.models import Instance, Instruction, Job, LLMCall, Mixture
 from app.selfinstruct.types import SURPLUS_REASONS
 from app.services.backend_load import current_loads
 
 log = logging.getLogger(__name__)
 
 QueueDepth = Callable[[], list[tuple[str, int]]]
+MIXTURE_INVERSION = "mixture_inversion"  # the purpose label of mixtures' inversion requests
 LATENCY_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -50,9 +51,22 @@ class PipelineCollector(Collector):
             ):
                 jobs.add_metric([str(status)], count)
             yield jobs
-            yield from _decisions(session, Instruction, "instructions")
-            yield from _decisions(session, Instance, "instances")
-            yield from _llm(session)
+            yield from _decisions(
+                session,
+                Instruction,
+                "instructions",
+                Instruction.variant == 0,
+                "Generated instructions",
+            )
+            yield from _decisions(
+                session,
+                Instruction,
+                "reformulations",
+                Instruction.variant != 0,
+                "Unnatural-Instructions reformulations of accepted instructions",
+            )
+            yield from _decisions(session, Instance, "instances", None, "Generated instances")
+            yield from _llm(session, _mixture_inversion_usage(session))
             yield from _llm_attempts(session)
         if self._queue_depth is not None:
             depth = GaugeMetricFamily(
@@ -74,17 +88,30 @@ class PipelineCollector(Collector):
         )
 
 
-def _decisions(session, model, name: str) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
+def _decisions(session, model, name: str, where, what: str) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
     family = CounterMetricFamily(
         f"selfinstruct_{name}",
-        f"Generated {name} by outcome (accepted, rejected, over_target) and rejection reason.",
+        f"{what} by outcome (accepted, rejected, over_target) and rejection reason.",
         labels=["outcome", "reason"],
     )
-    for accepted, reason, count in session.execute(
-        select(model.accepted, model.reason, func.count()).group_by(model.accepted, model.reason)
-    ):
+    query = select(model.accepted, model.reason, func.count()).group_by(
+        model.accepted, model.reason
+    )
+    for accepted, reason, count in session.execute(query if where is None else query.where(where)):
         family.add_metric(_outcome(accepted, reason), count)
     yield family
+
+
+def _mixture_inversion_usage(session) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """LLM use of mixtures' inverted records: kept in each mixture's manifest, not as calls."""
+    total: Counter[str] = Counter()
+    for (manifest,) in session.execute(
+        select(Mixture.manifest).where(Mixture.manifest.is_not(None))
+    ):
+        usage = (manifest or {}).get("llm_usage") or {}
+        for key in ("requests", "errors", "prompt_tokens", "completion_tokens"):
+            total[key] += int(usage.get(key) or 0)
+    return dict(total)
 
 
 def _outcome(accepted: bool, reason: str | None) -> list[str]:
@@ -96,7 +123,7 @@ def _outcome(accepted: bool, reason: str | None) -> list[str]:
     return ["rejected", reason or ""]
 
 
-def _llm(session) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
+def _llm(session, mixture_inversion: dict[str, int]) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
     requests = CounterMetricFamily(
         "selfinstruct_llm_requests",
         "LLM requests by purpose and outcome.",
@@ -132,6 +159,12 @@ def _llm(session) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
             merged[n] += int(value or 0)
         merged[-2] += count
         merged[-1] += int(latency_ms) / 1000
+    if mixture_inversion.get("requests"):
+        errors = mixture_inversion.get("errors", 0)
+        requests.add_metric([MIXTURE_INVERSION, "true"], mixture_inversion["requests"] - errors)
+        requests.add_metric([MIXTURE_INVERSION, "false"], errors)
+        prompt_total += mixture_inversion.get("prompt_tokens", 0)
+        completion_total += mixture_inversion.get("completion_tokens", 0)
     tokens.add_metric(["prompt"], prompt_total)
     tokens.add_metric(["completion"], completion_total)
     for purpose, values in per_purpose.items():

@@ -57,8 +57,9 @@ def job_report(session: Session, job: Job, *, sample_size: int = 2000) -> Qualit
                 Instance.reason,
             )
             .join(Instruction, Instance.instruction_id == Instruction.id)
-            .where(Instance.job_id == job.id, Instruction.variant == 0)
-            .order_by(Instruction.round, Instruction.slot, Instance.position)
+            # Every example of the export, reformulations' too: as progress counts instances.
+            .where(Instance.job_id == job.id)
+            .order_by(Instruction.round, Instruction.slot, Instruction.variant, Instance.position)
         )
     ]
     seeds = [task.instruction for task in load_seed_tasks(session, job.seed_set_id)]

@@ -5,6 +5,8 @@
 const view = document.getElementById("view");
 const KEY = "selfinstruct.apiKey";
 let timer = null;
+let currentView = 0;  // incremented on each navigation: a poll of a page left behind stops
+const FINISHED = ["succeeded", "failed", "cancelled"];
 
 // --- API access -----------------------------------------------------------------------------------
 
@@ -128,30 +130,35 @@ async function jobView(jobId) {
   const report = el("section", { id: "report" }, el("h2", {}, "Report"), el("p", { class: "muted" }, "Loading..."));
   const items = el("section", { id: "items" });
   view.replaceChildren(head, report, items);
-  let lastStatus = null;
-  let reportAt = 0;
+  const shownView = currentView;
+  let drawnState = null;  // the job's status and progress when the head and report were drawn
   let examples = null;
-  const draw = async () => {
+  const poll = async () => {
+    let wait = 1500;
     try {
-      const job = await api(`/v1/jobs/${jobId}`);
-      const finished = ["succeeded", "failed", "cancelled"].includes(job.status);
-      // The report is costlier than the status: while running, refresh it every few seconds;
-      // once finished, one last time. The head is drawn last, so a finished status on the page
-      // means the report and examples below are final too.
-      if (!reportAt || (!finished && Date.now() - reportAt > 8000) || (finished && lastStatus !== job.status)) {
-        reportAt = Date.now();
-        const data = await api(`/v1/jobs/${jobId}/report`);
+      // The head and the report come from the same poll, so their counts agree. The report is
+      // costlier than the status: it is fetched only when the job moved, and a slow one spaces
+      // the polls out (4 times its own duration) instead of letting the head run ahead of it.
+      let job = await api(`/v1/jobs/${jobId}`);
+      if (shownView !== currentView) return;
+      const state = JSON.stringify([job.status, job.progress]);
+      if (state !== drawnState) {
+        const started = Date.now();
+        let data;
+        [job, data] = await Promise.all([api(`/v1/jobs/${jobId}`), api(`/v1/jobs/${jobId}/report`)]);
+        if (shownView !== currentView) return;
+        wait = Math.max(wait, 4 * (Date.now() - started));
         drawReport(report, data);
         if (examples) examples.update(data);
         else examples = drawItems(items, jobId, data);
+        drawHead(head, job);
+        drawnState = JSON.stringify([job.status, job.progress]);
       }
-      drawHead(head, job);
-      lastStatus = job.status;
-      if (finished && timer) { clearInterval(timer); timer = null; }
+      if (FINISHED.includes(job.status) && state === drawnState) return;  // final: stop polling
     } catch (error) { showError(head, error); }
+    if (shownView === currentView) timer = setTimeout(poll, wait);
   };
-  await draw();
-  if (!["succeeded", "failed", "cancelled"].includes(lastStatus)) timer = setInterval(draw, 1500);
+  await poll();
 }
 
 function drawHead(box, job) {
@@ -216,28 +223,56 @@ function histogramChart(title, histogram, { id, labelDigits = 2 } = {}) {
     el("p", { class: "muted" }, `n = ${histogram.count}, median ${histogram.median ?? "-"}, mean ${histogram.mean ?? "-"}`), svg);
 }
 
+const CHART_FONT = "11px system-ui, sans-serif"; // as `svg text` in style.css
+let textCanvas = null;
+
+function textWidth(text) {
+  // Measured on a canvas: the chart's text nodes are not in the page yet when it is laid out.
+  textCanvas = textCanvas || document.createElement("canvas").getContext("2d");
+  textCanvas.font = CHART_FONT;
+  return textCanvas.measureText(text).width;
+}
+
+function fitText(text, room) {
+  // The whole text when it fits in `room` pixels, else its longest prefix that fits with an
+  // ellipsis (never a silently cut word), else nothing.
+  if (textWidth(text) <= room) return text;
+  for (let n = text.length - 1; n >= 3; n--) {
+    const shortened = `${text.slice(0, n)}\u2026`;
+    if (textWidth(shortened) <= room) return shortened;
+  }
+  return "";
+}
+
 function verbChart(verbs) {
   // A nested bar: one bar per root verb, split into its most frequent direct objects.
-  const width = 520, rowHeight = 20, labelWidth = 90, palette = ["#2b6cb0", "#4c9f70", "#d69e2e", "#9f7aea", "#a0aec0"];
+  const width = 520, rowHeight = 20, palette = ["#2b6cb0", "#4c9f70", "#d69e2e", "#9f7aea", "#a0aec0"];
   const top = verbs.top_verbs.slice(0, 15);
+  // Room for the longest verb (up to 40% of the chart), so labels are never clipped at the edge.
+  const labelWidth = Math.min(width * 0.4, Math.max(60, ...top.map((v) => Math.ceil(textWidth(v.verb)) + 12)));
   const peak = Math.max(1, ...top.map((v) => v.count));
   const scale = (width - labelWidth - 10) / peak;
   const height = top.length * rowHeight + 4;
   const svg = svgNode("svg", { width: "100%", viewBox: `0 0 ${width} ${height}`, id: "verb-chart", role: "img", "aria-label": "root verbs" });
   top.forEach((verb, i) => {
     const y = i * rowHeight;
-    svg.append(svgNode("text", { x: labelWidth - 6, y: y + 14, "text-anchor": "end" }, verb.verb));
+    const label = svgNode("text", { x: labelWidth - 6, y: y + 14, "text-anchor": "end", class: "verb" }, fitText(verb.verb, labelWidth - 8));
+    label.append(svgNode("title", {}, verb.verb));
+    svg.append(label);
     let x = labelWidth;
     const pieces = [...verb.objects, ["other", verb.count - verb.objects.reduce((s, [, n]) => s + n, 0)]];
+    const labels = [];
     pieces.forEach(([object, count], j) => {
       if (count <= 0) return;
       const w = count * scale;
       const rect = svgNode("rect", { x, y: y + 3, width: w, height: 15, fill: palette[Math.min(j, palette.length - 1)] });
       rect.append(svgNode("title", {}, `${verb.verb} ${object}: ${count}`));
       svg.append(rect);
-      if (w > 40) svg.append(svgNode("text", { x: x + 3, y: y + 14, fill: "#fff", style: "fill:#fff" }, object));
+      const shown = fitText(object, w - 6);
+      if (shown) labels.push(svgNode("text", { x: x + 3, y: y + 14, fill: "#fff", style: "fill:#fff", class: "object" }, shown));
       x += w;
     });
+    svg.append(...labels); // after all of the row's bars, so no bar is painted over a label
   });
   return el("div", {}, el("h2", {}, "Root verbs and their direct objects"),
     el("p", { class: "muted" }, `${verbs.parsed} of ${verbs.sample} sampled instructions parsed (${verbs.parser})`), svg);
@@ -346,7 +381,8 @@ function drawItems(box, jobId, firstReport) {
 // --- routing --------------------------------------------------------------------------------------
 
 function route() {
-  if (timer) { clearInterval(timer); timer = null; }
+  if (timer) { clearInterval(timer); clearTimeout(timer); timer = null; }
+  currentView += 1;
   const hash = location.hash || "#/";
   const match = hash.match(/^#\/jobs\/([0-9a-f-]{36})$/);
   if (match) jobView(match[1]);
