@@ -156,7 +156,8 @@ def download(
             include_rejected=include_rejected,
             export=export,
         )
-    console.print(f"wrote {records} records to {'stdout' if to_stdout else output}")
+    where = "stdout" if to_stdout else output
+    console.print(f"wrote {records} records to {where}", soft_wrap=True)  # a path to copy: unbroken
 
 
 @cli.command()

@@ -126,18 +126,11 @@ def _request(sock: socket.socket, path: str) -> None:
     sock.sendall(f"GET {path} HTTP/1.1\r\nhost: api\r\n\r\n".encode())
 
 
-def test_healthz_is_answered_ahead_of_the_requests_already_read(
-    serve: Any, monitor: health.HealthMonitor, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two hundred reads of 2 ms each wait in the loop's admission gate (32 per pass), then
-    /healthz arrives: it is answered within the pass that reads it. Through the app, its task
-    would run in the next pass, after that pass's reads."""
-    # 32 per pass rather than the default: a wide pass tells one pass from the next clearly.
-    monkeypatch.setenv("SELFINSTRUCT_API_REQUESTS_PER_PASS", "32")
-    get_settings.cache_clear()
-    monkeypatch.setattr(admission, "_request_gates", {})
+def _reads_done_while_healthz_waits(serve: Any, http: Any) -> int:
+    """Two hundred reads of 2 ms each wait in the loop's admission gate, then /healthz comes:
+    how many reads finish between sending it and its answer."""
     app = Recorder(busy_s=0.002)
-    host, port = serve(RequestAdmission(app)).removeprefix("http://").split(":")
+    host, port = serve(RequestAdmission(app), http).removeprefix("http://").split(":")
     reads = [socket.create_connection((host, int(port))) for _ in range(200)]
     probe = socket.create_connection((host, int(port)))
     try:
@@ -149,12 +142,27 @@ def test_healthz_is_answered_ahead_of_the_requests_already_read(
         _request(probe, "/healthz")
         head, body = _response(probe)
         answered_at = time.perf_counter()
-        assert head.startswith(b"HTTP/1.1 200") and json.loads(body)["status"] == "ok"
-        before = sum(1 for at in app.finished_at if at < answered_at)
-        # Less than one pass of the admission gate (32 reads): answered in the pass that read it.
-        # Through the app it came a pass later (measured: 46-49 reads, against 13-16 here).
-        assert before - started < 32, (started, before)
+        assert head.startswith(b"HTTP/1.1 200")
+        if http is PromptHealthProtocol:  # answered from the check, not by the app
+            assert json.loads(body)["status"] == "ok"
+        return sum(1 for at in app.finished_at if at < answered_at) - started
     finally:
         for sock in [*reads, probe]:
             sock.close()
-    assert "/healthz" not in app.paths
+
+
+def test_healthz_is_answered_ahead_of_the_requests_already_read(
+    serve: Any, monitor: health.HealthMonitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path answers within the pass that reads the probe; through the app (uvicorn's
+    own protocol) its task runs in the next pass, after that pass's reads. Measured against
+    each other in one test, so that a loaded machine slows both alike (alone: 13-16 reads
+    against 46-49)."""
+    # 32 per pass rather than the default: a wide pass tells one pass from the next clearly.
+    monkeypatch.setenv("SELFINSTRUCT_API_REQUESTS_PER_PASS", "32")
+    get_settings.cache_clear()
+    monkeypatch.setattr(admission, "_request_gates", {})
+    fast = _reads_done_while_healthz_waits(serve, PromptHealthProtocol)
+    monkeypatch.setattr(admission, "_request_gates", {})
+    slow = _reads_done_while_healthz_waits(serve, "httptools")
+    assert fast + 16 <= slow, (fast, slow)  # at least half a pass sooner
