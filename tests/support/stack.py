@@ -21,8 +21,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class ServiceStack:
     """An API process and any number of worker processes sharing one environment."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        python: str = sys.executable,
+        cwd: Path = REPO_ROOT,
+    ) -> None:
+        """`python` and `cwd`: another interpreter (a plain install's) run away from the repo,
+        so that it imports the installed package, not the checkout."""
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.python, self.cwd = python, cwd
         self.log_dir = log_dir
         self.port = free_port()
         self.api: subprocess.Popen[bytes] | None = None
@@ -38,9 +47,9 @@ class ServiceStack:
     ) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
         return subprocess.Popen(
-            [sys.executable, "-m", "app", *args],
+            [self.python, "-m", "app", *args],
             env={**self.env, **(env or {})},
-            cwd=REPO_ROOT,
+            cwd=self.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -87,9 +96,9 @@ class ServiceStack:
     def create_key(self, name: str) -> str:
         """A new API key through the CLI, as an operator would make one."""
         result = subprocess.run(
-            [sys.executable, "-m", "app", "keys", "create", "--name", name],
+            [self.python, "-m", "app", "keys", "create", "--name", name],
             env=self.env,
-            cwd=REPO_ROOT,
+            cwd=self.cwd,
             capture_output=True,
             text=True,
             check=True,
@@ -103,9 +112,9 @@ class ServiceStack:
         if key:
             env["SELFINSTRUCT_API_KEY"] = key
         result = subprocess.run(
-            [sys.executable, "-m", "app", *args],
+            [self.python, "-m", "app", *args],
             env=env,
-            cwd=REPO_ROOT,
+            cwd=self.cwd,
             capture_output=True,
             text=True,
             timeout=120,

@@ -123,17 +123,20 @@ def test_instructions_whose_instance_requests_failed_have_no_instances(
 def test_retried_failures_are_counted_by_kind_in_progress_calls_and_metrics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_seeds: Path
 ) -> None:
-    """A quarter of the attempts fail and are retried: progress, the call rows and /metrics
+    """A third of the attempts fail and are retried: progress, the call rows and /metrics
     count every attempt the server saw, by how it failed."""
-    config = FakeLLMConfig(seed=3, truncate_rate=0.0, error_rate_5xx=0.15, rate_limit_rate=0.1)
-    monkeypatch.setenv("SELFINSTRUCT_LLM_MAX_RETRIES", "6")  # every request gets through
+    # Which attempts fail depends on the order requests arrive in, so the job is large enough
+    # that both kinds come up whatever the order (about 60 attempts), and the counts below
+    # hold also for a request that ran out of retries.
+    config = FakeLLMConfig(seed=3, truncate_rate=0.0, error_rate_5xx=0.2, rate_limit_rate=0.15)
+    monkeypatch.setenv("SELFINSTRUCT_LLM_MAX_RETRIES", "6")
     with FakeLLMServer(config) as server:
         use_sqlite(tmp_path / "flaky.db", monkeypatch, server.base_url)
-        job_id = new_job(stored_seed_set(default_seeds), 4, GenerationOptions(seed=1))
+        job_id = new_job(stored_seed_set(default_seeds), 8, GenerationOptions(seed=1))
         run_to_end(job_id)
         sent, faults = len(server.requests), dict(server.counts)
     progress = progress_of(job_id)
-    assert progress.llm_errors == 0 and faults["fault_5xx"] and faults["fault_429"]
+    assert faults.get("fault_5xx") and faults.get("fault_429"), faults
     assert progress.llm_attempts == sent
     assert progress.llm_retries == sent - progress.llm_requests
     assert progress.llm_failed_attempts == {
