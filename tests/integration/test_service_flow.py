@@ -59,7 +59,9 @@ def test_job_generates_exactly_the_target_with_no_near_duplicates(
     assert job["status"] == "succeeded", stack.logs()
     progress = job["progress"]
     assert progress["instructions_accepted"] == 30
-    assert progress["instructions_with_instances"] == 30
+    # Counted from stored instances below: an instruction whose answer held no instance that
+    # parsed has none (the fake backend's faults make that happen now and then).
+    assert 25 <= progress["instructions_with_instances"] <= 30
     assert progress["llm_requests"] >= 30 * 2  # classify + instances per instruction, plus rounds
     assert progress["prompt_tokens"] > 0 and progress["completion_tokens"] > 0
     assert progress["instructions_rejected"], "the fake backend always produces some rejects"
@@ -78,11 +80,14 @@ def test_job_generates_exactly_the_target_with_no_near_duplicates(
                 Instruction.job_id == job["id"], Instruction.accepted.is_(True)
             )
         ).all()
-        stored_instances = conn.scalar(
-            select(Instance.id).where(Instance.job_id == job["id"]).limit(1)
+        with_instances = conn.scalar(
+            select(func.count(func.distinct(Instance.instruction_id))).where(
+                Instance.job_id == job["id"]
+            )
         )
     engine.dispose()
-    assert len(accepted) == 30 and stored_instances is not None
+    assert len(accepted) == 30
+    assert with_instances == progress["instructions_with_instances"]
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     seeds = [json.loads(line)["instruction"] for line in default_seeds.read_text().splitlines()]
     for a, b in itertools.combinations(accepted, 2):
