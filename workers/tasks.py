@@ -65,24 +65,16 @@ def run_round(self: Task, job_id: str, round_no: int, claim: str | None = None) 
             result = round_driver.run_rounds(
                 jid, round_no, llm_for, hold, lambda batches: _send_instances(jid, batches)
             )
-        except BatchPending as pending:  # a poll: a new message that keeps the retry count
+        except (BatchPending, pipeline.InstancesPending) as pending:
+            # A poll: a new message that keeps the retry count; a balanced round waiting for
+            # steps 2-3 goes behind the instance tasks it waits for.
             token = hold.hand_over(pending.poll_after_s)
             enqueue_round(
                 jid,
                 round_no,
                 countdown=pending.poll_after_s,
                 claim=token,
-                retries=self.request.retries,
-            )
-            return
-        except pipeline.InstancesPending as pending:  # a poll, behind the instance tasks
-            token = hold.hand_over(pending.poll_after_s)
-            enqueue_round(
-                jid,
-                round_no,
-                countdown=pending.poll_after_s,
-                claim=token,
-                behind_bulk=True,
+                behind_bulk=isinstance(pending, pipeline.InstancesPending),
                 retries=self.request.retries,
             )
             return

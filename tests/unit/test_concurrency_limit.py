@@ -193,7 +193,7 @@ def test_overloads_at_an_unchanged_level_come_ever_more_rarely() -> None:
     repeated episodes at the same level slow the climb back, so refusals stay few."""
     result = simulate(40, 1.0, refuse=True, duration_s=300.0, warmup=0.2)
     assert abs(result.limit - 40) <= 4, result
-    assert result.overload_share < 0.005, result
+    assert result.overload_share < 0.002, result  # without the halving: 0.0041
 
 
 @pytest.mark.parametrize("refuse", [False, True])

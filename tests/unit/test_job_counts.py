@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from app.db import session_scope
@@ -19,9 +17,9 @@ from app.schemas import Progress
 from app.selfinstruct.options import GenerationOptions
 from app.services.export import iter_rejected
 from app.services.jobs import job_progress
-from app.services.metrics import build_registry
 from app.services.report import job_report
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
+from tests.support.metrics import metric_samples
 from tests.support.sqlite_db import (
     forget_settings,
     new_job,
@@ -161,13 +159,3 @@ def test_retried_failures_are_counted_by_kind_in_progress_calls_and_metrics(
         if name == "selfinstruct_llm_failed_attempts_total":
             by_kind[dict(labels)["kind"]] += int(value)
     assert by_kind == progress.llm_failed_attempts
-
-
-def metric_samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    registry, _, _ = build_registry(None)
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }

@@ -9,8 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.db import session_scope
 from app.models import Job, Mixture
@@ -19,9 +17,9 @@ from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.report import QualityReport
 from app.services.export import iter_examples
 from app.services.jobs import job_progress
-from app.services.metrics import build_registry
 from app.services.report import job_report
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
+from tests.support.metrics import metric_samples
 from tests.support.sqlite_db import (
     forget_settings,
     new_job,
@@ -39,16 +37,6 @@ def llm_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         use_sqlite(tmp_path / "unnatural.db", monkeypatch, server.base_url)
         yield server.base_url
     forget_settings()
-
-
-def metric_samples() -> dict[tuple[str, tuple], float]:  # type: ignore[type-arg]
-    registry, _, _ = build_registry(None)
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def finished_unnatural_job(default_seeds: Path) -> tuple[uuid.UUID, Progress, QualityReport]:
