@@ -31,7 +31,7 @@ JOBS = {  # target, options
 
 @pytest.fixture(scope="module")
 def hostile_llm() -> Iterator[FakeLLMServer]:
-    config = FakeLLMConfig(seed=51, hostile_rate=0.2, hostile_bytes=3_000_000)
+    config = FakeLLMConfig(seed=51, hostile_rate=0.2, hostile_bytes=3_000_000, hostile_first=True)
     with FakeLLMServer(config) as server:
         yield server
 

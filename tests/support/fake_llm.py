@@ -81,10 +81,16 @@ class FakeLLMConfig:
     imitate_mix: bool = False
     # Only answers to prompts of these kinds (see KINDS) are slow; empty: any kind.
     slow_kinds: tuple[str, ...] = ()
+    # When set, exactly every n-th answer of slow_kinds is slow, in arrival order, instead of a
+    # random slow_rate share: for tests that need some slow and some fast answers every time.
+    slow_every: int = 0
     # Answers a broken server or a runaway model sends: NUL bytes, lone surrogates (valid JSON
     # escapes no UTF-8 database stores) or megabytes of text, in this share of answers.
     hostile_rate: float = 0.0
     hostile_bytes: int = 3_000_000  # the size of a runaway answer
+    # The first answer to each kind of prompt is a runaway one, so that every run exercises
+    # what each step does with it, whatever the arrival order (hostile_rate alone is a draw).
+    hostile_first: bool = False
     # Prompts of these kinds always get an HTTP 500, like a server that crashes on them.
     failing_kinds: tuple[str, ...] = ()
     # When set, every answer and faithfulness judge prompt gets this text, e.g. a model that
@@ -679,6 +685,8 @@ class FakeLLMServer:
         self.counts: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self._served = 0
+        self._slow_candidates = 0  # answers of slow_kinds so far, for slow_every
+        self._poisoned_kinds: set[str] = set()  # prompt kinds answered so far, for hostile_first
         self._scripted: list[int] = []
         self.in_flight = 0
         self.files: dict[str, bytes] = {}
@@ -772,6 +780,34 @@ class FakeLLMServer:
             return _error(429, "Rate limit reached, retry later", {"retry-after": "0"})
         return _error(status, f"upstream failure ({status})")
 
+    def _is_slow(self, rng: random.Random, kind: str) -> bool:
+        """Whether this answer is held back slow_s (counted as a fault_slow)."""
+        roll = rng.random()  # drawn for every answer, so the other draws stay the same
+        slow_kinds = self.config.slow_kinds
+        if slow_kinds and kind not in slow_kinds:
+            return False
+        with self._lock:
+            if self.config.slow_every:
+                self._slow_candidates += 1
+                slow = self._slow_candidates % self.config.slow_every == 0
+            else:
+                slow = roll < self.config.slow_rate
+            if slow:
+                self.counts["fault_slow"] += 1
+        return slow
+
+    def _hostile_kind(self, rng: random.Random, kind: str) -> str | None:
+        """Which poison (HOSTILE_KINDS) this answer gets, if any."""
+        if self.config.hostile_first:
+            with self._lock:
+                first = kind not in self._poisoned_kinds
+                self._poisoned_kinds.add(kind)
+            if first:
+                return "huge"
+        if self.config.hostile_rate and rng.random() < self.config.hostile_rate:
+            return rng.choice(HOSTILE_KINDS)
+        return None
+
     def _choices(
         self, body: dict[str, Any], prompt: str, *, chat: bool
     ) -> list[dict[str, Any]] | JSONResponse:
@@ -779,10 +815,7 @@ class FakeLLMServer:
         if self.config.latency_s:
             time.sleep(self.config.latency_s * (0.5 + rng.random()))
         kind = prompt_kind(prompt)
-        slow_kinds = self.config.slow_kinds
-        if rng.random() < self.config.slow_rate and (not slow_kinds or kind in slow_kinds):
-            with self._lock:
-                self.counts["fault_slow"] += 1
+        if self._is_slow(rng, kind):
             time.sleep(self.config.slow_s)
         fault = self._http_fault(rng)
         if fault is None and kind in self.config.failing_kinds:
@@ -813,8 +846,8 @@ class FakeLLMServer:
             stops = [stop] if isinstance(stop, str) else list(stop)
             max_tokens = int(body.get("max_tokens") or (4096 if chat else 16))  # OpenAI's defaults
             text, finish = apply_limits(text, stops, max_tokens)
-        if self.config.hostile_rate and rng.random() < self.config.hostile_rate:
-            hostile = rng.choice(HOSTILE_KINDS)
+        hostile = self._hostile_kind(rng, kind)
+        if hostile is not None:
             with self._lock:
                 self.counts[f"fault_{hostile}"] += 1
             text = poison(text, hostile, rng, self.config.hostile_bytes)

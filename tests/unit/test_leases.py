@@ -331,7 +331,8 @@ def test_instructions_of_a_batch_are_stored_as_each_finishes(
     pending = _pending(job_id)
     assert len(pending) >= 4
     config = fake_llm.config
-    config.slow_kinds, config.slow_rate, config.slow_s = ("classify",), 0.5, 3.0
+    # Every second classification is slow: with a random half, all of them were, 1 run in 16.
+    config.slow_kinds, config.slow_every, config.slow_s = ("classify",), 2, 3.0
     try:
         worker = threading.Thread(
             target=instances.generate_instances, args=(job_id, pending, llm_for)
@@ -345,7 +346,7 @@ def test_instructions_of_a_batch_are_stored_as_each_finishes(
         early = time.monotonic() - started < 3.0  # no slow classification can be back yet
         worker.join()
     finally:
-        config.slow_kinds, config.slow_rate, config.slow_s = (), 0.0, 0.0
+        config.slow_kinds, config.slow_every, config.slow_s = (), 0, 0.0
     assert early and 0 < stored < len(pending), stored
     assert _pending(job_id) == []
 

@@ -157,12 +157,15 @@ def test_healthz_is_answered_ahead_of_the_requests_already_read(
     """The fast path answers within the pass that reads the probe; through the app (uvicorn's
     own protocol) its task runs in the next pass, after that pass's reads. Measured against
     each other in one test, so that a loaded machine slows both alike (alone: 13-16 reads
-    against 46-49)."""
+    against 46-49). A descheduled test thread only adds reads to a count, so each side takes
+    the least of three tries (one try alone failed once on a machine busy with other tests)."""
     # 32 per pass rather than the default: a wide pass tells one pass from the next clearly.
     monkeypatch.setenv("SELFINSTRUCT_API_REQUESTS_PER_PASS", "32")
     get_settings.cache_clear()
-    monkeypatch.setattr(admission, "_request_gates", {})
-    fast = _reads_done_while_healthz_waits(serve, PromptHealthProtocol)
-    monkeypatch.setattr(admission, "_request_gates", {})
-    slow = _reads_done_while_healthz_waits(serve, "httptools")
-    assert fast + 16 <= slow, (fast, slow)  # at least half a pass sooner
+    counts: dict[Any, list[int]] = {PromptHealthProtocol: [], "httptools": []}
+    for _ in range(3):
+        for http, seen in counts.items():
+            monkeypatch.setattr(admission, "_request_gates", {})
+            seen.append(_reads_done_while_healthz_waits(serve, http))
+    fast, slow = min(counts[PromptHealthProtocol]), min(counts["httptools"])
+    assert fast + 16 <= slow, counts  # at least half a pass sooner
