@@ -505,7 +505,7 @@ function drawItems(box, jobId, firstReport) {
     try {
       const page = await api(`/v1/jobs/${jobId}/items?${params}`);
       const columns = itemColumns(viewSelect.value, report);
-      table.replaceChildren(el("tr", {}, columns.map((c) => el("th", {}, c.head))),
+      table.replaceChildren(el("tr", {}, columns.map((c) => el("th", { class: c.cls.startsWith("num") ? "num" : null }, c.head))),
         ...page.items.map((item) => el("tr", { class: "item" }, columns.map((c) => el("td", { class: c.cls }, c.cell(item))))));
       pager.replaceChildren(
         el("button", { disabled: offset === 0 ? "" : null, onclick: () => { offset = Math.max(0, offset - 25); load(); } }, "Previous"),
