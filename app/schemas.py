@@ -182,6 +182,11 @@ class JobRead(BaseModel):
     seed_set_id: uuid.UUID
     num_instructions: int
     options: GenerationOptions
+    changed_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The options that differ from their defaults (nested the same way): what "
+        "sets this job apart from a default one, at a glance.",
+    )
     rng_seed: int = Field(description="The RNG seed the job drew (options.seed when given).")
     seed_set_hash: str = Field(description="Content hash of the seed set: its exact version.")
     template_version: str | None = Field(
@@ -204,6 +209,37 @@ class JobPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class ItemRead(BaseModel):
+    """One row of `GET /v1/jobs/{id}/items`; a field is there only in the views that have it."""
+
+    id: str = Field(description="The instance's id (the instruction's in rejected_instructions).")
+    instruction: str
+    input: str | None = Field(None, description="Instance views only.")
+    output: str | None = Field(None, description="Instance views only.")
+    reason: str | None = Field(None, description="Why it was rejected (null: accepted).")
+    is_classification: bool | None = Field(None, description="Instance views only.")
+    max_rouge: float | None = Field(None, description="rejected_instructions only.")
+    nearest: str | None = Field(None, description="rejected_instructions only.")
+    instruction_id: str | None = Field(None, description="Instance views only.")
+    variant: int | None = Field(
+        None,
+        description="Instance views only: 0 for a generated instruction (an Unnatural core), "
+        "n > 0 for the core's n-th rephrasing.",
+    )
+    core_id: str | None = Field(
+        None, description="Instance views only: the core's instruction id, for a rephrasing."
+    )
+    answer_score: int | None = Field(None, description="The answer judge's grade (1-3), if run.")
+    faithfulness_score: int | None = Field(
+        None, description="The faithfulness judge's grade (1-3), if run."
+    )
+
+
+class ItemPage(BaseModel):
+    items: list[ItemRead]
+    total: int
 
 
 class Health(BaseModel):

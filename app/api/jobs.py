@@ -16,7 +16,7 @@ from app.api.seed_sets import seed_errors
 from app.deps import CallerDep, CredentialsDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidInput, ServiceUnavailable
 from app.models import Job
-from app.schemas import JobCreate, JobPage, JobRead
+from app.schemas import ItemPage, JobCreate, JobPage, JobRead
 from app.selfinstruct.formats import ExportFormat
 from app.selfinstruct.report import QualityReport
 from app.selfinstruct.seeds import NO_NUL_PATTERN, SeedFileError, validate_seed_tasks
@@ -130,7 +130,12 @@ def read_report(
     return report_service.job_report(session, job, sample_size=sample)
 
 
-@router.get("/{job_id}/items", responses=ERROR_RESPONSES)
+@router.get(
+    "/{job_id}/items",
+    response_model=ItemPage,
+    response_model_exclude_unset=True,  # each view's rows keep only the fields it has
+    responses=ERROR_RESPONSES,
+)
 def browse_items(
     job_id: uuid.UUID,
     session: SessionDep,

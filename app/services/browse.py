@@ -61,6 +61,11 @@ def _statement(job_id: uuid.UUID, view: View) -> Select[Any]:
             Instance.output,
             Instance.reason,
             Instruction.is_classification,
+            Instruction.id.label("instruction_id"),
+            Instruction.variant,
+            Instruction.core_id,
+            Instance.answer_score,
+            Instance.faithfulness_score,
         )
         .join(Instruction, Instance.instruction_id == Instruction.id)
         .where(Instance.job_id == job_id, Instance.accepted.is_(accepted))
@@ -70,5 +75,7 @@ def _statement(job_id: uuid.UUID, view: View) -> Select[Any]:
 
 
 def _item(row: dict[str, Any]) -> dict[str, Any]:
-    row["id"] = str(row["id"])
+    for key in ("id", "instruction_id", "core_id"):
+        if row.get(key) is not None:
+            row[key] = str(row[key])
     return row

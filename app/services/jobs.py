@@ -377,6 +377,7 @@ def job_read(session: Session, job: Job) -> JobRead:
         seed_set_id=job.seed_set_id,
         num_instructions=job.num_instructions,
         options=options,
+        changed_options=options.model_dump(mode="json", exclude_defaults=True),
         rng_seed=job.rng_seed,
         seed_set_hash=job.seed_set.content_hash,
         template_version=job.template_version,

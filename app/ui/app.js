@@ -22,12 +22,19 @@ async function api(path, options = {}) {
     try {
       const body = await response.json();
       message = [body.error, body.detail].filter(Boolean).join(": ") || message;
-      if (body.errors) message += "\n" + body.errors.map((e) => JSON.stringify(e)).join("\n");
+      const more = (body.errors || []).map(describeError).filter((line) => !message.includes(line));
+      if (more.length) message += "\n" + more.join("\n");
     } catch (_) { /* not JSON */ }
     if (response.status === 401) message += " (enter an API key above)";
     throw new Error(message);
   }
   return (response.headers.get("content-type") || "").startsWith("application/json") ? response.json() : response;
+}
+
+function describeError(error) {
+  // One entry of an error body's `errors`: {field, message}, with a `line` for seed files.
+  const where = [error.line !== undefined ? `line ${error.line}` : null, error.field].filter(Boolean).join(" ");
+  return error.message ? [where, error.message].filter(Boolean).join(": ") : JSON.stringify(error);
 }
 
 function el(tag, attrs = {}, ...children) {
@@ -92,44 +99,135 @@ async function jobsView() {
   timer = setInterval(draw, 2000);
 }
 
+// The choices the API accepts (the upload's `format`, GenerationOptions' `mode` and `judges`).
+const SEED_FORMATS = [
+  ["self_instruct", "Self-Instruct JSONL (one task per line)"],
+  ["natural_instructions", "Natural Instructions task file"],
+  ["alpaca", "Alpaca JSON records"],
+  ["lines", "plain text, one instruction per line"],
+];
+const MODES = [
+  ["paper", "paper (three steps)"],
+  ["batched", "batched (Alpaca-style)"],
+  ["unnatural", "unnatural (cores and their rephrasings)"],
+];
+const JUDGES = [
+  ["instruction", "instruction judge (keeps or drops each candidate)", false],
+  ["answer", "answer judge (grades 1-3)", true],
+  ["faithfulness", "faithfulness judge (grades 1-3, instances with an input)", true],
+];
+const BALANCE = [  // [option, control id, label, attributes]
+  ["classification_share", "balance-classification-share", "Classification share (0-1)", { min: "0", max: "1", step: "0.01" }],
+  ["input_share", "balance-input-share", "Share with an input (0-1)", { min: "0", max: "1", step: "0.01" }],
+  ["max_per_verb", "balance-max-per-verb", "Most instructions per root verb", { min: "1", step: "1" }],
+];
+
+function labelled(text, control) {
+  return el("p", {}, el("label", {}, `${text} `, control));
+}
+
+function choices(id, pairs) {
+  return el("select", { id }, pairs.map(([value, label]) => el("option", { value }, label)));
+}
+
+function backendSelect() {
+  // Filled from GET /v1/backends; the empty choice leaves `backend` out (the server's default).
+  const select = el("select", { id: "backend" }, el("option", { value: "" }, "default"));
+  api("/v1/backends").then((backends) => {
+    const names = backends.map((b) => b.name).filter((name) => name !== "default");
+    select.append(...names.map((name) => el("option", { value: name }, name)));
+  }).catch((error) => { select.title = `backends not listed: ${error.message}`; });
+  return select;
+}
+
+function judgeFieldset() {
+  const rows = JUDGES.map(([name, label, graded]) => el("p", {},
+    el("label", {}, el("input", { type: "checkbox", id: `judge-${name}` }), ` ${label}`),
+    graded ? el("label", {}, " lowest grade kept ",
+      el("input", { type: "number", id: `judge-${name}-threshold`, min: "1", max: "3", placeholder: "2" })) : null));
+  return el("fieldset", { id: "judges" }, el("legend", {}, "LLM judges (paper mode)"), rows);
+}
+
+function balanceFieldset() {
+  const rows = BALANCE.map(([, id, label, attrs]) =>
+    labelled(label, el("input", { type: "number", id, placeholder: "none", ...attrs })));
+  return el("fieldset", { id: "balance" }, el("legend", {}, "Balance while generating (paper mode)"), rows);
+}
+
 function newJobView() {
   const message = el("div", { id: "new-job-message" });
   const form = el("form", { id: "new-job" },
-    el("p", {}, el("label", {}, "Seed tasks (JSONL, one task per line) ",
-      el("input", { type: "file", id: "seed-file", accept: ".jsonl,.json,.txt", required: "" }))),
-    el("p", {}, el("label", {}, "Instructions to generate ",
-      el("input", { type: "number", id: "num-instructions", value: "100", min: "1", required: "" }))),
-    el("p", {}, el("label", {}, "Mode ", el("select", { id: "mode" },
-      el("option", { value: "paper" }, "paper (three steps)"), el("option", { value: "batched" }, "batched (Alpaca-style)")))),
-    el("p", {}, el("label", {}, "Seed ", el("input", { type: "number", id: "rng-seed", placeholder: "random" }))),
+    labelled("Seed tasks", el("input", { type: "file", id: "seed-file", accept: ".jsonl,.json,.txt", required: "" })),
+    labelled("Seed file format", choices("seed-format", SEED_FORMATS)),
+    labelled("Instructions to generate", el("input", { type: "number", id: "num-instructions", value: "100", min: "1", required: "" })),
+    labelled("Mode", choices("mode", MODES)),
+    labelled("Rephrasings per core (unnatural)", el("input", { type: "number", id: "reformulations", min: "0", max: "10", placeholder: "3" })),
+    labelled("Backend", backendSelect()),
+    labelled("RNG seed", el("input", { type: "number", id: "rng-seed", placeholder: "random" })),
+    judgeFieldset(), balanceFieldset(),
     el("button", { type: "submit", id: "start-job" }, "Upload and start"), message);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     message.replaceChildren(el("p", { class: "muted" }, "Uploading..."));
     try {
-      const data = new FormData();
-      data.append("file", document.getElementById("seed-file").files[0]);
-      const seedSet = await api("/v1/seed-sets", { method: "POST", body: data });
-      const options = { mode: document.getElementById("mode").value };
-      const seed = document.getElementById("rng-seed").value;
-      if (seed) options.seed = Number(seed);
-      const job = await api("/v1/jobs", {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ seed_set_id: seedSet.id,
-          num_instructions: Number(document.getElementById("num-instructions").value), options }),
-      });
+      const job = await startJob();
       location.hash = `#/jobs/${job.id}`;
     } catch (error) { showError(message, error); }
   });
   view.replaceChildren(el("section", {}, el("h1", {}, "New job"), form));
 }
 
+async function startJob() {
+  const data = new FormData();
+  data.append("file", document.getElementById("seed-file").files[0]);
+  data.append("format", document.getElementById("seed-format").value);
+  const seedSet = await api("/v1/seed-sets", { method: "POST", body: data });
+  return api("/v1/jobs", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ seed_set_id: seedSet.id,
+      num_instructions: Number(document.getElementById("num-instructions").value), options: formOptions() }),
+  });
+}
+
+function inputValue(id) {
+  return document.getElementById(id).value.trim();
+}
+
+function formOptions() {
+  // Only what was chosen: the rest is left to the API's defaults, and the API judges the mix.
+  const options = { mode: inputValue("mode") };
+  if (inputValue("backend")) options.backend = inputValue("backend");
+  if (inputValue("rng-seed")) options.seed = Number(inputValue("rng-seed"));
+  if (inputValue("reformulations")) options.reformulations = Number(inputValue("reformulations"));
+  const judges = judgeOptions(), balance = balanceOptions();
+  if (judges) options.judges = judges;
+  if (balance) options.balance = balance;
+  return options;
+}
+
+function judgeOptions() {
+  const judges = {};
+  for (const [name, , graded] of JUDGES) {
+    if (!document.getElementById(`judge-${name}`).checked) continue;
+    const threshold = graded ? inputValue(`judge-${name}-threshold`) : "";
+    judges[name] = threshold ? { threshold: Number(threshold) } : {};
+  }
+  return Object.keys(judges).length ? judges : null;
+}
+
+function balanceOptions() {
+  const balance = {};
+  for (const [option, id] of BALANCE) if (inputValue(id) !== "") balance[option] = Number(inputValue(id));
+  return Object.keys(balance).length ? balance : null;
+}
+
 async function jobView(jobId) {
   const head = el("section", { id: "job-head" }, el("p", { class: "muted" }, "Loading..."));
+  const setup = el("section", { id: "job-setup", class: "grid" });
   const report = el("section", { id: "report" }, el("h2", {}, "Report"), el("p", { class: "muted" }, "Loading..."));
   const items = el("section", { id: "items" });
-  view.replaceChildren(head, report, items);
+  view.replaceChildren(head, setup, report, items);
   const shownView = currentView;
   let drawnState = null;  // the job's status and progress when the head and report were drawn
   let examples = null;
@@ -152,6 +250,7 @@ async function jobView(jobId) {
         if (examples) examples.update(data);
         else examples = drawItems(items, jobId, data);
         drawHead(head, job);
+        drawSetup(setup, job);
         drawnState = JSON.stringify([job.status, job.progress]);
       }
       if (FINISHED.includes(job.status) && state === drawnState) return;  // final: stop polling
@@ -192,6 +291,45 @@ function drawHead(box, job) {
       el("span", { class: "muted" }, "Download"), format, container,
       el("button", { id: "download-button", onclick: () => download(job.id, format.value, container.value) }, "Download")),
   ].filter(Boolean));
+}
+
+// --- the job's options and balance ------------------------------------------------------------
+
+function drawSetup(box, job) {
+  const balance = job.progress.balance;
+  box.replaceChildren(...[optionsList(job), balance ? balanceTable(balance) : null].filter(Boolean));
+}
+
+function flatten(value, prefix = "") {
+  // Nested options as dotted names: {judges: {answer: {threshold: 3}}} -> judges.answer.threshold.
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    return [[prefix, Array.isArray(value) ? value.join(", ") : String(value)]];
+  }
+  const entries = Object.entries(value);
+  if (!entries.length) return [[prefix, "on (defaults)"]];
+  return entries.flatMap(([name, inner]) => flatten(inner, prefix ? `${prefix}.${name}` : name));
+}
+
+function optionsList(job) {
+  // The mode, backend and RNG seed always; every other option only where it is not the default.
+  const always = [["mode", job.options.mode], ["backend", job.options.backend || "default"], ["RNG seed", job.rng_seed]];
+  const changed = flatten(job.changed_options || {}).filter(([name]) => !["mode", "backend", "seed"].includes(name));
+  const rows = [...always, ...changed].flatMap(([name, value]) => [el("dt", {}, name), el("dd", {}, value)]);
+  return el("div", {}, el("h2", {}, "Options"), el("dl", { id: "job-options" }, rows),
+    el("p", { class: "muted" }, "Options not listed have their default values."));
+}
+
+function balanceTable(balance) {
+  const shareRow = (label, part) => el("tr", {}, el("td", {}, label), el("td", { class: "num" }, share(part.target)),
+    el("td", { class: "num" }, share(part.actual)), el("td", { class: "num" }, part.known));
+  return el("div", {}, el("h2", {}, "Balance: targets and what the job reached"),
+    el("table", { id: "balance-targets" },
+      el("tr", {}, el("th", {}, ""), el("th", { class: "num" }, "target"), el("th", { class: "num" }, "reached"),
+        el("th", { class: "num" }, "of tasks decided")),
+      shareRow("classification tasks", balance.classification_share),
+      shareRow("tasks with an input", balance.input_share),
+      el("tr", {}, el("td", {}, "most per root verb"), el("td", { class: "num" }, balance.max_per_verb ?? "-"),
+        el("td", { class: "num", colspan: "2" }, `${balance.rejected_at_verb_cap} rejected at the cap`))));
 }
 
 async function download(jobId, format, container) {
@@ -294,14 +432,37 @@ function rejectionTable(title, part, id) {
     el("table", { id }, el("tr", {}, el("th", {}, "rejected because"), el("th", { class: "num" }, "count"), el("th", {}, "example")), rows));
 }
 
+function judgeTable(data) {
+  // Grades per judge as the report counts them; only the judges the job ran.
+  const judges = (data.recipe && data.recipe.options.judges) || {};
+  const graded = ["answer", "faithfulness"].filter((name) => judges[name]);
+  const rows = graded.map((name) => el("tr", {}, el("td", {}, name),
+    ["1", "2", "3"].map((grade) => el("td", { class: "num" }, data.judges[name][grade] || 0)),
+    el("td", { class: "num" }, judges[name].threshold ?? 2)));
+  return el("div", {}, el("h2", {}, "Judge scores"),
+    graded.length ? el("table", { id: "judge-scores" }, el("tr", {}, el("th", {}, "judge"),
+      el("th", { class: "num" }, "grade 1"), el("th", { class: "num" }, "grade 2"), el("th", { class: "num" }, "grade 3"),
+      el("th", { class: "num" }, "lowest kept")), rows) : null,
+    judges.instruction ? el("p", { id: "judge-dropped" },
+      `The instruction judge dropped ${data.judges.instructions_dropped} instructions.`) : null);
+}
+
+function unnaturalCounts(data) {
+  return el("p", { id: "unnatural-counts" }, `Unnatural mode: ${data.instructions.accepted} core examples accepted; `,
+    `rephrasings of them kept, each its own example: ${data.reformulations}.`);
+}
+
 function drawReport(box, data) {
   const usage = data.usage;
-  box.replaceChildren(
+  const unnatural = data.reformulations !== null && data.reformulations !== undefined;
+  box.replaceChildren(...[
     el("h2", {}, "Report"),
+    unnatural ? unnaturalCounts(data) : null,
     el("p", {}, `Classification tasks: ${share(data.classification_share)}; instances without input: `,
       `${share(data.empty_input_share)}; tokens per accepted example: ${usage.tokens_per_accepted_example ?? "-"}`,
       usage.cost !== null ? `; cost ${usage.cost} (${usage.cost_per_accepted_example} per example)` : ""),
     el("div", { class: "grid" },
+      data.judges ? judgeTable(data) : null,
       rejectionTable("Instructions", data.instructions, "instruction-rejections"),
       rejectionTable("Instances", data.instances, "instance-rejections"),
       verbChart(data.verbs),
@@ -309,7 +470,8 @@ function drawReport(box, data) {
       histogramChart("ROUGE-L to the nearest other instruction", data.rouge_l.to_nearest_instruction, { id: "rouge-other-chart" }),
       histogramChart("Instruction length (words)", data.lengths.instruction_words, { labelDigits: 0 }),
       histogramChart("Input length (words)", data.lengths.input_words, { labelDigits: 0 }),
-      histogramChart("Output length (words)", data.lengths.output_words, { labelDigits: 0 })));
+      histogramChart("Output length (words)", data.lengths.output_words, { labelDigits: 0 })),
+  ].filter(Boolean));
 }
 
 function share(value) {
@@ -342,18 +504,9 @@ function drawItems(box, jobId, firstReport) {
     if (reasonSelect.value) params.set("reason", reasonSelect.value);
     try {
       const page = await api(`/v1/jobs/${jobId}/items?${params}`);
-      const rejected = viewSelect.value !== "accepted";
-      const instructionsOnly = viewSelect.value === "rejected_instructions";
-      table.replaceChildren(
-        el("tr", {}, el("th", {}, "instruction"), instructionsOnly ? null : el("th", {}, "input"),
-          instructionsOnly ? null : el("th", {}, "output"), rejected ? el("th", {}, "reason") : null,
-          instructionsOnly ? el("th", {}, "nearest (ROUGE-L)") : null),
-        ...page.items.map((item) => el("tr", { class: "item" },
-          el("td", { class: "cell" }, item.instruction),
-          instructionsOnly ? null : el("td", { class: "cell" }, item.input),
-          instructionsOnly ? null : el("td", { class: "cell" }, item.output),
-          rejected ? el("td", { class: "reason" }, item.reason) : null,
-          instructionsOnly ? el("td", { class: "cell muted" }, item.nearest ? `${item.nearest} (${Number(item.max_rouge).toFixed(2)})` : "") : null)));
+      const columns = itemColumns(viewSelect.value, report);
+      table.replaceChildren(el("tr", {}, columns.map((c) => el("th", { class: c.cls.startsWith("num") ? "num" : null }, c.head))),
+        ...page.items.map((item) => el("tr", { class: "item" }, columns.map((c) => el("td", { class: c.cls }, c.cell(item))))));
       pager.replaceChildren(
         el("button", { disabled: offset === 0 ? "" : null, onclick: () => { offset = Math.max(0, offset - 25); load(); } }, "Previous"),
         el("span", { id: "items-count", class: "muted" }, `${page.total ? offset + 1 : 0}-${offset + page.items.length} of ${page.total}`),
@@ -376,6 +529,32 @@ function drawItems(box, jobId, firstReport) {
       load();
     },
   };
+}
+
+function itemColumns(viewName, report) {
+  // The table's columns for a view; judge grades and core/rephrasing only for jobs that have them.
+  const instances = viewName !== "rejected_instructions";
+  const recipe = report.recipe || { options: {} };
+  const judges = recipe.options.judges || {};
+  const columns = [{ head: "instruction", cls: "cell", cell: (i) => i.instruction }];
+  if (instances) {
+    columns.push({ head: "input", cls: "cell", cell: (i) => i.input }, { head: "output", cls: "cell", cell: (i) => i.output });
+    if (recipe.mode === "unnatural") columns.push({ head: "core / rephrasing", cls: "variant", cell: variantOf });
+    for (const name of ["answer", "faithfulness"].filter((n) => judges[n])) {
+      columns.push({ head: `${name} grade`, cls: `num ${name}-score`, cell: (i) => i[`${name}_score`] ?? "-" });
+    }
+  }
+  if (viewName !== "accepted") columns.push({ head: "reason", cls: "reason", cell: (i) => i.reason });
+  if (!instances) {
+    columns.push({ head: "nearest (ROUGE-L)", cls: "cell muted",
+      cell: (i) => (i.nearest ? `${i.nearest} (${Number(i.max_rouge).toFixed(2)})` : "") });
+  }
+  return columns;
+}
+
+function variantOf(item) {
+  // Ids shortened as on the rest of the page: a rephrasing names the core it rephrases.
+  return item.variant ? `rephrasing ${item.variant} of ${item.core_id.slice(0, 8)}` : `core ${item.instruction_id.slice(0, 8)}`;
 }
 
 // --- routing --------------------------------------------------------------------------------------

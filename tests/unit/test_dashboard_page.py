@@ -106,7 +106,7 @@ const histogram = { edges: [0, 1], counts: [0] };
 const part = (n) => ({ by_reason: {}, examples: {}, accepted: n, generated: n, over_target: 0 });
 const job = () => ({
   id: jobId, status: stub.accepted >= stub.finishAt ? "succeeded" : "running", num_instructions: 400,
-  error: null, rerun_of: null, backend_load: null,
+  error: null, rerun_of: null, backend_load: null, options: { mode: "paper" }, changed_options: {}, rng_seed: 1,
   progress: { instructions_accepted: stub.accepted, instances_accepted: stub.accepted, llm_requests: 1,
               prompt_tokens: 1, completion_tokens: 1, rounds_completed: 1 },
 });
@@ -169,3 +169,288 @@ def test_polling_stops_once_the_finished_job_is_drawn(page: object) -> None:
     requests = read()["requests"]
     time.sleep(3.5)
     assert read()["requests"] == requests
+
+
+# --- the new-job form ---------------------------------------------------------------------------
+
+STUB_FORM = """
+window.sent = [];
+window.jobAnswer = arguments[0];
+const reply = (status, data) => ({ ok: status < 400, status, statusText: "",
+  headers: { get: () => "application/json" }, json: async () => data });
+const fields = (body) => Object.fromEntries([...body.entries()].map(([k, v]) => [k, typeof v === "string" ? v : v.name]));
+window.fetch = async (path, options = {}) => {
+  const body = options.body instanceof FormData ? fields(options.body) : options.body ? JSON.parse(options.body) : null;
+  sent.push({ path, method: options.method || "GET", body });
+  if (path === "/v1/backends") return reply(200, [{ name: "default", models: [] }, { name: "vllm", models: ["m1"] }]);
+  if (path === "/v1/seed-sets") return reply(201, { id: "seed-set-1" });
+  if (path === "/v1/jobs" && options.method === "POST") return reply(...jobAnswer);
+  return reply(404, { error: "NotFound", detail: "not stubbed" });
+};
+location.hash = "#/new";
+"""
+
+FILL_FORM = """
+const [values, checked] = arguments;
+for (const [id, value] of Object.entries(values)) document.getElementById(id).value = value;
+for (const id of checked) document.getElementById(id).checked = true;
+document.getElementById("start-job").click();
+"""
+
+SENT = "return window.sent.filter((r) => r.method === 'POST');"
+
+
+def submit_form(
+    driver: object,
+    seed_file: Path,
+    values: dict[str, str],
+    checked: list[str],
+    answer: list[object],
+) -> list[dict]:
+    """Fill the new-job form against the stubbed API; the POSTs it sent once it has finished."""
+    from selenium.webdriver.common.by import By
+
+    driver.get((UI / "index.html").as_uri())  # type: ignore[attr-defined]
+    driver.execute_script(STUB_FORM, answer)  # type: ignore[attr-defined]
+    backend = 'document.querySelector("#backend option[value=vllm]")'
+    wait_until(lambda: driver.execute_script(f"return !!{backend};"))  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "seed-file").send_keys(str(seed_file))  # type: ignore[attr-defined]
+    driver.execute_script(FILL_FORM, values, checked)  # type: ignore[attr-defined]
+    wait_until(lambda: len(driver.execute_script(SENT)) == 2)  # type: ignore[attr-defined]
+    return driver.execute_script(SENT)  # type: ignore[attr-defined]
+
+
+def wait_until(condition: object, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def seed_file(tmp_path: Path) -> Path:
+    path = tmp_path / "seeds.jsonl"
+    path.write_text('{"instruction": "Name a colour."}\n')
+    return path
+
+
+ACCEPTED = [202, {"id": "2" * 8 + "-0000-0000-0000-" + "2" * 12}]
+
+
+@pytest.mark.parametrize(
+    ("values", "checked", "options", "seed_format"),
+    [
+        ({}, [], {"mode": "paper"}, "self_instruct"),
+        ({"seed-format": "alpaca"}, [], {"mode": "paper"}, "alpaca"),
+        (
+            {"mode": "unnatural", "reformulations": "5", "rng-seed": "7"},
+            [],
+            {"mode": "unnatural", "reformulations": 5, "seed": 7},
+            "self_instruct",
+        ),
+        ({"backend": "vllm"}, [], {"mode": "paper", "backend": "vllm"}, "self_instruct"),
+        (
+            {"judge-answer-threshold": "3", "judge-faithfulness-threshold": ""},
+            ["judge-instruction", "judge-answer", "judge-faithfulness"],
+            {
+                "mode": "paper",
+                "judges": {"instruction": {}, "answer": {"threshold": 3}, "faithfulness": {}},
+            },
+            "self_instruct",
+        ),
+        (
+            {"judge-answer-threshold": "1"},
+            [],  # a threshold without its judge's box ticked asks for no judge
+            {"mode": "paper"},
+            "self_instruct",
+        ),
+        (
+            {
+                "balance-classification-share": "0.5",
+                "balance-input-share": "0.25",
+                "balance-max-per-verb": "4",
+            },
+            [],
+            {
+                "mode": "paper",
+                "balance": {"classification_share": 0.5, "input_share": 0.25, "max_per_verb": 4},
+            },
+            "self_instruct",
+        ),
+    ],
+)
+def test_each_form_control_is_sent_to_the_api(
+    page: object,
+    seed_file: Path,
+    values: dict[str, str],
+    checked: list[str],
+    options: dict,
+    seed_format: str,
+) -> None:
+    upload, create = submit_form(page, seed_file, values, checked, ACCEPTED)
+    assert upload["path"] == "/v1/seed-sets"
+    assert upload["body"] == {"file": "seeds.jsonl", "format": seed_format}
+    assert create["path"] == "/v1/jobs"
+    assert create["body"] == {
+        "seed_set_id": "seed-set-1",
+        "num_instructions": 100,
+        "options": options,
+    }
+
+
+def test_an_invalid_combination_shows_the_apis_message(
+    page: object, seed_file: Path, embedded_api: object
+) -> None:
+    options = {"mode": "batched", "balance": {"classification_share": 0.5}}
+    task = {"instruction": "Name a colour.", "instances": [{"input": "", "output": "Red."}]}
+    job = {"seed_tasks": [task], "num_instructions": 2, "options": options}
+    refused = embedded_api.post("/v1/jobs", json=job)  # type: ignore[attr-defined]
+    assert refused.status_code == 422
+    values = {"mode": "batched", "balance-classification-share": "0.5"}
+    _, create = submit_form(page, seed_file, values, [], [422, refused.json()])
+    assert create["body"]["options"] == options
+    read = "const m = document.querySelector('#new-job-message [role=alert]'); return m && m.textContent;"
+    wait_until(lambda: page.execute_script(read))  # type: ignore[attr-defined]
+    shown = page.execute_script(read)  # type: ignore[attr-defined]
+    assert shown == "ValidationError: " + refused.json()["detail"]  # the detail once, not repeated
+    assert "balance: steers the paper mode's prompts" in shown
+    assert page.execute_script("return location.hash;") == "#/new"  # type: ignore[attr-defined]
+
+
+# --- the job page ---------------------------------------------------------------------------------
+
+STUB_JOB_PAGE = """
+const [job, report, items] = arguments;
+const histogram = { edges: [0, 1], counts: [0] };
+const part = (n) => ({ by_reason: {}, examples: {}, accepted: n, generated: n, over_target: 0 });
+const fullReport = { classification_share: 0.1, empty_input_share: 0.2,
+  usage: { tokens_per_accepted_example: null, cost: null },
+  instructions: part(2), instances: part(3), verbs: { top_verbs: [], parsed: 0, sample: 0, parser: "stub" },
+  rouge_l: { to_nearest_seed: histogram, to_nearest_instruction: histogram },
+  lengths: { instruction_words: histogram, input_words: histogram, output_words: histogram }, ...report };
+const fullJob = { status: "succeeded", num_instructions: 2, error: null, rerun_of: null, backend_load: null,
+  rng_seed: 7, ...job, progress: { instructions_accepted: 2, instances_accepted: 3, llm_requests: 1,
+  prompt_tokens: 1, completion_tokens: 1, rounds_completed: 1, balance: null, ...job.progress } };
+window.fetch = async (path) => {
+  const body = path.includes("/report") ? fullReport : path.includes("/items") ? { items, total: items.length } : fullJob;
+  return { ok: true, status: 200, headers: { get: () => "application/json" }, json: async () => body };
+};
+location.hash = `#/jobs/${job.id}`;
+"""
+
+READ_TABLE = """
+const table = document.getElementById(arguments[0]);
+return table && [...table.querySelectorAll("tr")].map((tr) => [...tr.children].map((c) => c.textContent));
+"""
+
+READ_OPTIONS = """
+const list = document.getElementById("job-options");
+return list && [...list.querySelectorAll("dt")].map((dt) => [dt.textContent, dt.nextElementSibling.textContent]);
+"""
+
+CORE, REPHRASING = "a" * 8 + "-0000-0000-0000-" + "a" * 12, "b" * 8 + "-0000-0000-0000-" + "b" * 12
+
+JUDGED_JOB = {
+    "id": "3" * 8 + "-0000-0000-0000-" + "3" * 12,
+    "options": {"mode": "paper", "backend": "vllm", "seed": None},
+    "changed_options": {
+        "backend": "vllm",
+        "judges": {"instruction": {}, "answer": {"threshold": 3}},
+        "balance": {"classification_share": 0.5, "max_per_verb": 4},
+    },
+    "progress": {
+        "balance": {
+            "classification_share": {"target": 0.5, "actual": 0.4, "known": 20},
+            "input_share": {"target": None, "actual": 0.75, "known": 12},
+            "max_per_verb": 4,
+            "rejected_at_verb_cap": 6,
+        }
+    },
+}
+JUDGED_REPORT = {
+    "recipe": {
+        "mode": "paper",
+        "options": {"judges": {"instruction": {}, "answer": {"threshold": 3}}},
+    },
+    "judges": {"answer": {"1": 4, "3": 9}, "faithfulness": {}, "instructions_dropped": 5},
+    "reformulations": None,
+}
+JUDGED_ITEMS = [
+    {"id": "i1", "instruction": "Sort the list.", "input": "3, 1", "output": "1, 3",
+     "reason": None, "instruction_id": CORE, "variant": 0, "core_id": None,
+     "answer_score": 3, "faithfulness_score": None},
+]  # fmt: skip
+
+
+def open_job_page(driver: object, job: dict, report: dict, items: list[dict]) -> None:
+    driver.get((UI / "index.html").as_uri())  # type: ignore[attr-defined]
+    driver.execute_script(STUB_JOB_PAGE, job, report, items)  # type: ignore[attr-defined]
+    wait_until(lambda: driver.execute_script(READ_TABLE, "items-table"))  # type: ignore[attr-defined]
+
+
+def test_the_job_page_shows_options_balance_and_judge_scores(page: object) -> None:
+    open_job_page(page, JUDGED_JOB, JUDGED_REPORT, JUDGED_ITEMS)
+    read = page.execute_script  # type: ignore[attr-defined]
+    shown = read(READ_OPTIONS)
+    assert shown[:3] == [["mode", "paper"], ["backend", "vllm"], ["RNG seed", "7"]]
+    assert sorted(shown[3:]) == [  # in the API's order (the driver does not keep the stub's)
+        ["balance.classification_share", "0.5"],
+        ["balance.max_per_verb", "4"],
+        ["judges.answer.threshold", "3"],
+        ["judges.instruction", "on (defaults)"],
+    ]
+    assert read(READ_TABLE, "balance-targets")[1:] == [
+        ["classification tasks", "50.0%", "40.0%", "20"],
+        ["tasks with an input", "-", "75.0%", "12"],
+        ["most per root verb", "4", "6 rejected at the cap"],
+    ]
+    assert read(READ_TABLE, "judge-scores") == [
+        ["judge", "grade 1", "grade 2", "grade 3", "lowest kept"],
+        ["answer", "4", "0", "9", "3"],
+    ]
+    assert "dropped 5 instructions" in read(
+        "return document.getElementById('judge-dropped').textContent;"
+    )
+    assert read(READ_TABLE, "items-table") == [
+        ["instruction", "input", "output", "answer grade"],
+        ["Sort the list.", "3, 1", "1, 3", "3"],
+    ]
+
+
+UNNATURAL_JOB = {
+    "id": "4" * 8 + "-0000-0000-0000-" + "4" * 12,
+    "options": {"mode": "unnatural", "backend": None, "seed": 7},
+    "changed_options": {"mode": "unnatural", "seed": 7, "reformulations": 1},
+    "progress": {"reformulations_accepted": 1},
+}
+UNNATURAL_REPORT = {
+    "recipe": {"mode": "unnatural", "options": {}},
+    "judges": None,
+    "reformulations": 1,
+}
+UNNATURAL_ITEMS = [
+    {"id": "i1", "instruction": "Name a fruit.", "input": "", "output": "Apple", "reason": None,
+     "instruction_id": CORE, "variant": 0, "core_id": None},
+    {"id": "i2", "instruction": "Which fruit comes to mind?", "input": "", "output": "Apple",
+     "reason": None, "instruction_id": REPHRASING, "variant": 1, "core_id": CORE},
+]  # fmt: skip
+
+
+def test_the_job_page_tells_cores_from_rephrasings(page: object) -> None:
+    open_job_page(page, UNNATURAL_JOB, UNNATURAL_REPORT, UNNATURAL_ITEMS)
+    read = page.execute_script  # type: ignore[attr-defined]
+    assert read(READ_OPTIONS) == [  # mode and seed once, though both differ from the defaults
+        ["mode", "unnatural"],
+        ["backend", "default"],
+        ["RNG seed", "7"],
+        ["reformulations", "1"],
+    ]
+    assert read(READ_TABLE, "balance-targets") is None and read(READ_TABLE, "judge-scores") is None
+    counts = read("return document.getElementById('unnatural-counts').textContent;")
+    assert "2 core examples accepted" in counts and "rephrasings of them kept" in counts
+    assert counts.endswith(": 1.")
+    assert read(READ_TABLE, "items-table") == [
+        ["instruction", "input", "output", "core / rephrasing"],
+        ["Name a fruit.", "", "Apple", "core aaaaaaaa"],
+        ["Which fruit comes to mind?", "", "Apple", "rephrasing 1 of aaaaaaaa"],
+    ]
