@@ -4,6 +4,7 @@ in an ellipsis), and a job's head and report show counts from the same poll."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -52,6 +53,8 @@ def page() -> Iterator[object]:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver")
     if not (chromium and driver_path):
+        if os.environ.get("SELFINSTRUCT_REQUIRE_BROWSER") == "1":  # CI: a skip would hide it
+            pytest.fail("chromium and chromedriver are required (apt-get install chromium)")
         pytest.skip("chromium and chromedriver not installed")
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
