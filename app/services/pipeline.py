@@ -102,6 +102,11 @@ class RoundResult:
     finished: bool = False
     # The next round waits for the queued instance tasks (balance steering needs their results).
     next_round_after_instances: bool = False
+    # Once stored: the job's accepted instructions and rounds, and its target, so that a
+    # stream can tell whether to send another round without reading the job again.
+    accepted_total: int | None = None
+    rounds_completed: int = 0
+    target: int = 0
 
 
 @dataclass
@@ -258,7 +263,9 @@ def _job_index(
     session: Session, job: Job, seed_texts: Sequence[str], options: GenerationOptions
 ) -> _JobIndex:
     cached = _indexes.get(job.id)
-    if cached is not None and cached.rounds_completed <= job.rounds_completed:
+    if cached is not None and cached.rounds_completed == job.rounds_completed:
+        return cached  # a round's texts commit with its count: nothing was missed
+    if cached is not None and cached.rounds_completed < job.rounds_completed:
         missed = _accepted_texts(session, job.id, after_round=cached.rounds_completed)
         for _, text in missed:
             cached.index.add(text)
@@ -738,6 +745,8 @@ def _commit_round(
             cached.rounds_completed = round_no
             cached.add([(round_no, r.text) for r in new_accepted])
         result = _after_round(job, round_no)
+        result.accepted_total, result.rounds_completed = accepted_total, round_no
+        result.target = job.num_instructions
         result.next_round_after_instances = steers_on_instances(options.balance)
         pending = [r.id for r in new_accepted if r.instances_state == InstancesState.PENDING]
         result.instance_batches = instance_batches(pending)

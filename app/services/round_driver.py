@@ -132,7 +132,7 @@ def _stream(
     while in_flight:
         while planning and len(in_flight) < depth and time.monotonic() < deadline:
             with spent("planning"):
-                if not _worth_another(job_id, len(in_flight), first.options):
+                if not _worth_another(job_id, len(in_flight), first.options, result):
                     break
                 planned = pipeline.prepare_round(job_id, next_round)
             if isinstance(planned, RoundResult):  # finished, or over a budget
@@ -202,9 +202,17 @@ def _first_guess(options: GenerationOptions) -> float:
     return asked / 2 * options.requests_per_round
 
 
-def _worth_another(job_id: uuid.UUID, rounds_out: int, options: GenerationOptions) -> bool:
+def _worth_another(
+    job_id: uuid.UUID, rounds_out: int, options: GenerationOptions, last: RoundResult
+) -> bool:
     """False when the rounds in flight are expected to bring the job to its target, or when
-    one more round would not fit its token or request budget."""
+    one more round would not fit its token or request budget. `last`: the round this stream
+    stored last; its counts spare a read of the job (a cancel is seen when the next round is
+    planned), except under a budget, which other tasks' requests use up too."""
+    if last.accepted_total is not None and not budget.budgeted(options):
+        accepted, rounds_done = last.accepted_total, last.rounds_completed
+        per_round = accepted / rounds_done if rounds_done else _first_guess(options)
+        return accepted + per_round * rounds_out < last.target
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None or job.instructions_complete:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
@@ -50,7 +52,29 @@ def get_seed_set(session: Session, seed_set_id: uuid.UUID, caller: Caller = ANYO
     return seed_set
 
 
+# A seed set never changes once stored (there is no route that edits or deletes one), so each
+# process keeps the tasks of the sets it has read: a job's round task reads them twice a round.
+_SEED_CACHE_SIZE = 32
+_seed_cache: OrderedDict[uuid.UUID, tuple[SeedTask, ...]] = OrderedDict()
+_seed_cache_lock = threading.Lock()
+
+
 def load_seed_tasks(session: Session, seed_set_id: uuid.UUID) -> list[SeedTask]:
+    with _seed_cache_lock:
+        cached = _seed_cache.get(seed_set_id)
+        if cached is not None:
+            _seed_cache.move_to_end(seed_set_id)
+            return list(cached)
+    tasks = _read_seed_tasks(session, seed_set_id)
+    if tasks:  # an unknown id (or one not committed yet) is not remembered
+        with _seed_cache_lock:
+            _seed_cache[seed_set_id] = tuple(tasks)
+            while len(_seed_cache) > _SEED_CACHE_SIZE:
+                _seed_cache.popitem(last=False)
+    return tasks
+
+
+def _read_seed_tasks(session: Session, seed_set_id: uuid.UUID) -> list[SeedTask]:
     rows = session.scalars(
         select(SeedTaskRow)
         .where(SeedTaskRow.seed_set_id == seed_set_id)
