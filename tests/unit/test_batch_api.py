@@ -10,18 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from app.config import get_settings
-from app.db import reset_engine, session_scope
 from app.llm.base import LLMPermanentError, LLMRequest, LLMResponse, LLMTransientError
 from app.llm.batch_api import OpenAIBatchClient
-from app.migrate import upgrade_database
 from app.selfinstruct.options import CLASSIFY_STOP, GenerationOptions
 from app.selfinstruct.prompts import build_classification_prompt
-from app.selfinstruct.seeds import parse_seed_jsonl
 from app.services import batches
-from app.services.jobs import create_job
-from app.services.seed_sets import create_seed_set
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
+from tests.support.sqlite_db import forget_settings, new_job, stored_seed_set, use_sqlite
 
 TASKS = [f"Sort the numbers {n}, {n + 3} and {n + 1} from smallest to largest." for n in range(6)]
 
@@ -112,23 +107,9 @@ def test_a_backend_without_the_batch_api_is_a_permanent_error(server: FakeLLMSer
 def job_on_sqlite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: FakeLLMServer, default_seeds: Path
 ) -> Iterator[uuid.UUID]:
-    url = f"sqlite:///{tmp_path / 'batches.db'}"
-    monkeypatch.setenv("DATABASE_URL", url)
-    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "k")
-    get_settings.cache_clear()
-    reset_engine()
-    upgrade_database(url)
-    tasks = parse_seed_jsonl(
-        default_seeds.read_bytes(), max_bytes=10**7, max_line_bytes=10**6, max_tasks=10**4
-    )
-    with session_scope() as session:
-        seed_set = create_seed_set(session, name="seeds", tasks=tasks)
-        job = create_job(session, seed_set_id=seed_set.id, num_instructions=10, options=OPTIONS)
-        created = job.id
-    yield created
-    get_settings.cache_clear()
-    reset_engine()
+    use_sqlite(tmp_path / "batches.db", monkeypatch, server.base_url)
+    yield new_job(stored_seed_set(default_seeds), 10, OPTIONS)
+    forget_settings()
 
 
 OPTIONS = GenerationOptions(batch_api=True, model="fake-model")
