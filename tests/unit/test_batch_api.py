@@ -12,6 +12,7 @@ import pytest
 
 from app.llm.base import LLMPermanentError, LLMRequest, LLMResponse, LLMTransientError
 from app.llm.batch_api import OpenAIBatchClient
+from app.llm.openai_compat import OpenAICompatClient
 from app.selfinstruct.options import CLASSIFY_STOP, GenerationOptions
 from app.selfinstruct.prompts import build_classification_prompt
 from app.services import batches
@@ -69,6 +70,34 @@ def test_batch_round_trip_keeps_request_order(server: FakeLLMServer, endpoint: s
     url = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
     assert {x["url"] for x in lines} == {url} and server.batches[batch_id]["endpoint"] == url
     assert all(x["body"]["model"] == "fake-model" and x["body"]["stop"] for x in lines)
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_a_batch_line_carries_the_body_an_online_request_sends(
+    server: FakeLLMServer, endpoint: str
+) -> None:
+    """One request format for both clients: a batched request is answered as the online one."""
+    request = requests()[0]
+    online = OpenAICompatClient(
+        base_url=server.base_url,
+        api_key="k",
+        model="fake-model",
+        endpoint=endpoint,  # type: ignore[arg-type]
+    )
+    try:
+        online.complete(request)
+    finally:
+        online.close()
+    (line,) = client_for(server, endpoint).request_lines([request]).splitlines()
+    assert json.loads(line)["body"] == server.requests[-1]
+
+
+def test_a_batch_answer_without_choices_is_transient_as_online() -> None:
+    with FakeLLMServer(FakeLLMConfig(empty_choices_rate=1.0)) as server:
+        client = client_for(server)
+        answers = wait_done(client, client.submit(requests(), "k"), 6).answers or []
+    assert len(answers) == 6
+    assert all(isinstance(a, LLMTransientError) and "no choices" in str(a) for a in answers)
 
 
 def test_failed_requests_come_back_as_errors_in_their_slots(server: FakeLLMServer) -> None:
