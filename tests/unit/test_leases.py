@@ -124,6 +124,28 @@ def test_a_retry_inherits_the_claim_for_its_countdown(job_id: uuid.UUID) -> None
         assert _claim_round(job_id, retry)
 
 
+def test_a_task_whose_claims_were_taken_over_leaves_the_new_holders_claims_alone(
+    job_id: uuid.UUID,
+) -> None:
+    pipeline.run_round(job_id, 1, llm_for)
+    first = _pending(job_id)[0]
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    successor = leases.Hold(job_id)
+    with leases.holding(job_id) as hold:
+        assert _claim_round(job_id, hold, round_no=2)
+        with session_scope() as session:
+            assert leases.claim_instructions(session, job_id, [first], hold) == [first]
+        with session_scope() as session:  # its lease ran out and another task took over
+            session.get(Job, job_id).round_claimed_until = past  # type: ignore[union-attr]
+            session.get(Instruction, first).claimed_until = past  # type: ignore[union-attr]
+        assert _claim_round(job_id, successor, round_no=2)
+        with session_scope() as session:
+            assert leases.claim_instructions(session, job_id, [first], successor) == [first]
+    assert _job(job_id).round_claim_token == successor.token
+    with session_scope() as session:
+        assert session.get(Instruction, first).claim_token == successor.token  # type: ignore[union-attr]
+
+
 def test_the_heartbeat_renews_claims_while_the_task_runs(job_id: uuid.UUID) -> None:
     # beat_now() wakes the heartbeat at once, so the default interval stays: a heartbeat made
     # to spin every 50 ms read the settings while the next test's fixture was changing them,
