@@ -77,8 +77,8 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP) ## Run every bench/*.py (results go in BENCHMARKS.md)
-	for script in bench/*.py; do \
+bench: $(STAMP) ## Run every bench/bench_*.py (results go in BENCHMARKS.md)
+	for script in bench/bench_*.py; do \
 	  [ -e "$$script" ] || continue; \
 	  echo "==== $$script"; \
 	  $(BIN)/python "$$script" $(BENCH_ARGS); \

@@ -22,17 +22,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from bench_utilisation import BENCH_REDIS_DB, SlotServer  # noqa: E402
+from bench_utilisation import SlotServer
+from harness import fresh_services, running_stack
 
 
 def _round_claim(engine: Any, job_id: str) -> tuple[object, str | None, int]:
@@ -63,47 +57,26 @@ def _worker_holding(stack: Any, holder: str | None) -> Any:
 def run_once(server: SlotServer, instructions: int, kill: bool, seed: int) -> dict[str, Any]:
     """One job; `seed` differs per run: the server counts a body any earlier run sent as a
     repeat, and a job's first rounds (seeds only) are the same for the same seed."""
-    import redis
     from sqlalchemy import create_engine
 
-    from app.migrate import upgrade_database
-    from tests.support import services
-    from tests.support.stack import ServiceStack, wait_for_status
+    from tests.support.stack import wait_for_status
 
-    admin, redis_url = services.postgres_admin_url(), services.redis_url(BENCH_REDIS_DB)
-    if admin is None or redis_url is None:
-        raise SystemExit("set TEST_DATABASE_URL and TEST_REDIS_URL (scripts/test-services.sh)")
-    name = services.unique_db_name()
-    url = services.create_database(admin, name)
-    redis.Redis.from_url(redis_url).flushdb()
-    upgrade_database(url)
-    engine = create_engine(url)
-    env = {"DATABASE_URL": url, "CELERY_BROKER_URL": redis_url,
-           "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "x",
-           "SELFINSTRUCT_AUTH": "off"}  # fmt: skip
-    seeds = ROOT / "app" / "data" / "seed_tasks.jsonl"
     before = server.stats()
     result: dict[str, Any] = {"kill": kill}
-    try:
-        with ServiceStack(env, Path(tempfile.mkdtemp()) / "logs") as stack:
-            stack.start_api()
-            for _ in range(2):
-                stack.start_worker()
-            time.sleep(3)
-            with stack.client(None) as api:
-                with seeds.open("rb") as fh:
-                    seed_set = api.post("/v1/seed-sets", files={"file": ("s.jsonl", fh)}).json()
-                body = {"seed_set_id": seed_set["id"], "num_instructions": instructions,
+    with fresh_services(server.base_url) as env:
+        engine = create_engine(env["DATABASE_URL"])
+        try:
+            with running_stack(env, 2) as (stack, api, seed_set_id):
+                body = {"seed_set_id": seed_set_id, "num_instructions": instructions,
                         "options": {"seed": seed}}  # fmt: skip
                 job_id = api.post("/v1/jobs", json=body).json()["id"]
                 if kill:
                     result |= _kill_and_time(stack, server, engine, job_id)
                 job = wait_for_status(api, job_id, timeout_s=3600)
-            result["status"] = job["status"]
-            result["accepted"] = job["progress"]["instructions_accepted"]
-    finally:
-        engine.dispose()
-        services.drop_database(admin, name)
+        finally:
+            engine.dispose()
+    result["status"] = job["status"]
+    result["accepted"] = job["progress"]["instructions_accepted"]
     after = server.stats()
     result["repeats"] = after["repeats"] - before["repeats"]
     result["repeats_by_kind"] = {

@@ -30,11 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-ROOT = Path(__file__).resolve().parents[1]
-BENCH_REDIS_DB = 15  # tests use db 1 + their xdist worker number; never share their queues
-sys.path.insert(0, str(ROOT))
-
+from harness import ROOT, fresh_services, read_body, running_stack, send_json, start_backend
 
 # --- the fixed-latency server (runs in its own process) -------------------------------------------
 
@@ -141,12 +137,7 @@ def serve(port: int, latency_s: float, diverse: bool = False) -> None:
         if scope["type"] != "http":
             return
         path = scope["path"]
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         if path == "/v1/models":
             answer: dict[str, Any] = {
                 "object": "list",
@@ -154,14 +145,8 @@ def serve(port: int, latency_s: float, diverse: bool = False) -> None:
             }
         else:
             await asyncio.sleep(latency_s)
-            answer = reply(json.loads(b"".join(chunks)), chat=path.endswith("/chat/completions"))
-        data = json.dumps(answer).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(data)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
+            answer = reply(json.loads(raw), chat=path.endswith("/chat/completions"))
+        await send_json(send, 200, answer)
 
     uvicorn.run(
         app, host="127.0.0.1", port=port, log_level="warning", backlog=4096, access_log=False
@@ -174,15 +159,8 @@ class LatencyServer:
 
         self.port = free_port()
         command = [sys.executable, __file__, "--serve", str(self.port), "--latency", str(latency_s)]
-        self.proc = subprocess.Popen([*command, *(["--diverse"] if diverse else [])], cwd=ROOT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{self.base_url}/models", timeout=1)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("latency server did not start")
+        command += ["--diverse"] if diverse else []
+        self.proc = start_backend(command, self.base_url, "latency server")
 
     @property
     def base_url(self) -> str:
@@ -465,49 +443,26 @@ def export_one(url: str, job_id: str, fmt: str, container: str) -> None:
 def _run_on_stack(server: LatencyServer, workers: int, jobs: int, target: int) -> tuple[float, int]:
     """`jobs` concurrent jobs on a fresh database with `workers` worker processes: wall seconds
     until all finished, and their accepted examples."""
-    import redis
+    from tests.support.stack import wait_for_status
 
-    from app.migrate import upgrade_database
-    from tests.support import services
-    from tests.support.stack import ServiceStack, wait_for_status
-
-    admin, redis_url = services.postgres_admin_url(), services.redis_url(BENCH_REDIS_DB)
-    assert admin is not None and redis_url is not None
-    name = services.unique_db_name()
-    url = services.create_database(admin, name)
-    redis.Redis.from_url(redis_url).flushdb()
-    upgrade_database(url)
-    env = {
-        "DATABASE_URL": url,
-        "CELERY_BROKER_URL": redis_url,
-        "OPENAI_BASE_URL": server.base_url,
-        "OPENAI_API_KEY": "x",
-        "SELFINSTRUCT_AUTH": "off",
-    }
-    seeds = ROOT / "app" / "data" / "seed_tasks.jsonl"
-    with ServiceStack(env, Path(tempfile.mkdtemp()) / "logs") as stack:
-        stack.start_api()
-        for _ in range(workers):
-            stack.start_worker(concurrency=1)
-        time.sleep(3)  # workers connect to the broker
-        with stack.client(None) as api:
-            with seeds.open("rb") as fh:
-                seed_set = api.post("/v1/seed-sets", files={"file": ("s.jsonl", fh)}).json()
-            t0 = time.perf_counter()
-            ids = [
-                api.post(
-                    "/v1/jobs",
-                    json={
-                        "seed_set_id": seed_set["id"],
-                        "num_instructions": target,
-                        "options": {"seed": 2 + n},
-                    },
-                ).json()["id"]
-                for n in range(jobs)
-            ]
-            finished = [wait_for_status(api, i, timeout_s=1800) for i in ids]
-            wall = time.perf_counter() - t0
-    services.drop_database(admin, name)
+    with (
+        fresh_services(server.base_url) as env,
+        running_stack(env, workers, concurrency=1) as (_, api, seed_set_id),
+    ):
+        t0 = time.perf_counter()
+        ids = [
+            api.post(
+                "/v1/jobs",
+                json={
+                    "seed_set_id": seed_set_id,
+                    "num_instructions": target,
+                    "options": {"seed": 2 + n},
+                },
+            ).json()["id"]
+            for n in range(jobs)
+        ]
+        finished = [wait_for_status(api, i, timeout_s=1800) for i in ids]
+        wall = time.perf_counter() - t0
     assert all(j["status"] == "succeeded" for j in finished), finished
     return wall, sum(j["progress"]["instances_accepted"] for j in finished)
 
@@ -555,63 +510,42 @@ def _peak_rss_mb(pgid: int) -> list[tuple[int, str, float]]:
 def bench_scale(server: LatencyServer, target: int, workers: int, per_round: int) -> None:
     """One paper-mode job of `target` accepted instructions on the real stack."""
     from tests.support import services
-    from tests.support.stack import ServiceStack
 
-    admin, redis_url = services.postgres_admin_url(), services.redis_url(BENCH_REDIS_DB)
-    if admin is None or redis_url is None:
+    if services.postgres_admin_url() is None or services.redis_url() is None:
         print("\n(scale: skipped, TEST_DATABASE_URL and TEST_REDIS_URL are not set)")
         return
-    import redis
-
-    from app.migrate import upgrade_database
-
-    name = services.unique_db_name()
-    url = services.create_database(admin, name)
-    redis.Redis.from_url(redis_url).flushdb()
-    upgrade_database(url)
-    env = {
-        "DATABASE_URL": url,
-        "CELERY_BROKER_URL": redis_url,
-        "OPENAI_BASE_URL": server.base_url,
-        "OPENAI_API_KEY": "x",
-        "SELFINSTRUCT_AUTH": "off",
+    env_extra = {
         "SELFINSTRUCT_INSTRUCTIONS_PER_INSTANCE_TASK": "50",
         "SELFINSTRUCT_LLM_CONCURRENCY": "64",
     }
-    seeds = ROOT / "app" / "data" / "seed_tasks.jsonl"
     timeline = []
-    with ServiceStack(env, Path(tempfile.mkdtemp()) / "logs") as stack:
-        stack.start_api()
-        for _ in range(workers):
-            stack.start_worker(concurrency=1)
-        time.sleep(3)
-        with stack.client(None) as api:
-            with seeds.open("rb") as fh:
-                seed_set = api.post("/v1/seed-sets", files={"file": ("s.jsonl", fh)}).json()
-            t0 = time.perf_counter()
-            job = api.post(
-                "/v1/jobs",
-                json={
-                    "seed_set_id": seed_set["id"],
-                    "num_instructions": target,
-                    "options": {"seed": 7, "requests_per_round": per_round},
-                },
-            ).json()
-            next_mark = target / 10
-            while True:
-                job = api.get(f"/v1/jobs/{job['id']}").json()
-                accepted = job["progress"]["instructions_accepted"]
-                if accepted >= next_mark:
-                    timeline.append((accepted, time.perf_counter() - t0))
-                    next_mark += target / 10
-                if job["status"] in ("succeeded", "failed", "cancelled"):
-                    break
-                time.sleep(2)
-            wall = time.perf_counter() - t0
+    with (
+        fresh_services(server.base_url, env_extra) as env,
+        running_stack(env, workers, concurrency=1) as (stack, api, seed_set_id),
+    ):
+        t0 = time.perf_counter()
+        job = api.post(
+            "/v1/jobs",
+            json={
+                "seed_set_id": seed_set_id,
+                "num_instructions": target,
+                "options": {"seed": 7, "requests_per_round": per_round},
+            },
+        ).json()
+        next_mark = target / 10
+        while True:
+            job = api.get(f"/v1/jobs/{job['id']}").json()
+            accepted = job["progress"]["instructions_accepted"]
+            if accepted >= next_mark:
+                timeline.append((accepted, time.perf_counter() - t0))
+                next_mark += target / 10
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(2)
+        wall = time.perf_counter() - t0
         peaks = [("api", _peak_rss_mb(stack.api.pid))] if stack.api else []
         peaks += [(f"worker {n}", _peak_rss_mb(w.pid)) for n, w in enumerate(stack.workers)]
     peaks.append(("LLM server (bench)", _peak_rss_mb(server.proc.pid)))
-    services.drop_database(admin, name)
     progress = job["progress"]
     print(
         f"\n### Paper-scale job ({target} instructions, {workers} worker processes, "

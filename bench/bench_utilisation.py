@@ -26,19 +26,14 @@ import math
 import os
 import platform
 import random
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
+from harness import fresh_services, read_body, running_stack, send_json, start_backend
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH_REDIS_DB = 15  # tests use db 1 + their xdist worker number; never share their queues
-sys.path.insert(0, str(ROOT))
 SIGMA = 0.5  # lognormal spread: p90 is about 1.9 x the median, p99 about 3.2 x
 
 
@@ -105,12 +100,7 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         path, status = scope["path"], 200
         if path == "/v1/models":
             answer: Any = {"object": "list", "data": [{"id": "bench", "object": "model"}]}
@@ -118,13 +108,10 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
             answer = {"now": time.monotonic(), "busy": busy, "repeats_by_kind": repeats_by_kind,
                       "refused_at": refused_at, **counts}  # fmt: skip
         else:
-            body = json.loads(b"".join(chunks))
-            status, answer = await complete(body, chat=path.endswith("/chat/completions"))
-        data = json.dumps(answer).encode()
-        headers = [(b"content-type", b"application/json"),
-                   (b"content-length", str(len(data)).encode())]  # fmt: skip
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
+            status, answer = await complete(
+                json.loads(raw), chat=path.endswith("/chat/completions")
+            )
+        await send_json(send, status, answer)
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", backlog=8192,
                 access_log=False)  # fmt: skip
@@ -140,15 +127,7 @@ class SlotServer:
                    "--latency", str(median_s)]  # fmt: skip
         if refuse_above is not None:
             command += ["--refuse-above", str(refuse_above)]
-        self.proc = subprocess.Popen(command, cwd=ROOT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{self.base_url}/models", timeout=1)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("slot server did not start")
+        self.proc = start_backend(command, self.base_url, "slot server")
 
     @property
     def base_url(self) -> str:
@@ -233,49 +212,29 @@ class LimitSampler(threading.Thread):
 
 def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
             env_extra: dict[str, str], jobs: int = 1) -> dict[str, Any]:  # fmt: skip
-    import redis
+    from tests.support.stack import wait_for_status
 
-    from app.migrate import upgrade_database
-    from tests.support import services
-    from tests.support.stack import ServiceStack, wait_for_status
-
-    admin, redis_url = services.postgres_admin_url(), services.redis_url(BENCH_REDIS_DB)
-    if admin is None or redis_url is None:
-        raise SystemExit("set TEST_DATABASE_URL and TEST_REDIS_URL (scripts/test-services.sh)")
-    name = services.unique_db_name()
-    url = services.create_database(admin, name)
-    redis.Redis.from_url(redis_url).flushdb()
-    upgrade_database(url)
-    env = {"DATABASE_URL": url, "CELERY_BROKER_URL": redis_url,
-           "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "x",
-           "SELFINSTRUCT_AUTH": "off", **env_extra}  # fmt: skip
-    seeds = ROOT / "app" / "data" / "seed_tasks.jsonl"
-    with ServiceStack(env, Path(tempfile.mkdtemp()) / "logs") as stack:
-        stack.start_api()
-        for _ in range(2):
-            stack.start_worker()  # the CLI's default pool
-        time.sleep(3)  # workers connect to the broker
-        with stack.client(None) as api:
-            with seeds.open("rb") as fh:
-                seed_set = api.post("/v1/seed-sets", files={"file": ("s.jsonl", fh)}).json()
-            start = server.now()
-            ids = [
-                api.post("/v1/jobs", json={"seed_set_id": seed_set["id"],
-                                           "num_instructions": instructions,
-                                           "options": {"seed": 3 + n, **options}}).json()["id"]
-                for n in range(jobs)
-            ]  # fmt: skip
-            sampler = LimitSampler(stack.url)
-            sampler.start()
-            finished = [wait_for_status(api, i, timeout_s=3600) for i in ids]
-            end = server.now()
-            sampler.stop()
-            loads = (
-                api.get("/v1/backends").json()
-                if "/v1/backends" in api.get("/openapi.json").text
-                else None
-            )
-    services.drop_database(admin, name)
+    with (
+        fresh_services(server.base_url, env_extra) as env,
+        running_stack(env, 2) as (stack, api, seed_set_id),  # the CLI's default pool
+    ):
+        start = server.now()
+        ids = [
+            api.post("/v1/jobs", json={"seed_set_id": seed_set_id,
+                                       "num_instructions": instructions,
+                                       "options": {"seed": 3 + n, **options}}).json()["id"]
+            for n in range(jobs)
+        ]  # fmt: skip
+        sampler = LimitSampler(stack.url)
+        sampler.start()
+        finished = [wait_for_status(api, i, timeout_s=3600) for i in ids]
+        end = server.now()
+        sampler.stop()
+        loads = (
+            api.get("/v1/backends").json()
+            if "/v1/backends" in api.get("/openapi.json").text
+            else None
+        )
     stats = server.stats()
     wall = end - start
     middle = (start + 0.2 * wall, start + 0.8 * wall)

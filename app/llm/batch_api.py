@@ -20,6 +20,9 @@ from app.llm.openai_compat import (
     Endpoint,
     HTTPStatusError,
     backend_label,
+    completion_response,
+    error_message,
+    request_body,
     scrub,
     translate_error,
 )
@@ -73,21 +76,7 @@ class OpenAIBatchClient:
         """The batch input file: one request per line, its position as custom_id."""
         lines = []
         for n, request in enumerate(requests):
-            body: dict[str, Any] = {
-                "model": self.model,
-                "max_tokens": request.max_tokens,
-                "temperature": request.temperature,
-                "top_p": request.top_p,
-                "presence_penalty": request.presence_penalty,
-                "frequency_penalty": request.frequency_penalty,
-                "n": 1,
-            }
-            if request.stop:
-                body["stop"] = list(request.stop)
-            if self.endpoint == "chat":
-                body["messages"] = [{"role": "user", "content": request.prompt}]
-            else:
-                body["prompt"] = request.prompt
+            body = request_body(request, self.model, self.endpoint)
             line = {"custom_id": str(n), "method": "POST", "url": self.url, "body": body}
             lines.append(json.dumps(line, ensure_ascii=False))
         return ("\n".join(lines) + "\n").encode()
@@ -168,38 +157,20 @@ class OpenAIBatchClient:
             message = error.get("message") if isinstance(error, dict) else str(error or "")
             failure = HTTPStatusError(status or 500, str(message or "")[:300], None)
             return translate_error(failure, self.backend, self._api_key, self.base_url)
-        choices = body.get("choices") or []
-        choice = choices[0] if choices and isinstance(choices[0], dict) else {}
-        if self.endpoint == "chat":
-            text = (choice.get("message") or {}).get("content")
-        else:
-            text = choice.get("text")
-        if not isinstance(text, str):
-            return LLMTransientError(f"{self.label} answered without text")
-        usage = body.get("usage") or {}
-        return LLMResponse(
-            text=text,
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            latency_s=0.0,
-        )
+        try:
+            return completion_response(body, self.endpoint, self.backend)
+        except LLMTransientError as exc:
+            return exc
 
     def _translate(self, exc: openai.OpenAIError) -> LLMTransientError | LLMPermanentError:
         if isinstance(exc, openai.APIStatusError):
-            failure = HTTPStatusError(exc.status_code, _sdk_detail(exc), None)
+            detail = (
+                error_message(exc.body) if isinstance(exc.body, dict) else str(exc.message)[:300]
+            )
+            failure = HTTPStatusError(exc.status_code, detail, None)
             return translate_error(failure, self.backend, self._api_key, self.base_url)
         if isinstance(exc, openai.APITimeoutError):
             return LLMTransientError(f"{self.label}: request timed out")
         if isinstance(exc, openai.APIConnectionError):
             return LLMTransientError(f"{self.label}: cannot connect")
         return LLMTransientError(f"{self.label}: {type(exc).__name__}")
-
-
-def _sdk_detail(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        error = body.get("error", body)
-        message = error.get("message") if isinstance(error, dict) else error
-        return str(message)[:300] if message else ""
-    return str(exc.message)[:300]

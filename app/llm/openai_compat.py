@@ -209,12 +209,18 @@ class OpenAICompatClient:
         started = time.perf_counter()
         failed: list[str] = []
         try:
-            body = self._body(request, await self.resolve_model())
+            body = request_body(request, await self.resolve_model(), self.endpoint)
             path = "/chat/completions" if self.endpoint == "chat" else "/completions"
             cost = estimate_tokens(request.prompt, request.max_tokens) if self.limiter else None
             reply = await self._with_retries("POST", path, body, cost, failed)
             try:
-                text, finish_reason = self._first_choice(reply)
+                response = completion_response(
+                    reply,
+                    self.endpoint,
+                    self.backend,
+                    latency_s=time.perf_counter() - started,
+                    failed_attempts=tuple(failed),
+                )
             except LLMError:
                 failed.append("invalid_answer")
                 raise
@@ -222,16 +228,7 @@ class OpenAICompatClient:
             exc.latency_s = time.perf_counter() - started
             exc.failed_attempts = tuple(failed) or (attempt_error_kind(exc),)
             raise
-        usage = reply.get("usage") or {}
-        response = LLMResponse(
-            text=text,
-            finish_reason=finish_reason,
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            latency_s=time.perf_counter() - started,
-            failed_attempts=tuple(failed),
-        )
-        if self.limiter is not None and cost is not None and usage:
+        if self.limiter is not None and cost is not None and reply.get("usage"):
             await self.limiter.settle(cost, response.prompt_tokens + response.completion_tokens)
         return response
 
@@ -262,24 +259,6 @@ class OpenAICompatClient:
                 "job's model option"
             )
         return str(models[0]["id"])
-
-    def _body(self, request: LLMRequest, model: str) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": model,
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-            "presence_penalty": request.presence_penalty,
-            "frequency_penalty": request.frequency_penalty,
-            "n": 1,
-        }
-        if request.stop:
-            body["stop"] = list(request.stop)
-        if self.endpoint == "chat":
-            body["messages"] = [{"role": "user", "content": request.prompt}]
-        else:
-            body["prompt"] = request.prompt
-        return body
 
     async def _with_retries(
         self,
@@ -391,19 +370,6 @@ class OpenAICompatClient:
     def _translate(self, exc: BaseException) -> LLMTransientError | LLMPermanentError:
         return translate_error(exc, self.backend, self._api_key, self.base_url)
 
-    def _first_choice(self, reply: dict[str, Any]) -> tuple[str, str | None]:
-        choices = reply.get("choices") or []
-        if not choices or not isinstance(choices[0], dict):
-            raise LLMTransientError(f"{backend_label(self.backend)} answered with no choices")
-        choice = choices[0]
-        if self.endpoint == "chat":
-            text = (choice.get("message") or {}).get("content")
-        else:
-            text = choice.get("text")
-        if not isinstance(text, str):
-            raise LLMTransientError(f"{backend_label(self.backend)} answered without text")
-        return text, choice.get("finish_reason")
-
 
 # Sessions are closed at exit, so aiohttp does not warn about unclosed connectors.
 _open_clients: weakref.WeakSet[OpenAICompatClient] = weakref.WeakSet()
@@ -421,6 +387,57 @@ atexit.register(close_all_clients)
 def backend_label(backend: str) -> str:
     """How errors name a backend: by its configured name, never by its URL."""
     return f"backend {backend!r}"
+
+
+def request_body(request: LLMRequest, model: str, endpoint: Endpoint) -> dict[str, Any]:
+    """A completion's JSON body; the Batch API's input file carries the same one per line."""
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "presence_penalty": request.presence_penalty,
+        "frequency_penalty": request.frequency_penalty,
+        "n": 1,
+    }
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if endpoint == "chat":
+        body["messages"] = [{"role": "user", "content": request.prompt}]
+    else:
+        body["prompt"] = request.prompt
+    return body
+
+
+def completion_response(
+    reply: dict[str, Any],
+    endpoint: Endpoint,
+    backend: str,
+    *,
+    latency_s: float = 0.0,
+    failed_attempts: tuple[str, ...] = (),
+) -> LLMResponse:
+    """A completion's answer, online or from a Batch API output line; LLMTransientError for one
+    without a choice or text, which a retry may well get."""
+    choices = reply.get("choices") or []
+    if not choices or not isinstance(choices[0], dict):
+        raise LLMTransientError(f"{backend_label(backend)} answered with no choices")
+    choice = choices[0]
+    if endpoint == "chat":
+        text = (choice.get("message") or {}).get("content")
+    else:
+        text = choice.get("text")
+    if not isinstance(text, str):
+        raise LLMTransientError(f"{backend_label(backend)} answered without text")
+    usage = reply.get("usage") or {}
+    return LLMResponse(
+        text=text,
+        finish_reason=choice.get("finish_reason"),
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        latency_s=latency_s,
+        failed_attempts=failed_attempts,
+    )
 
 
 def translate_error(
@@ -473,6 +490,11 @@ def _short_detail(raw: bytes) -> str:
         body = json.loads(raw)
     except ValueError:
         return raw[:300].decode("utf-8", "replace").strip()
+    return error_message(body)
+
+
+def error_message(body: Any) -> str:
+    """The message of an error body, `{"error": {"message": ...}}` or looser, cut short."""
     error = body.get("error", body) if isinstance(body, dict) else body
     message = error.get("message") if isinstance(error, dict) else error
     return str(message)[:300] if message else ""

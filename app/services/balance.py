@@ -43,19 +43,21 @@ def mix_so_far(
     return MixSoFar(int(classified), int(classification), int(with_instances), int(with_input))
 
 
-def undecided_through(session: Session, job_id: uuid.UUID, through_round: int) -> int:
-    """Accepted instructions of rounds up to `through_round` still waiting for steps 2 and 3."""
-    count = session.scalar(
+def undecided_through(session: Session, job_id: uuid.UUID, through_round: int | None) -> int:
+    """Accepted instructions of rounds up to `through_round` (None: of every round) still
+    waiting for steps 2 and 3."""
+    query = (
         select(func.count())
         .select_from(Instruction)
         .where(
             Instruction.job_id == job_id,
             Instruction.accepted.is_(True),
-            Instruction.round <= through_round,
             Instruction.instances_state == InstancesState.PENDING,
         )
     )
-    return int(count or 0)
+    if through_round is not None:
+        query = query.where(Instruction.round <= through_round)
+    return int(session.scalar(query) or 0)
 
 
 def balance_progress(

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -145,23 +146,7 @@ def renew(holds: Iterable[Hold], now: datetime | None = None) -> None:
 
 
 def _extend(session: Session, hold: Hold, until: datetime) -> None:
-    if hold.round:
-        session.execute(
-            update(Job)
-            .where(Job.id == hold.job_id, Job.round_claim_token == hold.token)
-            .values(round_claimed_until=until)
-            .execution_options(synchronize_session=False)
-        )
-    if hold.instruction_ids:
-        session.execute(
-            update(Instruction)
-            .where(
-                Instruction.id.in_(list(hold.instruction_ids)),
-                Instruction.claim_token == hold.token,
-            )
-            .values(claimed_until=until)
-            .execution_options(synchronize_session=False)
-        )
+    _update_claims(session, hold, {"round_claimed_until": until}, {"claimed_until": until})
 
 
 def settle(hold: Hold) -> None:
@@ -182,11 +167,24 @@ def settle(hold: Hold) -> None:
 
 
 def _release(session: Session, hold: Hold) -> None:
+    _update_claims(
+        session,
+        hold,
+        {"round_claim_token": None, "round_claimed_until": None, "round_claimed_by": None},
+        {"claim_token": None, "claimed_until": None},
+    )
+
+
+def _update_claims(
+    session: Session, hold: Hold, job_values: dict[str, Any], instruction_values: dict[str, Any]
+) -> None:
+    """Write to the round and instructions `hold` claims, only where the claim is still its
+    own: another task may have taken one over once its lease ran out."""
     if hold.round:
         session.execute(
             update(Job)
             .where(Job.id == hold.job_id, Job.round_claim_token == hold.token)
-            .values(round_claim_token=None, round_claimed_until=None, round_claimed_by=None)
+            .values(**job_values)
             .execution_options(synchronize_session=False)
         )
     if hold.instruction_ids:
@@ -196,7 +194,7 @@ def _release(session: Session, hold: Hold) -> None:
                 Instruction.id.in_(list(hold.instruction_ids)),
                 Instruction.claim_token == hold.token,
             )
-            .values(claim_token=None, claimed_until=None)
+            .values(**instruction_values)
             .execution_options(synchronize_session=False)
         )
 

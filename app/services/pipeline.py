@@ -863,16 +863,7 @@ def finalize_if_complete(job_id: uuid.UUID) -> bool:
         job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
         if job is None or job.status != JobStatus.RUNNING or not job.instructions_complete:
             return False
-        pending = session.scalar(
-            select(func.count())
-            .select_from(Instruction)
-            .where(
-                Instruction.job_id == job_id,
-                Instruction.accepted.is_(True),
-                Instruction.instances_state == InstancesState.PENDING,
-            )
-        )
-        if pending:
+        if undecided_through(session, job_id, None):
             return False
         job.status = JobStatus.SUCCEEDED
         job.finished_at = datetime.now(UTC)

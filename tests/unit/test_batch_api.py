@@ -10,18 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from app.config import get_settings
-from app.db import reset_engine, session_scope
 from app.llm.base import LLMPermanentError, LLMRequest, LLMResponse, LLMTransientError
 from app.llm.batch_api import OpenAIBatchClient
-from app.migrate import upgrade_database
+from app.llm.openai_compat import OpenAICompatClient
 from app.selfinstruct.options import CLASSIFY_STOP, GenerationOptions
 from app.selfinstruct.prompts import build_classification_prompt
-from app.selfinstruct.seeds import parse_seed_jsonl
 from app.services import batches
-from app.services.jobs import create_job
-from app.services.seed_sets import create_seed_set
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
+from tests.support.sqlite_db import forget_settings, new_job, stored_seed_set, use_sqlite
 
 TASKS = [f"Sort the numbers {n}, {n + 3} and {n + 1} from smallest to largest." for n in range(6)]
 
@@ -76,6 +72,34 @@ def test_batch_round_trip_keeps_request_order(server: FakeLLMServer, endpoint: s
     assert all(x["body"]["model"] == "fake-model" and x["body"]["stop"] for x in lines)
 
 
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_a_batch_line_carries_the_body_an_online_request_sends(
+    server: FakeLLMServer, endpoint: str
+) -> None:
+    """One request format for both clients: a batched request is answered as the online one."""
+    request = requests()[0]
+    online = OpenAICompatClient(
+        base_url=server.base_url,
+        api_key="k",
+        model="fake-model",
+        endpoint=endpoint,  # type: ignore[arg-type]
+    )
+    try:
+        online.complete(request)
+    finally:
+        online.close()
+    (line,) = client_for(server, endpoint).request_lines([request]).splitlines()
+    assert json.loads(line)["body"] == server.requests[-1]
+
+
+def test_a_batch_answer_without_choices_is_transient_as_online() -> None:
+    with FakeLLMServer(FakeLLMConfig(empty_choices_rate=1.0)) as server:
+        client = client_for(server)
+        answers = wait_done(client, client.submit(requests(), "k"), 6).answers or []
+    assert len(answers) == 6
+    assert all(isinstance(a, LLMTransientError) and "no choices" in str(a) for a in answers)
+
+
 def test_failed_requests_come_back_as_errors_in_their_slots(server: FakeLLMServer) -> None:
     client = client_for(server)
     batch_id = client.submit(requests(), "k")
@@ -112,23 +136,9 @@ def test_a_backend_without_the_batch_api_is_a_permanent_error(server: FakeLLMSer
 def job_on_sqlite(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: FakeLLMServer, default_seeds: Path
 ) -> Iterator[uuid.UUID]:
-    url = f"sqlite:///{tmp_path / 'batches.db'}"
-    monkeypatch.setenv("DATABASE_URL", url)
-    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "k")
-    get_settings.cache_clear()
-    reset_engine()
-    upgrade_database(url)
-    tasks = parse_seed_jsonl(
-        default_seeds.read_bytes(), max_bytes=10**7, max_line_bytes=10**6, max_tasks=10**4
-    )
-    with session_scope() as session:
-        seed_set = create_seed_set(session, name="seeds", tasks=tasks)
-        job = create_job(session, seed_set_id=seed_set.id, num_instructions=10, options=OPTIONS)
-        created = job.id
-    yield created
-    get_settings.cache_clear()
-    reset_engine()
+    use_sqlite(tmp_path / "batches.db", monkeypatch, server.base_url)
+    yield new_job(stored_seed_set(default_seeds), 10, OPTIONS)
+    forget_settings()
 
 
 OPTIONS = GenerationOptions(batch_api=True, model="fake-model")

@@ -15,8 +15,11 @@ from app.db import session_scope
 from app.models import Instance, InstancesState, Instruction, Job, LLMCall
 from app.schemas import Progress
 from app.selfinstruct.options import GenerationOptions
+from app.services import instances, pipeline
+from app.services.balance import undecided_through
 from app.services.export import iter_rejected
 from app.services.jobs import job_progress
+from app.services.llm import llm_for
 from app.services.report import job_report
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
 from tests.support.metrics import metric_samples
@@ -159,3 +162,27 @@ def test_retried_failures_are_counted_by_kind_in_progress_calls_and_metrics(
         if name == "selfinstruct_llm_failed_attempts_total":
             by_kind[dict(labels)["kind"]] += int(value)
     assert by_kind == progress.llm_failed_attempts
+
+
+def test_a_job_succeeds_once_no_accepted_instruction_of_any_round_waits_for_instances(
+    seed_set_id: uuid.UUID,
+) -> None:
+    job_id = new_job(seed_set_id, 1000, GenerationOptions(seed=1))
+    for round_no in (1, 2):
+        pipeline.run_round(job_id, round_no, llm_for)
+    with session_scope() as session:
+        first, every = (undecided_through(session, job_id, r) for r in (1, None))
+        session.get(Job, job_id).instructions_complete = True  # type: ignore[union-attr]
+    assert 0 < first < every
+    assert not pipeline.finalize_if_complete(job_id)  # round 2's instructions still wait
+    with session_scope() as session:
+        pending = session.scalars(
+            select(Instruction.id).where(
+                Instruction.job_id == job_id,
+                Instruction.instances_state == InstancesState.PENDING,
+            )
+        ).all()
+    instances.generate_instances(job_id, list(pending), llm_for)
+    assert pipeline.finalize_if_complete(job_id)
+    with session_scope() as session:
+        assert undecided_through(session, job_id, None) == 0

@@ -14,17 +14,14 @@ import pytest
 from sqlalchemy import func, select
 
 from app.config import get_settings
-from app.db import reset_engine, session_scope
+from app.db import session_scope
 from app.llm import concurrency
-from app.migrate import upgrade_database
 from app.models import InstancesState, Instruction, Job, LLMCall
 from app.selfinstruct.options import GenerationOptions
-from app.selfinstruct.seeds import parse_seed_jsonl
 from app.services import instances, leases, pipeline, sweeper
-from app.services.jobs import create_job
 from app.services.llm import llm_for, reset_llm_clients
-from app.services.seed_sets import create_seed_set
 from tests.support.fake_llm import FakeLLMServer, prompt_kind
+from tests.support.sqlite_db import forget_settings, new_job, stored_seed_set, use_sqlite
 
 LEASE_S = 30.0
 
@@ -33,35 +30,15 @@ LEASE_S = 30.0
 def job_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_llm: FakeLLMServer, default_seeds: Path
 ) -> Iterator[uuid.UUID]:
-    url = f"sqlite:///{tmp_path / 'leases.db'}"
-    monkeypatch.setenv("DATABASE_URL", url)
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "x")
     monkeypatch.setenv("SELFINSTRUCT_JOB_LEASE_S", str(LEASE_S))
     # A gate of its own: the fake server is the session's, and its gate's adaptive limit would
     # carry what other modules' faults taught it (the timing tests here need its start).
     monkeypatch.setattr(concurrency, "_gates", {})
-    get_settings.cache_clear()
-    reset_engine()
-    reset_llm_clients()
-    upgrade_database(url)
-    tasks = parse_seed_jsonl(
-        default_seeds.read_bytes(), max_bytes=10**7, max_line_bytes=10**6, max_tasks=10**4
-    )
-    with session_scope() as session:
-        seed_set = create_seed_set(session, name="seeds", tasks=tasks)
-        job = create_job(
-            session,
-            seed_set_id=seed_set.id,
-            num_instructions=1000,
-            options=GenerationOptions(seed=3),
-        )
-        created = job.id
+    use_sqlite(tmp_path / "leases.db", monkeypatch, fake_llm.base_url)
+    created = new_job(stored_seed_set(default_seeds), 1000, GenerationOptions(seed=3))
     yield created
     pipeline.forget_job_index(created)
-    get_settings.cache_clear()
-    reset_engine()
-    reset_llm_clients()
+    forget_settings()
 
 
 def _job(job_id: uuid.UUID) -> Job:
@@ -145,6 +122,28 @@ def test_a_retry_inherits_the_claim_for_its_countdown(job_id: uuid.UUID) -> None
     assert not _claim_round(job_id, leases.Hold(job_id))  # a sweeper's copy skips it
     with leases.holding(job_id, token) as retry:
         assert _claim_round(job_id, retry)
+
+
+def test_a_task_whose_claims_were_taken_over_leaves_the_new_holders_claims_alone(
+    job_id: uuid.UUID,
+) -> None:
+    pipeline.run_round(job_id, 1, llm_for)
+    first = _pending(job_id)[0]
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    successor = leases.Hold(job_id)
+    with leases.holding(job_id) as hold:
+        assert _claim_round(job_id, hold, round_no=2)
+        with session_scope() as session:
+            assert leases.claim_instructions(session, job_id, [first], hold) == [first]
+        with session_scope() as session:  # its lease ran out and another task took over
+            session.get(Job, job_id).round_claimed_until = past  # type: ignore[union-attr]
+            session.get(Instruction, first).claimed_until = past  # type: ignore[union-attr]
+        assert _claim_round(job_id, successor, round_no=2)
+        with session_scope() as session:
+            assert leases.claim_instructions(session, job_id, [first], successor) == [first]
+    assert _job(job_id).round_claim_token == successor.token
+    with session_scope() as session:
+        assert session.get(Instruction, first).claim_token == successor.token  # type: ignore[union-attr]
 
 
 def test_the_heartbeat_renews_claims_while_the_task_runs(job_id: uuid.UUID) -> None:

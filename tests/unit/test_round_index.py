@@ -8,48 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from app.config import get_settings
-from app.db import reset_engine, session_scope
-from app.migrate import upgrade_database
+from app.db import session_scope
 from app.models import Job
 from app.selfinstruct.options import GenerationOptions
-from app.selfinstruct.seeds import parse_seed_jsonl
 from app.services import pipeline
-from app.services.jobs import create_job
-from app.services.llm import llm_for, reset_llm_clients
-from app.services.seed_sets import create_seed_set
+from app.services.llm import llm_for
 from tests.support.fake_llm import FakeLLMServer
+from tests.support.sqlite_db import forget_settings, new_job, stored_seed_set, use_sqlite
 
 
 @pytest.fixture
 def job_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_llm: FakeLLMServer, default_seeds: Path
 ) -> Iterator[object]:
-    url = f"sqlite:///{tmp_path / 'rounds.db'}"
-    monkeypatch.setenv("DATABASE_URL", url)
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "x")
-    get_settings.cache_clear()
-    reset_engine()
-    reset_llm_clients()
-    upgrade_database(url)
-    tasks = parse_seed_jsonl(
-        default_seeds.read_bytes(), max_bytes=10**7, max_line_bytes=10**6, max_tasks=10**4
-    )
-    with session_scope() as session:
-        seed_set = create_seed_set(session, name="seeds", tasks=tasks)
-        job = create_job(
-            session,
-            seed_set_id=seed_set.id,
-            num_instructions=1000,
-            options=GenerationOptions(seed=3),
-        )
-        created = job.id
+    use_sqlite(tmp_path / "rounds.db", monkeypatch, fake_llm.base_url)
+    created = new_job(stored_seed_set(default_seeds), 1000, GenerationOptions(seed=3))
     yield created
     pipeline.forget_job_index(created)  # type: ignore[arg-type]
-    get_settings.cache_clear()
-    reset_engine()
-    reset_llm_clients()
+    forget_settings()
 
 
 def _pool(job_id: object) -> list[str]:
