@@ -29,10 +29,20 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-from harness import fresh_services, read_body, running_stack, send_json, start_backend
+from harness import (
+    CpuMeter,
+    child_pids,
+    fresh_services,
+    pids_named,
+    read_body,
+    running_stack,
+    send_json,
+    start_backend,
+)
 
 SIGMA = 0.5  # lognormal spread: p90 is about 1.9 x the median, p99 about 3.2 x
 
@@ -47,7 +57,9 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
 
     rng = random.Random(seed)
     gate = asyncio.Semaphore(slots)
-    busy: list[tuple[float, float, str]] = []  # (slot taken, given back, prompt kind), monotonic
+    # (slot taken, given back, prompt kind, model), monotonic; each job of a run asks for a model
+    # of its own, which tells the jobs' requests apart
+    busy: list[tuple[float, float, str, str]] = []
     counts = {"requests": 0, "refused": 0, "serving": 0, "peak_waiting": 0, "waiting": 0,
               "repeats": 0}  # fmt: skip
     refused_at: list[float] = []  # monotonic
@@ -88,7 +100,7 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
                 await asyncio.sleep(median_s * math.exp(rng.gauss(0.0, SIGMA)))
             finally:
                 counts["serving"] -= 1
-                busy.append((taken, time.monotonic(), prompt_kind(prompt)))
+                busy.append((taken, time.monotonic(), prompt_kind(prompt), body.get("model", "")))
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         if digest in seen:
             counts["repeats"] += 1
@@ -157,10 +169,18 @@ def refused_share(stats: dict[str, Any], start: float, end: float) -> float:
     return refused / max(1, refused + served)
 
 
+def share_by_model(busy: list[list[Any]], slots: int, start: float, end: float) -> dict[str, float]:
+    """Each model's (each job's) busy slot-seconds within [start, end] / (C x that time)."""
+    held: dict[str, float] = {}
+    for a, b, _, model in busy:
+        held[model] = held.get(model, 0.0) + max(0.0, min(b, end) - max(a, start))
+    return {model: round(h / (slots * (end - start)), 3) for model, h in sorted(held.items())}
+
+
 def held_by_kind(busy: list[list[Any]], start: float, end: float) -> dict[str, float]:
     """Mean slots held within [start, end] by each kind of prompt (step 1, classify, ...)."""
     held: dict[str, float] = {}
-    for a, b, kind in busy:
+    for a, b, kind, _ in busy:
         held[kind] = held.get(kind, 0.0) + max(0.0, min(b, end) - max(a, start))
     return {k: round(v / (end - start), 1) for k, v in sorted(held.items())} if end > start else {}
 
@@ -210,6 +230,24 @@ class LimitSampler(threading.Thread):
 # --- one run on the real stack ---------------------------------------------------------------------
 
 
+def job_model(n: int, jobs: int) -> dict[str, str]:
+    """With several jobs, each asks the server for a model of its own name (the server serves
+    any), so the server can tell each job's share; one job keeps the default."""
+    return {"model": f"bench-job-{n + 1}"} if jobs > 1 else {}
+
+
+def stack_pids(stack: Any, server: SlotServer) -> dict[str, Callable[[], list[int]]]:
+    """The processes whose CPU a run counts, by part (worker pool children included)."""
+    workers = [w.pid for w in stack.workers]
+    return {
+        "api": lambda: [stack.api.pid],
+        "workers": lambda: workers + [c for w in workers for c in child_pids(w)],
+        "llm server": lambda: [server.proc.pid],
+        "postgres": lambda: pids_named("postgres"),
+        "redis": lambda: pids_named("redis-server"),
+    }
+
+
 def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
             env_extra: dict[str, str], jobs: int = 1) -> dict[str, Any]:  # fmt: skip
     from tests.support.stack import wait_for_status
@@ -218,17 +256,20 @@ def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
         fresh_services(server.base_url, env_extra) as env,
         running_stack(env, 2) as (stack, api, seed_set_id),  # the CLI's default pool
     ):
+        cpu = CpuMeter(stack_pids(stack, server))
         start = server.now()
         ids = [
             api.post("/v1/jobs", json={"seed_set_id": seed_set_id,
                                        "num_instructions": instructions,
-                                       "options": {"seed": 3 + n, **options}}).json()["id"]
+                                       "options": {"seed": 3 + n, **job_model(n, jobs),
+                                                   **options}}).json()["id"]
             for n in range(jobs)
         ]  # fmt: skip
         sampler = LimitSampler(stack.url)
         sampler.start()
         finished = [wait_for_status(api, i, timeout_s=3600) for i in ids]
         end = server.now()
+        cpu_used = cpu.used()
         sampler.stop()
         loads = (
             api.get("/v1/backends").json()
@@ -244,6 +285,8 @@ def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
         "whole": utilisation(stats["busy"], server.slots, start, end),
         "middle": utilisation(stats["busy"], server.slots, *middle),
         "middle_by_kind": held_by_kind(stats["busy"], *middle),
+        "middle_by_job": share_by_model(stats["busy"], server.slots, *middle),
+        "cpu": cpu_used,
         "requests": stats["requests"],
         "refused": stats["refused"],
         "refused_middle_share": refused_share(stats, *middle),
@@ -290,6 +333,10 @@ def main() -> None:
                   f"{result['middle']:.2f} | {result['requests']} | {result['refused']} | "
                   f"{result['peak_waiting']} |", flush=True)  # fmt: skip
             print(f"<!-- slots held in the middle 60 % by kind: {result['middle_by_kind']} -->")
+            if args.jobs > 1:
+                print(f"<!-- each job's share of the server in the middle 60 %: "
+                      f"{result['middle_by_job']} -->")  # fmt: skip
+            print(f"<!-- CPU over the job: {result['cpu']} -->")
             if result["backends"]:
                 print(f"<!-- backends at the end: {result['backends']} -->")
             if args.refuse_above is not None:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -105,3 +105,73 @@ def running_stack(
             with SEEDS.open("rb") as fh:
                 seed_set = api.post("/v1/seed-sets", files={"file": ("s.jsonl", fh)}).json()
             yield stack, api, seed_set["id"]
+
+
+# --- CPU used by the stack -------------------------------------------------------------------------
+# Read from /proc (Linux) by hand: psutil is not a dependency, and three fields are all it takes.
+
+_TICKS = 100  # USER_HZ, the unit of /proc's CPU times on Linux
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of `pid` (a worker's pool processes)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def pids_named(name: str) -> list[int]:
+    """Processes whose command name is `name` (PostgreSQL's backends, Redis)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if stat.read_text().strip() == name:
+                found.append(int(stat.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return sum(values) - idle, sum(values)
+
+
+class CpuMeter:
+    """CPU seconds each part of the stack used between its creation and `used()`, and the
+    machine's busy share: what bounds a job when the stack, not the backend, is saturated.
+    Each part is a function listing its processes, asked again at the end: a process that
+    started in between (a new PostgreSQL connection, a pool child) counts all its CPU."""
+
+    def __init__(self, parts: dict[str, Callable[[], list[int]]]) -> None:
+        self.parts = parts
+        self.before = {pid: _cpu_ticks(pid) for find in parts.values() for pid in find()}
+        self.machine_before = _machine_ticks()
+        self.started = time.monotonic()
+
+    def used(self) -> dict[str, float]:
+        wall = time.monotonic() - self.started
+        out = {
+            f"{part} cpu s": round(
+                sum(_cpu_ticks(p) - self.before.get(p, 0) for p in find()) / _TICKS, 1
+            )
+            for part, find in self.parts.items()
+        }
+        busy, total = (a - b for a, b in zip(_machine_ticks(), self.machine_before, strict=True))
+        out["machine busy"] = round(busy / max(1, total), 2)
+        out["wall s"] = round(wall, 1)
+        return out
