@@ -187,7 +187,7 @@ class GenerationOptions(JsonNumbers):
     )
     requests_per_round: int = Field(5, ge=1, le=64, description="Concurrent prompts per round.")
     rounds_in_flight: int = Field(
-        16,
+        32,
         ge=1,
         le=64,
         description="Rounds of step 1 sent before the oldest is back. Round r's prompts show "
