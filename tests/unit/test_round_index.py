@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from app.db import session_scope
 from app.models import Job
 from app.selfinstruct.options import GenerationOptions
-from app.services import pipeline
+from app.services import pipeline, seed_sets
 from app.services.llm import llm_for
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.sqlite_db import forget_settings, new_job, stored_seed_set, use_sqlite
@@ -58,4 +59,30 @@ def test_a_stale_index_adds_only_the_rounds_it_missed(job_id: object) -> None:
     ]
     # Round 4 runs on the caught-up index exactly as on a fresh one.
     pipeline.run_round(job_id, 4, llm_for)  # type: ignore[arg-type]
+    assert pipeline._indexes[job_id].machine_texts == _pool(job_id)  # type: ignore[index]
+
+
+def test_a_round_reads_neither_seed_tasks_nor_pool_it_already_holds(
+    job_id: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round task plans and stores each round with what it holds: seed sets never change,
+    and an index as new as the job needs no catch-up query."""
+    pipeline.run_round(job_id, 1, llm_for)  # type: ignore[arg-type]
+    reads: list[str] = []
+    for module, name in ((seed_sets, "_read_seed_tasks"), (pipeline, "_accepted_texts")):
+        original = getattr(module, name)
+
+        def counted(
+            *args: object, _original: Any = original, _name: str = name, **kw: object
+        ) -> Any:
+            reads.append(_name)
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(module, name, counted)
+    pipeline.run_round(job_id, 2, llm_for)  # type: ignore[arg-type]
+    assert reads == []
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.rounds_completed == 2
+    monkeypatch.undo()
     assert pipeline._indexes[job_id].machine_texts == _pool(job_id)  # type: ignore[index]
