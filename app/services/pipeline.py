@@ -17,6 +17,7 @@ import logging
 import random
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -446,10 +447,57 @@ async def _answer_and_journal(
             answer = exc
         (record,) = call_records([answer], [request], "instructions", planned.round_no)
         if record.response is not None:
-            await asyncio.to_thread(_journal, planned, {position: record})
+            await _journal_writer().write(planned, position, record)
         return position, record
 
     return dict(await asyncio.gather(*(one(n) for n in positions)))
+
+
+class _JournalWriter:
+    """Writes the step-1 answers that came back while the last write ran, in one transaction.
+    With a transaction per answer, under load dozens of answers waited in the thread pool for
+    their turn (and a killed worker lost them: the backend saw them asked again), and the
+    transactions themselves were most of the cost. A round's answers count as journaled once
+    the write that took them has returned."""
+
+    def __init__(self) -> None:
+        self._queued: list[tuple[PlannedRound, int, CallRecord, asyncio.Future[None]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def write(self, planned: PlannedRound, position: int, record: CallRecord) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._queued.append((planned, position, record, done))
+        if self._drainer is None:
+            self._drainer = loop.create_task(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                try:
+                    await asyncio.to_thread(_journal, [(p, n, r) for p, n, r, _ in batch])
+                finally:
+                    for *_, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._drainer = None
+
+
+_journal_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _JournalWriter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _journal_writer() -> _JournalWriter:
+    """The running loop's writer (a forked child's loop gets its own)."""
+    loop = asyncio.get_running_loop()
+    writer = _journal_writers.get(loop)
+    if writer is None:
+        writer = _journal_writers[loop] = _JournalWriter()
+    return writer
 
 
 def _journaled(planned: PlannedRound) -> dict[int, CallRecord]:
@@ -492,39 +540,51 @@ def _kinds(counts: Counter[str]) -> tuple[str, ...]:
     return tuple(kind for kind, n in sorted(counts.items()) for _ in range(n))
 
 
-def _journal(planned: PlannedRound, records: dict[int, CallRecord]) -> None:
-    """Keep the round's answers until it is stored (best effort, like `_journaled`)."""
-    answered = {n: r for n, r in records.items() if r.response is not None and r.prompt_sha256}
-    if planned.job_id is None or not answered:
+def _journal(answers: Sequence[tuple[PlannedRound, int, CallRecord]]) -> None:
+    """Keep these answers (round, position, record) until their rounds are stored, in one
+    transaction (best effort, like `_journaled`)."""
+    kept = [
+        (planned, n, r)
+        for planned, n, r in answers
+        if planned.job_id is not None and r.response is not None and r.prompt_sha256
+    ]
+    if not kept:
         return
+    positions: dict[tuple[uuid.UUID, int], list[int]] = {}
+    for planned, n, _ in kept:
+        positions.setdefault((planned.job_id, planned.round_no), []).append(n)  # type: ignore[arg-type]
     try:
         with session_scope() as session:
-            session.execute(
-                delete(LLMAnswer).where(
-                    LLMAnswer.job_id == planned.job_id,
-                    LLMAnswer.round == planned.round_no,
-                    LLMAnswer.position.in_(list(answered)),
+            for (job_id, round_no), replaced in positions.items():
+                session.execute(
+                    delete(LLMAnswer).where(
+                        LLMAnswer.job_id == job_id,
+                        LLMAnswer.round == round_no,
+                        LLMAnswer.position.in_(replaced),
+                    )
                 )
-            )
-            session.add_all(
-                LLMAnswer(
-                    job_id=planned.job_id,
-                    round=planned.round_no,
-                    position=n,
-                    prompt_sha256=r.prompt_sha256,
-                    text=r.response.text,
-                    finish_reason=r.row(planned.job_id).finish_reason,
-                    prompt_tokens=_count(r.response.prompt_tokens),
-                    completion_tokens=_count(r.response.completion_tokens),
-                    latency_ms=round(r.response.latency_s * 1000),
-                    attempts=r.attempts,
-                    attempt_errors=attempt_errors_text(r.attempt_kinds),
-                )
-                for n, r in answered.items()
-                if r.response is not None and r.prompt_sha256 is not None
-            )
+            session.add_all(_journal_row(planned, n, r) for planned, n, r in kept)
     except Exception:
-        log.warning("round %d: answers not journaled", planned.round_no, exc_info=True)
+        rounds = sorted({planned.round_no for planned, _, _ in kept})
+        log.warning("rounds %s: answers not journaled", rounds, exc_info=True)
+
+
+def _journal_row(planned: PlannedRound, position: int, record: CallRecord) -> LLMAnswer:
+    response = record.response
+    assert response is not None and planned.job_id is not None and record.prompt_sha256
+    return LLMAnswer(
+        job_id=planned.job_id,
+        round=planned.round_no,
+        position=position,
+        prompt_sha256=record.prompt_sha256,
+        text=response.text,
+        finish_reason=record.row(planned.job_id).finish_reason,
+        prompt_tokens=_count(response.prompt_tokens),
+        completion_tokens=_count(response.completion_tokens),
+        latency_ms=round(response.latency_s * 1000),
+        attempts=record.attempts,
+        attempt_errors=attempt_errors_text(record.attempt_kinds),
+    )
 
 
 def finish_round(

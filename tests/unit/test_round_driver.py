@@ -229,3 +229,37 @@ def test_a_journaled_answer_keeps_the_attempts_it_took(
     assert sum(attempts for attempts, _ in stored) == sent
     failed = sorted(errors for _, errors in stored if errors)
     assert failed in (["http_5xx=1", "http_5xx=1"], ["http_5xx=2"])
+
+
+def test_answers_that_come_back_together_are_journaled_in_one_transaction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Forty answers back at once while a write is slow take two transactions, not forty, and
+    each waiter returns only once the transaction holding its answer is over."""
+    import asyncio
+    import threading
+    import time
+
+    written: list[list[int]] = []
+    lock = threading.Lock()
+
+    def slow_journal(answers: list[tuple[pipeline.PlannedRound, int, pipeline.CallRecord]]) -> None:
+        time.sleep(0.05)  # a transaction under load
+        with lock:
+            written.append([n for _, n, _ in answers])
+
+    monkeypatch.setattr(pipeline, "_journal", slow_journal)
+    planned = pipeline.PlannedRound(1, GenerationOptions(), [], 0.0, uuid.uuid4())
+    record = pipeline.CallRecord("instructions", 1, None)
+
+    async def answer(n: int) -> bool:
+        await pipeline._journal_writer().write(planned, n, record)
+        with lock:
+            return any(n in batch for batch in written)
+
+    async def main() -> list[bool]:
+        return await asyncio.gather(*(answer(n) for n in range(40)))
+
+    assert all(asyncio.run(main()))
+    assert sorted(n for batch in written for n in batch) == list(range(40))
+    assert len(written) <= 2  # the first answer's write, then everything that came meanwhile
