@@ -65,6 +65,7 @@ from app.selfinstruct.unnatural import (
 )
 from app.services import batches, budget, leases
 from app.services.budget import Cost, InstanceBudget
+from app.services.coalesce import CoalescingWriter
 from app.services.pipeline import (
     CallRecord,
     LLMFactory,
@@ -270,31 +271,39 @@ class Verdicts:
 
     def __init__(self, job_id: uuid.UUID, known: dict[uuid.UUID, bool]) -> None:
         self.job_id, self.known = job_id, known
+        # Classifications back while one is being stored go in the next transaction together.
+        self._writer: CoalescingWriter[tuple[uuid.UUID, bool, CallRecord]] = CoalescingWriter(
+            self._store
+        )
 
     async def remember(self, instruction_id: uuid.UUID, verdict: bool, record: CallRecord) -> bool:
         """True once stored; False (the record then stays with the instruction) on any error."""
         try:
-            await asyncio.to_thread(self._store, instruction_id, verdict, record)
+            await self._writer.put((instruction_id, verdict, record))
         except Exception:
             log.warning("instances: classification not stored early", exc_info=True)
             return False
         self.known[instruction_id] = verdict
         return True
 
-    def _store(self, instruction_id: uuid.UUID, verdict: bool, record: CallRecord) -> None:
-        # One row updated and one inserted, no other lock taken: this cannot deadlock with the
-        # claims and commits that lock the job row first.
+    def _store(self, verdicts: list[tuple[uuid.UUID, bool, CallRecord]]) -> None:
+        # Rows updated and inserted, no other lock taken: this cannot deadlock with the claims
+        # and commits that lock the job row first.
         with session_scope() as session:
-            session.add(record.row(self.job_id))
-            session.execute(
-                update(Instruction)
-                .where(
-                    Instruction.id == instruction_id,
-                    Instruction.instances_state == InstancesState.PENDING,
+            session.add_all(record.row(self.job_id) for _, _, record in verdicts)
+            for kind in (True, False):
+                ids = [i for i, verdict, _ in verdicts if verdict is kind]
+                if not ids:
+                    continue
+                session.execute(
+                    update(Instruction)
+                    .where(
+                        Instruction.id.in_(ids),
+                        Instruction.instances_state == InstancesState.PENDING,
+                    )
+                    .values(is_classification=kind)
+                    .execution_options(synchronize_session=False)
                 )
-                .values(is_classification=verdict)
-                .execution_options(synchronize_session=False)
-            )
 
 
 def _unheld_pending(session: Session, job_id: uuid.UUID, limit: int) -> list[uuid.UUID]:

@@ -87,6 +87,7 @@ from app.selfinstruct.unnatural import (
 from app.services import batches, budget, leases
 from app.services.balance import mix_so_far, undecided_through
 from app.services.budget import job_usage
+from app.services.coalesce import CoalescingWriter
 from app.services.seed_sets import load_seed_tasks
 
 log = logging.getLogger(__name__)
@@ -447,56 +448,24 @@ async def _answer_and_journal(
             answer = exc
         (record,) = call_records([answer], [request], "instructions", planned.round_no)
         if record.response is not None:
-            await _journal_writer().write(planned, position, record)
+            await _journal_writer().put((planned, position, record))
         return position, record
 
     return dict(await asyncio.gather(*(one(n) for n in positions)))
 
 
-class _JournalWriter:
-    """Writes the step-1 answers that came back while the last write ran, in one transaction.
-    With a transaction per answer, under load dozens of answers waited in the thread pool for
-    their turn (and a killed worker lost them: the backend saw them asked again), and the
-    transactions themselves were most of the cost. A round's answers count as journaled once
-    the write that took them has returned."""
-
-    def __init__(self) -> None:
-        self._queued: list[tuple[PlannedRound, int, CallRecord, asyncio.Future[None]]] = []
-        self._drainer: asyncio.Task[None] | None = None
-
-    async def write(self, planned: PlannedRound, position: int, record: CallRecord) -> None:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._queued.append((planned, position, record, done))
-        if self._drainer is None:
-            self._drainer = loop.create_task(self._drain())
-        await done
-
-    async def _drain(self) -> None:
-        try:
-            while self._queued:
-                batch, self._queued = self._queued, []
-                try:
-                    await asyncio.to_thread(_journal, [(p, n, r) for p, n, r, _ in batch])
-                finally:
-                    for *_, done in batch:
-                        if not done.done():
-                            done.set_result(None)
-        finally:
-            self._drainer = None
+_journal_writers: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, CoalescingWriter[tuple[PlannedRound, int, CallRecord]]
+] = weakref.WeakKeyDictionary()
 
 
-_journal_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _JournalWriter] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _journal_writer() -> _JournalWriter:
-    """The running loop's writer (a forked child's loop gets its own)."""
+def _journal_writer() -> CoalescingWriter[tuple[PlannedRound, int, CallRecord]]:
+    """The running loop's journal writer (a forked child's loop gets its own): answers that
+    come back while a journal write runs go in the next one, together."""
     loop = asyncio.get_running_loop()
     writer = _journal_writers.get(loop)
     if writer is None:
-        writer = _journal_writers[loop] = _JournalWriter()
+        writer = _journal_writers[loop] = CoalescingWriter(_journal)
     return writer
 
 

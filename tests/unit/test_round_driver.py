@@ -253,7 +253,7 @@ def test_answers_that_come_back_together_are_journaled_in_one_transaction(
     record = pipeline.CallRecord("instructions", 1, None)
 
     async def answer(n: int) -> bool:
-        await pipeline._journal_writer().write(planned, n, record)
+        await pipeline._journal_writer().put((planned, n, record))
         with lock:
             return any(n in batch for batch in written)
 
