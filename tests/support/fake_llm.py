@@ -88,8 +88,9 @@ class FakeLLMConfig:
     # escapes no UTF-8 database stores) or megabytes of text, in this share of answers.
     hostile_rate: float = 0.0
     hostile_bytes: int = 3_000_000  # the size of a runaway answer
-    # The first answer to each kind of prompt is a runaway one, so that every run exercises
-    # what each step does with it, whatever the arrival order (hostile_rate alone is a draw).
+    # The first answers to each kind of prompt are poisoned, one with each of HOSTILE_KINDS in
+    # turn (a runaway answer first), so that every run exercises what each step does with each,
+    # whatever the arrival order (hostile_rate alone is a draw).
     hostile_first: bool = False
     # Prompts of these kinds always get an HTTP 500, like a server that crashes on them.
     failing_kinds: tuple[str, ...] = ()
@@ -439,6 +440,7 @@ def garbage(rng: random.Random) -> str:
 
 
 HOSTILE_KINDS = ("nul", "surrogate", "huge")
+FIRST_POISONS = ("huge", "surrogate", "nul")  # hostile_first's order
 
 
 def poison(text: str, kind: str, rng: random.Random, size: int = 3_000_000) -> str:
@@ -686,7 +688,8 @@ class FakeLLMServer:
         self._lock = threading.Lock()
         self._served = 0
         self._slow_candidates = 0  # answers of slow_kinds so far, for slow_every
-        self._poisoned_kinds: set[str] = set()  # prompt kinds answered so far, for hostile_first
+        # Answers so far to each kind of prompt, for hostile_first.
+        self._poisoned_kinds: collections.Counter[str] = collections.Counter()
         self._scripted: list[int] = []
         self.in_flight = 0
         self.files: dict[str, bytes] = {}
@@ -800,10 +803,10 @@ class FakeLLMServer:
         """Which poison (HOSTILE_KINDS) this answer gets, if any."""
         if self.config.hostile_first:
             with self._lock:
-                first = kind not in self._poisoned_kinds
-                self._poisoned_kinds.add(kind)
-            if first:
-                return "huge"
+                seen = self._poisoned_kinds[kind]
+                self._poisoned_kinds[kind] += 1
+            if seen < len(FIRST_POISONS):
+                return FIRST_POISONS[seen]
         if self.config.hostile_rate and rng.random() < self.config.hostile_rate:
             return rng.choice(HOSTILE_KINDS)
         return None
