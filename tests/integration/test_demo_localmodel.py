@@ -36,9 +36,10 @@ def test_demo_generates_real_examples_with_the_local_model(data_dir: Path, tmp_p
     env = embedded_env(data_dir)
     output = tmp_path / "examples.jsonl"
     result = subprocess.run(
-        # 10 instructions: with 6, the 270M base model once (of four CI runs) had none of its
-        # instances pass the filters.
-        [sys.executable, "-m", "app", "demo", "-n", "10", "-o", str(output)],
+        # 16 instructions: the model samples without a fixed seed, and the 270M base model had
+        # none of its instances pass the filters once in four CI runs with 6, and once in about
+        # five with 10.
+        [sys.executable, "-m", "app", "demo", "-n", "16", "-o", str(output)],
         env=env,
         cwd=REPO_ROOT,
         capture_output=True,
@@ -54,7 +55,7 @@ def test_demo_generates_real_examples_with_the_local_model(data_dir: Path, tmp_p
         assert example["instruction"].strip() and example["output"].strip()
         assert example["input"].strip() != example["output"].strip()
     instructions = {e["instruction"] for e in examples}
-    assert len(instructions) <= 6
+    assert len(instructions) <= 16
     log = (data_dir / "logs" / "local-model.log").read_text()
     assert "POST /v1/completions" in log
     # The model server and the worker are gone when the command returns.
