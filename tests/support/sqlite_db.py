@@ -4,13 +4,17 @@ the services that need stored jobs but no PostgreSQL."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.config import get_settings
 from app.db import reset_engine, session_scope
+from app.main import create_app
 from app.migrate import upgrade_database
 from app.models import InstancesState, Instruction
 from app.selfinstruct.options import GenerationOptions
@@ -28,6 +32,25 @@ def use_sqlite(path: Path, monkeypatch: pytest.MonkeyPatch, llm_url: str) -> Non
     monkeypatch.setenv("OPENAI_API_KEY", "x")
     forget_settings()
     upgrade_database(url)
+
+
+@contextmanager
+def in_process_api(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, **env: str
+) -> Iterator[TestClient]:
+    """The app on embedded SQLite in `data_dir` (no broker, no configured backend), with the
+    settings in `env` on top: the API's own behaviour, without services."""
+    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "OPENAI_BASE_URL", "SELFINSTRUCT_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SELFINSTRUCT_DATA_DIR", str(data_dir))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    reset_engine()
+    upgrade_database(get_settings().resolved_database_url)
+    with TestClient(create_app()) as client:
+        yield client
+    forget_settings()
 
 
 def forget_settings() -> None:

@@ -19,9 +19,8 @@ from app.admission import (
     request_slots,
 )
 from app.config import get_settings
-from app.db import get_engine, reset_engine
-from app.main import create_app
-from app.migrate import upgrade_database
+from app.db import get_engine
+from tests.support.sqlite_db import in_process_api
 
 
 def test_requests_beyond_the_slots_wait_their_turn() -> None:
@@ -75,17 +74,9 @@ def test_a_wait_past_the_limit_ends_in_503() -> None:
 
 @pytest.fixture
 def sqlite_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "OPENAI_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SELFINSTRUCT_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("SELFINSTRUCT_API_DB_WAIT_S", "0.2")  # so the test's 503 comes quickly
-    get_settings.cache_clear()
-    reset_engine()
-    upgrade_database(get_settings().resolved_database_url)
-    with TestClient(create_app()) as client:
+    # A short wait for a database slot, so the test's 503 comes quickly.
+    with in_process_api(tmp_path, monkeypatch, SELFINSTRUCT_API_DB_WAIT_S="0.2") as client:
         yield client
-    get_settings.cache_clear()
-    reset_engine()
 
 
 def test_overload_is_a_503_with_retry_after_and_healthz_still_answers(

@@ -11,27 +11,21 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.config import get_settings
-from app.db import reset_engine, session_scope
-from app.main import create_app
-from app.migrate import upgrade_database
+from app.db import session_scope
 from app.services.keys import create_key
+from tests.support.sqlite_db import in_process_api
 
 
 @pytest.fixture
 def app_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "OPENAI_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SELFINSTRUCT_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("SELFINSTRUCT_AUTH", "required")
-    monkeypatch.setenv("SELFINSTRUCT_MAX_JOBS_PER_MINUTE_PER_KEY", "2")
-    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
-    get_settings.cache_clear()
-    reset_engine()
-    upgrade_database(get_settings().resolved_database_url)
-    with TestClient(create_app()) as client:
+    with in_process_api(
+        tmp_path,
+        monkeypatch,
+        SELFINSTRUCT_AUTH="required",
+        SELFINSTRUCT_MAX_JOBS_PER_MINUTE_PER_KEY="2",
+        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+    ) as client:
         yield client
-    get_settings.cache_clear()
-    reset_engine()
 
 
 def test_jobs_per_minute_limit_is_per_key(
