@@ -39,8 +39,9 @@ The baseline follows the lowest window medians down quickly and drifts up slowly
 follow a change of model). A server that is over capacity from the first request (fewer slots
 than the initial limit) would never show its no-load latency, so when the median is well above
 the baseline the limit is probed from time to time: one window at half the limit, then halves
-again while latency halves with it (it is all queueing); where halving the limit no longer
-halves latency, the median is the no-load latency. At a limit near tolerance * C the first
+again while latency halves with it (it is all queueing) and is still above the baseline; where
+halving the limit no longer halves latency, or latency is back at the baseline, the median is
+the no-load latency. At a limit near tolerance * C the first
 probe level is C, so the server stays full during most of a probe. Probes come after the
 first slow start, then every `PROBE_EVERY_BASELINES` baselines, doubling up to
 `PROBE_MAX_BASELINES` while they find the baseline unchanged, and at once after
@@ -323,6 +324,7 @@ def _probe_step(state: LimitState, median: float, config: AdaptiveConfig, now: f
     if (
         state.probe_ref_s
         and median < PROBE_QUEUED * state.probe_ref_s
+        and not _near(median, state.baseline_s)
         and math.floor(deeper) >= config.minimum
     ):
         # Latency fell with the level: all queueing still. Halve again.
@@ -346,6 +348,12 @@ def _probe_step(state: LimitState, median: float, config: AdaptiveConfig, now: f
         next_probe_at=now + interval,
         probe_interval_s=interval,
     )
+
+
+def _near(median: float, baseline: float) -> bool:
+    """Whether a probe's median is the known no-load latency: no queue at this level, so a
+    level lower would only leave the server half empty for a window."""
+    return bool(baseline) and median <= (1 + PROBE_SAME_BASELINE) * baseline
 
 
 def _follow(baseline: float, median: float) -> float:

@@ -90,7 +90,7 @@ def simulate(
     measure_from = warmup * duration_s
     busy_area = limit_area = 0.0
     limit = effective_limit(state, config)
-    lowest, highest = limit, limit
+    lowest, highest = math.inf, 0
     reached: dict[int, float] = {}
 
     def service() -> float:
@@ -131,6 +131,7 @@ def simulate(
             span = at - max(last, measure_from)
             busy_area += span * min(serving, capacity) / max(1, capacity)
             limit_area += span * limit
+            lowest, highest = min(lowest, limit), max(highest, limit)
         now = last = at
         in_flight -= 1
         if served:
@@ -145,8 +146,6 @@ def simulate(
             window = Window(started_at=now)
             limit = effective_limit(state, config)
             reached.setdefault(limit, now)
-            if now >= measure_from:
-                lowest, highest = min(lowest, limit), max(highest, limit)
         while in_flight < limit:
             send()
     span = duration_s - measure_from
@@ -154,7 +153,7 @@ def simulate(
         busy=busy_area / span,
         limit=limit_area / span,
         max_limit=highest,
-        min_limit=lowest,
+        min_limit=int(lowest),
         overload_share=refused / max(1, sent),
         reached=reached,
     )
@@ -173,6 +172,17 @@ def test_queueing_server_is_kept_full_with_a_bounded_queue(capacity: int, latenc
     assert result.busy >= 0.9, result
     assert capacity <= result.limit <= 3 * capacity, result
     assert result.max_limit <= 4 * capacity, result
+
+
+@pytest.mark.parametrize("capacity", [32, 128, 512])
+def test_a_probe_of_an_unchanged_server_stops_where_latency_is_back_at_the_baseline(
+    capacity: int,
+) -> None:
+    """With the limit near twice the capacity, the first probe level (half of it) is about the
+    capacity, where latency is the baseline again: going one level deeper would leave half the
+    server idle for a window (it went to about 0.45 of the capacity)."""
+    result = simulate(capacity, 1.0, duration_s=max(200.0, 16_000 / capacity))
+    assert result.min_limit >= 0.7 * capacity, result
 
 
 def test_slow_start_reaches_a_large_server_quickly() -> None:
