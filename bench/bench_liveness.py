@@ -12,7 +12,10 @@ rounds, the worker whose pool process holds the job's round claim is killed, poo
 SIGKILL while its round is in flight. Measured from outside the job's worker:
 - seconds from the kill until the job stores its next instruction round (the round holder's
   work is what a dead worker stalls; the other worker goes on with instances regardless);
-- repeats at the server, against a run without a kill on the same settings;
+- repeats at the server: bodies served twice, both times during this job (an instruction that
+  recurs in another run gets the same classification prompt: not work this job paid twice),
+  against a run without a kill on the same settings, and where each repeat's first request
+  stood at the kill (answered before it and lost, in flight, or sent after it);
 - the requests unanswered at the server at the moment of the kill, being served or queued (the
   most a kill should lose).
 """
@@ -23,6 +26,7 @@ import argparse
 import os
 import statistics
 import time
+from collections import Counter
 from typing import Any
 
 from bench_utilisation import SlotServer
@@ -77,17 +81,43 @@ def run_once(server: SlotServer, instructions: int, kill: bool, seed: int) -> di
             engine.dispose()
     result["status"] = job["status"]
     result["accepted"] = job["progress"]["instructions_accepted"]
+    # Only a body first served during this job is work this job paid twice: instructions recur
+    # across runs (the same text gets the same classification prompt), and those are not repeats.
     after = server.stats()
-    result["repeats"] = after["repeats"] - before["repeats"]
-    result["repeats_by_kind"] = {
-        kind: n - before["repeats_by_kind"].get(kind, 0)
-        for kind, n in after["repeats_by_kind"].items()
-        if n > before["repeats_by_kind"].get(kind, 0)
-    }
+    started = before["now"]
+    new = after["repeat_times"][len(before["repeat_times"]) :]
+    mine = [r for r in new if r[1] >= started]
+    result["repeats"] = len(mine)
+    result["repeats_of_earlier_runs"] = len(new) - len(mine)
+    result["repeats_by_kind"] = dict(Counter(kind for kind, *_ in mine))
+    if kill:
+        result["repeats_by_first_send"] = repeats_by_first_send(mine, result["killed_at"])
     return result
 
 
+def repeats_by_first_send(repeats: list[list[Any]], killed_at: float) -> dict[str, Any]:
+    """Where each repeat's first request stood at the kill (server clock): answered before it
+    (the answer was lost before it was stored), at the server (in flight), or sent after it;
+    for the first kind, by kind and how long before the kill the answer went out."""
+    where: dict[str, Any] = {"answered before": 0, "in flight": 0, "sent after": 0}
+    ages: dict[str, list[float]] = {}
+    for kind, arrived, answered, _again in repeats:
+        if answered < killed_at:
+            where["answered before"] += 1
+            ages.setdefault(kind, []).append(round(killed_at - answered, 2))
+        elif arrived < killed_at:
+            where["in flight"] += 1
+        else:
+            where["sent after"] += 1
+    where["answered before, s before the kill"] = {k: sorted(v) for k, v in ages.items()}
+    return where
+
+
 def _kill_and_time(stack: Any, server: SlotServer, engine: Any, job_id: str) -> dict[str, Any]:
+    """Kill the worker holding the job's round claim once it has stored three rounds, and time
+    until the job stores another. One kill per job: a kill that lands just after a round was
+    stored is still a kill mid-job, and killing again (the replacement) would add the second
+    kill's losses to the first's."""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         token, holder, rounds = _round_claim(engine, job_id)
@@ -99,14 +129,13 @@ def _kill_and_time(stack: Any, server: SlotServer, engine: Any, job_id: str) -> 
         in_flight = at_kill["serving"] + at_kill["waiting"]  # served, or queued at the server
         stack.kill_worker(worker)
         killed_at = time.monotonic()
-        if _round_claim(engine, job_id)[::2] != (token, rounds):  # it landed first: again
-            stack.start_worker()
-            continue
-        while _round_claim(engine, job_id)[2] == rounds:
+        stored = _round_claim(engine, job_id)[2]  # the dead worker stores nothing more
+        while _round_claim(engine, job_id)[2] == stored:
             time.sleep(0.2)
             if time.monotonic() - killed_at > 900:
                 raise RuntimeError("the job did not move within 15 minutes of the kill")
-        return {"moved_after_s": time.monotonic() - killed_at, "in_flight_at_kill": in_flight}
+        return {"moved_after_s": time.monotonic() - killed_at, "in_flight_at_kill": in_flight,
+                "killed_at": at_kill["now"]}  # fmt: skip
     raise RuntimeError("never saw a round in flight")
 
 
@@ -131,12 +160,16 @@ def main() -> None:
     print(f"\nC = {args.slots}, L = {args.latency:g} s, {args.instructions} instructions, "
           f"{args.trials} kills; repeats without a kill: {baseline['repeats']}")  # fmt: skip
     print("\n| trial | moved again after | requests in flight at the kill | repeats | "
-          "repeats by kind | status |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+          "repeats by kind | first request: answered before the kill / in flight / sent after "
+          "| status |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for n, t in enumerate(trials, 1):
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(t["repeats_by_kind"].items()))
+        first = t["repeats_by_first_send"]
+        where = f"{first['answered before']} / {first['in flight']} / {first['sent after']}"
         print(f"| {n} | {t['moved_after_s']:.1f} s | {t['in_flight_at_kill']} | "
-              f"{t['repeats']} | {kinds or '-'} | {t['status']}, {t['accepted']} accepted |")  # fmt: skip
+              f"{t['repeats']} | {kinds or '-'} | {where} | "
+              f"{t['status']}, {t['accepted']} accepted |")  # fmt: skip
     moved = statistics.median(t["moved_after_s"] for t in trials)
     print(
         f"\nmedian: moved again {moved:.1f} s after the kill; "

@@ -63,8 +63,11 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
     counts = {"requests": 0, "refused": 0, "serving": 0, "peak_waiting": 0, "waiting": 0,
               "repeats": 0}  # fmt: skip
     refused_at: list[float] = []  # monotonic
-    seen: set[str] = set()  # request bodies served: one seen again is work sent twice
+    # request bodies served, with when the first arrived and was answered: one seen again is work
+    # sent twice
+    seen: dict[str, tuple[float, float]] = {}
     repeats_by_kind: dict[str, int] = {}
+    repeats: list[tuple[str, float, float, float]] = []  # kind, first arrived, answered, again
 
     def reply(body: dict[str, Any], chat: bool) -> dict[str, Any]:
         prompt = body["messages"][-1]["content"] if chat else body["prompt"]
@@ -85,6 +88,7 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
 
     async def complete(body: dict[str, Any], chat: bool) -> tuple[int, dict[str, Any]]:
         counts["requests"] += 1
+        arrived = time.monotonic()
         if refuse_above is not None and counts["serving"] >= refuse_above:
             counts["refused"] += 1
             refused_at.append(time.monotonic())
@@ -106,7 +110,9 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
             counts["repeats"] += 1
             kind = prompt_kind(prompt)
             repeats_by_kind[kind] = repeats_by_kind.get(kind, 0) + 1
-        seen.add(digest)
+            repeats.append((kind, *seen[digest], arrived))
+        else:
+            seen[digest] = (arrived, time.monotonic())
         return 200, reply(body, chat)
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -118,7 +124,7 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
             answer: Any = {"object": "list", "data": [{"id": "bench", "object": "model"}]}
         elif path == "/stats":
             answer = {"now": time.monotonic(), "busy": busy, "repeats_by_kind": repeats_by_kind,
-                      "refused_at": refused_at, **counts}  # fmt: skip
+                      "refused_at": refused_at, "repeat_times": repeats, **counts}  # fmt: skip
         else:
             status, answer = await complete(
                 json.loads(raw), chat=path.endswith("/chat/completions")
