@@ -47,6 +47,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
+def create_served_app() -> FastAPI:
+    """The app as `selfinstruct serve` runs it, in each of its processes (uvicorn starts its
+    workers as new interpreters, which have no logging until this configures it)."""
+    from app.config import get_settings
+    from app.logs import configure_logging
+
+    configure_logging(get_settings(), queued=True)
+    return create_app()
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="selfinstruct",

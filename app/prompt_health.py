@@ -23,6 +23,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.api import health
+from app.response_writes import HeadHoldingTransport
 
 HEALTH_PATH = "/healthz"
 
@@ -37,7 +38,15 @@ def _health_app(status: int, body: bytes) -> Any:
 
 
 class PromptHealthProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, answering /healthz within the callback that read it."""
+    """uvicorn's httptools protocol, answering /healthz within the callback that read it, and
+    sending each response's head and body in one write (app.response_writes)."""
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(HeadHoldingTransport(transport))
+
+    def on_response_complete(self) -> None:
+        self.transport.send_held()  # type: ignore[attr-defined]  # a HEAD answer's head
+        super().on_response_complete()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         scope = cycle.scope

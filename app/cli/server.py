@@ -68,7 +68,7 @@ def serve(
         "http": PromptHealthProtocol,  # /healthz ahead of the loop's queue (app.prompt_health)
     }
     if not embedded:
-        uvicorn.run("app.main:create_app", workers=workers, **run)  # type: ignore[arg-type]
+        uvicorn.run("app.main:create_served_app", workers=workers, **run)  # type: ignore[arg-type]
         return
     if workers > 1:
         raise typer.BadParameter(
@@ -77,7 +77,7 @@ def serve(
     from app.embedded import EmbeddedStack
 
     with EmbeddedStack(settings, console_echo=typer.echo):
-        uvicorn.run("app.main:create_app", **run)  # type: ignore[arg-type]
+        uvicorn.run("app.main:create_served_app", **run)  # type: ignore[arg-type]
 
 
 @cli.command()
