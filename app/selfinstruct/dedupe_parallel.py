@@ -1,0 +1,266 @@
+"""The greedy dedupe on several cores, with exactly the verdicts of one process.
+
+Each worker process holds the pool: the `against` texts and every text kept so far. Candidates
+come in blocks, dealt out round-robin. For each of its candidates a worker answers two questions:
+is it above the threshold against the pool, and against any earlier candidate of the block (kept
+or not, from a small index of the block it builds as it goes)? This process then goes through
+the block in order. A text is above the threshold against the pool plus the block's earlier kept
+texts exactly when it is above it against one of the two parts, and the earlier kept texts are
+among the earlier candidates; so only a text close to an earlier candidate (a near-duplicate
+within the block, which is rare) needs an exact check here against the kept ones. The kept set
+is therefore the one-process greedy result. A block's kept texts travel with the next block for
+the workers to add.
+
+For an explained rejection, the best match over the union is the better of the two parts' best
+matches, the pool's on a tie: the pool's items come first, and `best` names the first item
+reaching the maximum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+from app.selfinstruct.dedupe import KEPT, REJECTED, DedupeVerdict, serial_verdicts
+from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex, Tokenizer
+
+# Candidates per worker and block: enough to make the messages few and the block index useful,
+# few enough that the texts read ahead (and the output held back) stay small.
+BLOCK_PER_WORKER = 512
+
+# (score, nearest text); (0.0, None) when nothing shares a token.
+Match = tuple[float, str | None]
+NO_MATCH: Match = (0.0, None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """A worker's answer for one candidate. `pool_match` is set for a text above the pool when
+    rejections are explained; `near_block` is unset (False) for such a text otherwise."""
+
+    over_pool: bool
+    near_block: bool
+    pool_match: Match | None = None
+
+
+def _best(index: RougeLIndex, text: str) -> Match:
+    match = index.best(text)
+    return match.score, index.text(match.item) if match.item is not None else None
+
+
+@dataclass(slots=True)
+class _Pool:
+    """A worker's state: the pool index and the decision settings."""
+
+    index: RougeLIndex
+    tokenizer: Tokenizer
+    threshold: float
+    explain: bool
+
+    def check(self, block: list[str], start: int, step: int) -> list[_Answer]:
+        """Answers for block[start::step]; the block index holds every earlier candidate."""
+        nearby = RougeLIndex(tokenizer=TOKENIZERS[self.tokenizer])
+        answers = []
+        for position, text in enumerate(block):
+            if position % step == start:
+                answers.append(self._answer(nearby, text))
+            nearby.add(text)
+        return answers
+
+    def _answer(self, nearby: RougeLIndex, text: str) -> _Answer:
+        if not self.index.exceeds(text, self.threshold):
+            return _Answer(False, nearby.exceeds(text, self.threshold))
+        if not self.explain:
+            return _Answer(True, False)
+        return _Answer(True, nearby.exceeds(text, self.threshold), _best(self.index, text))
+
+
+def _serve(conn: Connection, against: list[str], settings: tuple[Tokenizer, float, bool]) -> None:
+    """A worker: answer ('check', kept since, block, start, step) and ('best', texts) until None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    pool = _Pool(RougeLIndex(against, tokenizer=TOKENIZERS[settings[0]]), *settings)
+    while (message := conn.recv()) is not None:
+        if message[0] == "check":
+            _, kept, block, start, step = message
+            for text in kept:
+                pool.index.add(text)
+            conn.send(pool.check(block, start, step))
+        else:
+            conn.send([_best(pool.index, text) for text in message[1]])
+
+
+class _Workers:
+    """Worker processes, each holding a copy of the pool."""
+
+    def __init__(self, count: int, against: list[str], settings: tuple[Tokenizer, float, bool]):
+        # spawn, not fork: the caller may run threads (a progress bar) that fork would not copy.
+        context = multiprocessing.get_context("spawn")
+        self._conns: list[Connection] = []
+        self._processes: list[BaseProcess] = []
+        for _ in range(count):
+            parent, child = context.Pipe()
+            process = context.Process(target=_serve, args=(child, against, settings), daemon=True)
+            process.start()
+            child.close()
+            self._conns.append(parent)
+            self._processes.append(process)
+
+    def send_check(self, kept: list[str], block: list[str]) -> None:
+        step = len(self._conns)
+        for start, conn in enumerate(self._conns):
+            conn.send(("check", kept, block, start, step))
+
+    def send_best(self, texts: list[str]) -> None:
+        step = len(self._conns)
+        for start, conn in enumerate(self._conns):
+            conn.send(("best", texts[start::step]))
+
+    def receive(self, size: int) -> list:  # type: ignore[type-arg]
+        """The answers to the last send, in the order of its texts."""
+        step = len(self._conns)
+        merged: list = [None] * size  # type: ignore[type-arg]
+        for start, conn in enumerate(self._conns):
+            try:
+                merged[start::step] = conn.recv()
+            except EOFError as exc:
+                raise RuntimeError("a dedupe worker process exited unexpectedly") from exc
+        return merged
+
+    def close(self) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(OSError):  # already gone
+                conn.send(None)
+            conn.close()
+        for process in self._processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+
+
+class _Block:
+    """One block's in-order pass in this process, over the workers' answers."""
+
+    def __init__(self, tokenizer: Tokenizer, threshold: float, explain: bool) -> None:
+        self._kept_index = RougeLIndex(tokenizer=TOKENIZERS[tokenizer])
+        self._threshold = threshold
+        self._explain = explain
+        self.kept: list[str] = []
+
+    def resolve(
+        self, block: list[str], answers: list[_Answer]
+    ) -> tuple[list[Match | None], list[int]]:
+        """Per text: None if kept, else its match so far; and the positions of the rejected
+        texts whose pool match is still to be asked for."""
+        verdicts: list[Match | None] = []
+        ask_pool: list[int] = []
+        for position, (text, answer) in enumerate(zip(block, answers, strict=True)):
+            near_kept = answer.near_block and self._kept_exceed(text)
+            if not answer.over_pool and not near_kept:
+                self.kept.append(text)
+                verdicts.append(None)
+            elif not self._explain:
+                verdicts.append(NO_MATCH)
+            elif answer.pool_match is None:
+                ask_pool.append(position)
+                verdicts.append(self._kept_best(text))
+            elif near_kept:
+                verdicts.append(union_best(answer.pool_match, self._kept_best(text)))
+            else:  # nothing kept in the block is above the threshold, so nothing beats the pool
+                verdicts.append(answer.pool_match)
+        return verdicts, ask_pool
+
+    def _filled(self) -> RougeLIndex:
+        """The index of the kept texts, brought up to date only when a check needs it."""
+        for text in self.kept[len(self._kept_index) :]:
+            self._kept_index.add(text)
+        return self._kept_index
+
+    def _kept_exceed(self, text: str) -> bool:
+        return self._filled().exceeds(text, self._threshold)
+
+    def _kept_best(self, text: str) -> Match:
+        return _best(self._filled(), text)
+
+
+def union_best(pool: Match, later: Match) -> Match:
+    """The best match over the pool followed by later items: the pool's on a tie."""
+    return pool if pool[0] >= later[0] else later
+
+
+def _read_block(texts: Iterator[str], size: int) -> tuple[list[str], Exception | None]:
+    """The next block, and the error that ended it early (raised once the texts before it are
+    answered, as one process would)."""
+    block: list[str] = []
+    try:
+        block.extend(islice(texts, size))
+    except Exception as exc:  # re-raised by the caller, in input order
+        return block, exc
+    return block, None
+
+
+def parallel_verdicts(
+    texts: Iterable[str],
+    *,
+    threshold: float,
+    against: Iterable[str],
+    explain_rejections: bool,
+    tokenizer: Tokenizer,
+    workers: int,
+    block_size: int | None = None,
+) -> Iterator[DedupeVerdict]:
+    """`dedupe_texts`'s verdicts, computed by `workers` processes.
+
+    The texts are read one block ahead of the verdicts, while the workers check the block before.
+    An input that fits in one block is deduplicated here, without starting any process.
+    """
+    size = block_size or BLOCK_PER_WORKER * workers
+    against = list(against)
+    remaining = iter(texts)
+    block, error = _read_block(remaining, size)
+    if len(block) < size:
+        yield from serial_verdicts(
+            block,
+            threshold=threshold,
+            against=against,
+            explain_rejections=explain_rejections,
+            tokenizer=tokenizer,
+        )
+        if error is not None:
+            raise error
+        return
+    pool = _Workers(workers, against, (tokenizer, threshold, explain_rejections))
+    try:
+        kept: list[str] = []
+        while block:
+            pool.send_check(kept, block)
+            following, following_error = ([], None) if error else _read_block(remaining, size)
+            in_order = _Block(tokenizer, threshold, explain_rejections)
+            matches, ask_pool = in_order.resolve(block, pool.receive(len(block)))
+            if ask_pool:  # the workers have not added this block's kept texts yet
+                pool.send_best([block[i] for i in ask_pool])
+                for i, pool_match in zip(ask_pool, pool.receive(len(ask_pool)), strict=True):
+                    matches[i] = union_best(pool_match, matches[i] or NO_MATCH)
+            yield from map(_verdict_of(explain_rejections), matches)
+            if error is not None:
+                raise error
+            block, error, kept = following, following_error, in_order.kept
+    finally:
+        pool.close()
+
+
+def _verdict_of(explain: bool) -> Callable[[Match | None], DedupeVerdict]:
+    def verdict(match: Match | None) -> DedupeVerdict:
+        if match is None:
+            return KEPT
+        if not explain:
+            return REJECTED
+        return DedupeVerdict(kept=False, max_rouge=match[0], nearest=match[1])
+
+    return verdict
