@@ -2,8 +2,8 @@
 
 Each worker process holds the pool: the `against` texts and every text kept so far. Candidates
 come in blocks, dealt out round-robin. For each of its candidates a worker answers two questions:
-is it above the threshold against the pool, and against any earlier candidate of the block (kept
-or not, from a small index of the block it builds as it goes)? This process then goes through
+is it above the threshold against the pool, and might it be against an earlier candidate of the
+block (kept or not; a bound from the token LCS of every pair, one rapidfuzz call per block)? This process then goes through
 the block in order. A text is above the threshold against the pool plus the block's earlier kept
 texts exactly when it is above it against one of the two parts, and the earlier kept texts are
 among the earlier candidates; so only a text close to an earlier candidate (a near-duplicate
@@ -27,8 +27,12 @@ from itertools import islice
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
+import numpy as np
+from rapidfuzz import process
+from rapidfuzz.distance import LCSseq
+
 from app.selfinstruct.dedupe import KEPT, REJECTED, DedupeVerdict, serial_verdicts
-from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex, Tokenizer
+from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex, Tokenizer, decision_floor
 
 # Candidates per worker and block: enough to make the messages few and the block index useful,
 # few enough that the texts read ahead (and the output held back) stay small.
@@ -41,11 +45,12 @@ NO_MATCH: Match = (0.0, None)
 
 @dataclass(frozen=True, slots=True)
 class _Answer:
-    """A worker's answer for one candidate. `pool_match` is set for a text above the pool when
-    rejections are explained; `near_block` is unset (False) for such a text otherwise."""
+    """A worker's answer for one candidate: whether it is above the threshold against the pool;
+    the earlier texts of the block that might be (positions; not looked for when the text is
+    above the pool and rejections are not explained); and, when they are, its pool match."""
 
     over_pool: bool
-    near_block: bool
+    near_block: tuple[int, ...]
     pool_match: Match | None = None
 
 
@@ -64,21 +69,41 @@ class _Pool:
     explain: bool
 
     def check(self, block: list[str], start: int, step: int) -> list[_Answer]:
-        """Answers for block[start::step]; the block index holds every earlier candidate."""
-        nearby = RougeLIndex(tokenizer=TOKENIZERS[self.tokenizer])
-        answers = []
-        for position, text in enumerate(block):
-            if position % step == start:
-                answers.append(self._answer(nearby, text))
-            nearby.add(text)
-        return answers
+        """Answers for block[start::step]."""
+        mine = range(start, len(block), step)
+        near = _near_earlier(block, mine, TOKENIZERS[self.tokenizer], self.threshold)
+        return [self._answer(block[j], near) for j, near in zip(mine, near, strict=True)]
 
-    def _answer(self, nearby: RougeLIndex, text: str) -> _Answer:
+    def _answer(self, text: str, near_block: tuple[int, ...]) -> _Answer:
         if not self.index.exceeds(text, self.threshold):
-            return _Answer(False, nearby.exceeds(text, self.threshold))
+            return _Answer(False, near_block)
         if not self.explain:
-            return _Answer(True, False)
-        return _Answer(True, nearby.exceeds(text, self.threshold), _best(self.index, text))
+            return _Answer(True, ())
+        return _Answer(True, near_block, _best(self.index, text))
+
+
+def _near_earlier(
+    block: list[str], mine: range, tokenize: Callable[[str], list[str]], threshold: float
+) -> list[tuple[int, ...]]:
+    """Per text of `mine`: the earlier texts of the block that might be above the threshold with
+    it (every one that is, perhaps a few more).
+
+    Above the threshold needs a rational F-measure 2·lcs/(la + lb) of at least decision_floor;
+    the token LCS of every pair comes from one rapidfuzz call (hash collisions only add).
+    """
+    tokens = [tokenize(text) for text in block]
+    lengths = np.array([len(t) for t in tokens], dtype=np.int64)
+    rows = np.array(mine, dtype=np.int64)
+    lcs = process.cdist(
+        [tokens[j] for j in mine], tokens, scorer=LCSseq.similarity, dtype=np.int32, workers=1
+    ).astype(np.int64)
+    floor = decision_floor(threshold)
+    reach = 2 * floor.denominator * lcs >= floor.numerator * (
+        lengths[None, :] + lengths[rows, None]
+    )
+    earlier = np.arange(len(block))[None, :] < rows[:, None]
+    hits = reach & earlier
+    return [tuple(np.flatnonzero(row).tolist()) if row.any() else () for row in hits]
 
 
 def _serve(conn: Connection, against: list[str], settings: tuple[Tokenizer, float, bool]) -> None:
@@ -105,11 +130,11 @@ class _Workers:
         self._processes: list[BaseProcess] = []
         for _ in range(count):
             parent, child = context.Pipe()
-            process = context.Process(target=_serve, args=(child, against, settings), daemon=True)
-            process.start()
+            worker = context.Process(target=_serve, args=(child, against, settings), daemon=True)
+            worker.start()
             child.close()
             self._conns.append(parent)
-            self._processes.append(process)
+            self._processes.append(worker)
 
     def send_check(self, kept: list[str], block: list[str]) -> None:
         step = len(self._conns)
@@ -137,20 +162,26 @@ class _Workers:
             with contextlib.suppress(OSError):  # already gone
                 conn.send(None)
             conn.close()
-        for process in self._processes:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.terminate()
-                process.join()
+        for worker in self._processes:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
 
 
 class _Block:
-    """One block's in-order pass in this process, over the workers' answers."""
+    """One block's in-order pass in this process, over the workers' answers.
+
+    A text is checked exactly against the kept ones among the earlier texts the workers named
+    (its possible partners); no other kept text can reach the threshold with it, nor tie with
+    a match above it.
+    """
 
     def __init__(self, tokenizer: Tokenizer, threshold: float, explain: bool) -> None:
-        self._kept_index = RougeLIndex(tokenizer=TOKENIZERS[tokenizer])
+        self._tokenize = TOKENIZERS[tokenizer]
         self._threshold = threshold
         self._explain = explain
+        self._kept_at: list[bool] = []
         self.kept: list[str] = []
 
     def resolve(
@@ -161,32 +192,23 @@ class _Block:
         verdicts: list[Match | None] = []
         ask_pool: list[int] = []
         for position, (text, answer) in enumerate(zip(block, answers, strict=True)):
-            near_kept = answer.near_block and self._kept_exceed(text)
-            if not answer.over_pool and not near_kept:
+            partners = [block[i] for i in answer.near_block if self._kept_at[i]]
+            local = RougeLIndex(partners, tokenizer=self._tokenize) if partners else None
+            near_kept = local is not None and local.exceeds(text, self._threshold)
+            self._kept_at.append(not answer.over_pool and not near_kept)
+            if self._kept_at[-1]:
                 self.kept.append(text)
                 verdicts.append(None)
             elif not self._explain:
                 verdicts.append(NO_MATCH)
-            elif answer.pool_match is None:
-                ask_pool.append(position)
-                verdicts.append(self._kept_best(text))
-            elif near_kept:
-                verdicts.append(union_best(answer.pool_match, self._kept_best(text)))
-            else:  # nothing kept in the block is above the threshold, so nothing beats the pool
-                verdicts.append(answer.pool_match)
+            else:
+                local_match = _best(local, text) if local is not None else NO_MATCH
+                if answer.pool_match is None:
+                    ask_pool.append(position)
+                    verdicts.append(local_match)
+                else:
+                    verdicts.append(union_best(answer.pool_match, local_match))
         return verdicts, ask_pool
-
-    def _filled(self) -> RougeLIndex:
-        """The index of the kept texts, brought up to date only when a check needs it."""
-        for text in self.kept[len(self._kept_index) :]:
-            self._kept_index.add(text)
-        return self._kept_index
-
-    def _kept_exceed(self, text: str) -> bool:
-        return self._filled().exceeds(text, self._threshold)
-
-    def _kept_best(self, text: str) -> Match:
-        return _best(self._filled(), text)
 
 
 def union_best(pool: Match, later: Match) -> Match:
