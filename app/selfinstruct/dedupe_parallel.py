@@ -102,7 +102,7 @@ def _near_earlier(
         lengths[None, :] + lengths[rows, None]
     )
     earlier = np.arange(len(block))[None, :] < rows[:, None]
-    hits = reach & earlier
+    hits = reach & earlier & (lcs > 0)  # a pair sharing no token scores 0.0 and beats nothing
     return [tuple(np.flatnonzero(row).tolist()) if row.any() else () for row in hits]
 
 
