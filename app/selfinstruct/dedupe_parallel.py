@@ -1,19 +1,21 @@
 """The greedy dedupe on several cores, with exactly the verdicts of one process.
 
 Each worker process holds the pool: the `against` texts and every text kept so far. Candidates
-come in blocks, dealt out round-robin. For each of its candidates a worker answers two questions:
-is it above the threshold against the pool, and might it be against an earlier candidate of the
-block (kept or not; a bound from the token LCS of every pair, one rapidfuzz call per block)? This process then goes through
-the block in order. A text is above the threshold against the pool plus the block's earlier kept
-texts exactly when it is above it against one of the two parts, and the earlier kept texts are
-among the earlier candidates; so only a text close to an earlier candidate (a near-duplicate
-within the block, which is rare) needs an exact check here against the kept ones. The kept set
-is therefore the one-process greedy result. A block's kept texts travel with the next block for
-the workers to add.
+come in blocks, dealt out round-robin. For each of its candidates a worker answers: is it above
+the threshold against the pool, and which earlier candidates of the block (kept or not) might it
+be above the threshold with? The second answer is a bound, from the token LCS of every pair of
+the block in one rapidfuzz call, that never misses a pair above the threshold.
+
+This process then goes through the block in order. A text is above the threshold against the
+pool plus the block's earlier kept texts exactly when it is against one of the two; and only
+the kept ones among its possible partners can be, so each text needs an exact check here only
+against those (usually none: near-duplicates within one block are rare). The kept texts are
+therefore the one-process greedy result. They travel with the next block for the workers to add.
 
 For an explained rejection, the best match over the union is the better of the two parts' best
 matches, the pool's on a tie: the pool's items come first, and `best` names the first item
-reaching the maximum.
+reaching the maximum. A kept text that is not a possible partner scores below the threshold,
+so it can neither win nor tie against a match above it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from itertools import islice
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import numpy as np
 from rapidfuzz import process
@@ -34,8 +37,8 @@ from rapidfuzz.distance import LCSseq
 from app.selfinstruct.dedupe import KEPT, REJECTED, DedupeVerdict, serial_verdicts
 from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex, Tokenizer, decision_floor
 
-# Candidates per worker and block: enough to make the messages few and the block index useful,
-# few enough that the texts read ahead (and the output held back) stay small.
+# Candidates per worker and block: enough to make the messages few, few enough that the pair
+# matrix, the texts read ahead and the output held back stay small.
 BLOCK_PER_WORKER = 512
 
 # (score, nearest text); (0.0, None) when nothing shares a token.
@@ -72,7 +75,7 @@ class _Pool:
         """Answers for block[start::step]."""
         mine = range(start, len(block), step)
         near = _near_earlier(block, mine, TOKENIZERS[self.tokenizer], self.threshold)
-        return [self._answer(block[j], near) for j, near in zip(mine, near, strict=True)]
+        return [self._answer(block[j], partners) for j, partners in zip(mine, near, strict=True)]
 
     def _answer(self, text: str, near_block: tuple[int, ...]) -> _Answer:
         if not self.index.exceeds(text, self.threshold):
@@ -124,7 +127,8 @@ class _Workers:
     """Worker processes, each holding a copy of the pool."""
 
     def __init__(self, count: int, against: list[str], settings: tuple[Tokenizer, float, bool]):
-        # spawn, not fork: the caller may run threads (a progress bar) that fork would not copy.
+        # spawn, not fork: forking while another thread (a progress bar) holds a lock can leave
+        # the child stuck on it.
         context = multiprocessing.get_context("spawn")
         self._conns: list[Connection] = []
         self._processes: list[BaseProcess] = []
@@ -146,10 +150,10 @@ class _Workers:
         for start, conn in enumerate(self._conns):
             conn.send(("best", texts[start::step]))
 
-    def receive(self, size: int) -> list:  # type: ignore[type-arg]
+    def receive(self, size: int) -> list[Any]:
         """The answers to the last send, in the order of its texts."""
         step = len(self._conns)
-        merged: list = [None] * size  # type: ignore[type-arg]
+        merged: list[Any] = [None] * size
         for start, conn in enumerate(self._conns):
             try:
                 merged[start::step] = conn.recv()

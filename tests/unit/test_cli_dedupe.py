@@ -117,6 +117,23 @@ def test_two_workers_write_the_same_bytes_as_one(tmp_path: Path) -> None:
     assert len(rejected_lines) > len(lines) // 5  # the near-duplicates were found
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--threshold", "0"],
+        ["--threshold", "1"],
+        ["--threshold", "0.3", "--tokenizer", "characters"],
+    ],
+)
+def test_two_workers_agree_at_the_edges(options: list[str]) -> None:
+    lines = _near_duplicate_lines(300, seed=11) + ["!!!", "", "...", "!!!"] * 5
+    text = "\n".join(lines) + "\n"
+    one = _dedupe([*options, "--workers", "1"], text)
+    two = _dedupe([*options, "--workers", "2", "--block-size", "31"], text)
+    assert one[0] == two[0] == 0
+    assert one[1] == two[1]
+
+
 def test_bad_line_after_the_first_block_is_named_and_earlier_output_kept() -> None:
     lines = _near_duplicate_lines(60)
     lines[44] = '{"text": "no instruction field"}'
