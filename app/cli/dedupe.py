@@ -169,10 +169,10 @@ class _Bar:
         self.lines += 1
         self.read += len(raw.encode("utf-8", "replace")) + 1
 
-    def show(self, kept: int, dropped: int) -> None:
-        self._bar.update(
-            self._task, completed=self.read, lines=self.lines, kept=kept, dropped=dropped
-        )
+    def show(self, kept: int, dropped: int, *, done: bool = False) -> None:
+        total = self._bar.tasks[0].total
+        read = total if done and total else self.read  # blank lines are not counted as read
+        self._bar.update(self._task, completed=read, lines=self.lines, kept=kept, dropped=dropped)
 
 
 @contextmanager
@@ -256,5 +256,5 @@ def _run(
         if bar is not None and (kept + dropped) % _PROGRESS_EVERY == 0:
             bar.show(kept, dropped)
     if bar is not None:
-        bar.show(kept, dropped)
+        bar.show(kept, dropped, done=True)
     return kept, dropped
