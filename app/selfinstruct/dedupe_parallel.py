@@ -39,7 +39,7 @@ from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex, Tokenizer, decision_
 
 # Candidates per worker and block: enough to make the messages few, few enough that the pair
 # matrix, the texts read ahead and the output held back stay small.
-BLOCK_PER_WORKER = 512
+BLOCK_PER_WORKER = 256
 
 # (score, nearest text); (0.0, None) when nothing shares a token.
 Match = tuple[float, str | None]
@@ -106,7 +106,10 @@ def _near_earlier(
     )
     earlier = np.arange(len(block))[None, :] < rows[:, None]
     hits = reach & earlier & (lcs > 0)  # a pair sharing no token scores 0.0 and beats nothing
-    return [tuple(np.flatnonzero(row).tolist()) if row.any() else () for row in hits]
+    partners: list[tuple[int, ...]] = [()] * len(rows)
+    for r in np.flatnonzero(hits.any(axis=1)).tolist():
+        partners[r] = tuple(np.flatnonzero(hits[r]).tolist())
+    return partners
 
 
 def _serve(conn: Connection, against: list[str], settings: tuple[Tokenizer, float, bool]) -> None:
