@@ -413,13 +413,17 @@ def run_speed(
     return rows
 
 
-def run_greedy(seeds: Sequence[str], count: int) -> dict[str, float]:
+def run_greedy(seeds: Sequence[str], count: int, workers: int = 1) -> dict[str, float]:
+    """The whole greedy run; with `workers` > 1, the parallel one (same verdicts)."""
     texts = InstructionLikeTexts(seed=31).take(count)
     results: list[int] = []
     timing = timed(
-        lambda: results.append(sum(v.kept for v in dedupe_texts(texts, against=seeds))), repeats=3
+        lambda: results.append(
+            sum(v.kept for v in dedupe_texts(texts, against=seeds, workers=workers))
+        ),
+        repeats=3,
     )
-    return {"texts": count, "kept": results[-1], "median_s": timing.median_s}
+    return {"texts": count, "workers": workers, "kept": results[-1], "median_s": timing.median_s}
 
 
 def _current_rss_kb() -> int:
@@ -476,6 +480,11 @@ def main() -> None:
     parser.add_argument(
         "--sections", default="exactness,speed,greedy,memory", help="Comma-separated."
     )
+    parser.add_argument(
+        "--greedy-workers",
+        default="1,2",
+        help="Comma-separated process counts for the greedy run (dedupe --workers).",
+    )
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -521,11 +530,19 @@ def main() -> None:
             flush=True,
         )
     if "greedy" in sections:
-        result = run_greedy(seeds, 5000 if quick else 52_000)
         print("### Whole greedy run (dedupe in input order, against the 175 seeds)\n")
-        print("| texts | kept | median seconds (3 runs) |")
-        print("|---|---|---|")
-        print(f"| {result['texts']:,} | {result['kept']:,} | {result['median_s']:.1f} |\n")
+        print("| texts | workers | kept | median seconds (3 runs) | vs the first row |")
+        print("|---|---|---|---|---|")
+        one_worker_s = None
+        for workers in map(int, args.greedy_workers.split(",")):
+            result = run_greedy(seeds, 5000 if quick else 52_000, workers)
+            one_worker_s = one_worker_s or result["median_s"]
+            print(
+                f"| {result['texts']:,} | {workers} | {result['kept']:,} "
+                f"| {result['median_s']:.1f} | {one_worker_s / result['median_s']:.2f}x |",
+                flush=True,
+            )
+        print()
     if "memory" in sections:
         result = run_memory(10_000 if quick else 100_000)
         print("### Memory\n")

@@ -9,19 +9,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from app.cli import cli
+from app.cli.consoles import stderr_console
 from app.cli.progress import describe, wait_for_job
 from app.selfinstruct.formats import ExportFormat
 from app.selfinstruct.seed_format_names import SeedFormat
 
-if TYPE_CHECKING:  # httpx and the settings load when a command runs, not for `--help`
+if TYPE_CHECKING:  # httpx, rich and the settings load when a command runs, not for `--help`
+    from rich.table import Table
+
     from app.client import APIClient
 
-console = Console(stderr=True)
 WIDE_TERMINAL = 120  # columns from which `jobs` also shows each job's progress
 
 ApiUrl = Annotated[
@@ -42,7 +41,7 @@ def _api(api_url: str | None) -> Iterator[APIClient]:
         try:
             yield client
         except APIError as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            stderr_console().print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(code=1) from exc
 
 
@@ -67,7 +66,7 @@ def submit(
     try:
         parsed: dict[str, Any] = json.loads(options) if options else {}
     except json.JSONDecodeError as exc:
-        console.print(f"[red]error:[/red] --options is not valid JSON: {exc}")
+        stderr_console().print(f"[red]error:[/red] --options is not valid JSON: {exc}")
         raise typer.Exit(code=2) from exc
     with _api(api_url) as client:
         seed_set = client.upload_seed_set(seeds, seed_format=seed_format.value)
@@ -77,12 +76,12 @@ def submit(
         typer.echo(job["id"])
         if not wait:
             return
-        job = wait_for_job(client, job["id"], console)
+        job = wait_for_job(client, job["id"], stderr_console())
         if output is not None:
             records = client.download(job["id"], output)
-            console.print(f"wrote {records} examples to {output}")
+            stderr_console().print(f"wrote {records} examples to {output}")
     if job["status"] != "succeeded":
-        console.print(f"[red]job {job['status']}[/red]: {job.get('error') or ''}")
+        stderr_console().print(f"[red]job {job['status']}[/red]: {job.get('error') or ''}")
         raise typer.Exit(code=1)
 
 
@@ -103,6 +102,10 @@ def jobs(
     """List jobs, newest first, with their full ids."""
     with _api(api_url) as client:
         page = client.jobs(limit=limit, offset=offset)
+    from rich import box  # rich: imported when a command prints a table
+    from rich.console import Console
+    from rich.table import Table
+
     out = Console()
     # The progress column needs room; on a narrow terminal `status JOB_ID` shows it.
     with_progress = out.width >= WIDE_TERMINAL
@@ -157,7 +160,9 @@ def download(
             export=export,
         )
     where = "stdout" if to_stdout else output
-    console.print(f"wrote {records} records to {where}", soft_wrap=True)  # a path to copy: unbroken
+    stderr_console().print(
+        f"wrote {records} records to {where}", soft_wrap=True
+    )  # a path to copy: unbroken
 
 
 @cli.command()
@@ -175,6 +180,9 @@ def report(
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
+    from rich.console import Console  # rich: imported when a command prints a table
+    from rich.table import Table
+
     out = Console()
     for kind in ("instructions", "instances"):
         part = data[kind]
@@ -218,6 +226,8 @@ def report(
 
 
 def _bars(title: str, histogram: dict[str, Any]) -> Table:
+    from rich.table import Table  # rich: imported when a command prints a table
+
     table = Table(title=f"{title}: median {histogram['median']}, mean {histogram['mean']}")
     table.add_column("from", justify="right")
     table.add_column("count", justify="right")

@@ -9,15 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from app.cli import cli
+from app.cli.consoles import stderr_console
 from app.cli.progress import StackFailed, wait_for_job
 
 if TYPE_CHECKING:  # imported when the command runs, so `selfinstruct --help` stays quick
     from app.config import Settings
-
-console = Console(stderr=True)
 
 
 @cli.command()
@@ -39,18 +37,20 @@ def demo(
 
     settings = get_settings()
     where = "embedded SQLite + local broker" if settings.embedded else "configured services"
-    console.print(f"[bold]selfinstruct demo[/bold]: {num_instructions} instructions, {where}")
-    console.print(f"data directory: {settings.data_dir}")
+    stderr_console().print(
+        f"[bold]selfinstruct demo[/bold]: {num_instructions} instructions, {where}"
+    )
+    stderr_console().print(f"data directory: {settings.data_dir}")
     seed_file = seeds or Path(str(resources.files("app.data") / "seed_tasks.jsonl"))
     job_options = json.loads(options) if options else {}
     with (
-        EmbeddedStack(settings, console_echo=console.print) as stack,
+        EmbeddedStack(settings, console_echo=stderr_console().print) as stack,
         BackgroundAPIServer() as api,
         APIClient(api.url, api_key=_demo_key(settings)) as client,
     ):
         try:
             seed_set = client.upload_seed_set(seed_file, name=seed_file.name)
-            console.print(
+            stderr_console().print(
                 f"seed set: {seed_set['task_count']} tasks "
                 f"({seed_set['classification_count']} classification); "
                 f"LLM: {stack.llm_base_url}"
@@ -60,13 +60,13 @@ def demo(
                 num_instructions=num_instructions,
                 options=job_options,
             )
-            job = wait_for_job(client, job["id"], console, check=stack.failure)
+            job = wait_for_job(client, job["id"], stderr_console(), check=stack.failure)
             lines = client.download(job["id"], output)
         except APIError as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False)
+            stderr_console().print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(code=1) from exc
         except StackFailed as exc:
-            console.print(f"[red]error:[/red] {exc}", highlight=False, markup=False)
+            stderr_console().print(f"[red]error:[/red] {exc}", highlight=False, markup=False)
             with contextlib.suppress(APIError):
                 client.cancel(job["id"])
             raise typer.Exit(code=1) from exc
@@ -88,20 +88,20 @@ def _demo_key(settings: Settings) -> str | None:
 
 def _summary(job: dict, lines: int, output: Path) -> None:  # type: ignore[type-arg]
     p = job["progress"]
-    console.print(f"\n[bold]job {job['id']}: {job['status']}[/bold]")
+    stderr_console().print(f"\n[bold]job {job['id']}: {job['status']}[/bold]")
     if job.get("error"):
-        console.print(f"[red]{job['error']}[/red]")
-    console.print(
+        stderr_console().print(f"[red]{job['error']}[/red]")
+    stderr_console().print(
         f"instructions accepted: {p['instructions_accepted']}, "
         f"rejected: {sum(p['instructions_rejected'].values())} {p['instructions_rejected']}"
     )
-    console.print(
+    stderr_console().print(
         f"instances accepted: {p['instances_accepted']}, "
         f"rejected: {sum(p['instances_rejected'].values())} {p['instances_rejected']}"
     )
-    console.print(
+    stderr_console().print(
         f"LLM requests: {p['llm_requests']} ({p['llm_errors']} failed, "
         f"{p.get('llm_retries', 0)} retried attempts), "
         f"tokens: {p['prompt_tokens']} prompt + {p['completion_tokens']} completion"
     )
-    console.print(f"[green]wrote {lines} examples to {output.resolve()}[/green]")
+    stderr_console().print(f"[green]wrote {lines} examples to {output.resolve()}[/green]")

@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from app.cli import cli
 
@@ -40,6 +38,9 @@ def create(
 @keys_cli.command("list")
 def list_() -> None:
     """List keys: id, name, token prefix, created, revoked."""
+    from rich.console import Console  # rich: imported when a command prints a table
+    from rich.table import Table
+
     from app.services.keys import list_keys
 
     table = Table("id", "name", "prefix", "created", "revoked")
