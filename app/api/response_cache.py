@@ -18,7 +18,9 @@ class CacheDropped(BaseModel):
     deleted: int = Field(description="Entries deleted.")
 
 
-@router.delete("", response_model=CacheDropped, responses=ERROR_RESPONSES)
+@router.delete(
+    "", response_model=CacheDropped, responses={s: ERROR_RESPONSES[s] for s in (401, 422)}
+)
 def drop_response_cache(
     session: SessionDep,
     caller: CallerDep,
