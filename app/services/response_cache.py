@@ -34,7 +34,7 @@ from app.config import DEFAULT_BACKEND
 from app.db import session_scope
 from app.llm.aio import run_sync
 from app.llm.base import LLMClient, LLMError, LLMRequest, LLMResponse
-from app.llm.openai_compat import request_body
+from app.llm.openai_compat import Endpoint, request_body
 from app.models import Job, ResponseCacheEntry
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.sanitize import completion_char_cap
@@ -63,7 +63,11 @@ def cacheable(policy: str, request: LLMRequest) -> bool:
 
 
 def request_digest(
-    owner_key_id: uuid.UUID | None, backend: str, model: str, endpoint: str, request: LLMRequest
+    owner_key_id: uuid.UUID | None,
+    backend: str,
+    model: str,
+    endpoint: Endpoint,
+    request: LLMRequest,
 ) -> str:
     """The key of a request: its owner and everything sent (the body carries every sampling
     parameter, so one added to the body is part of the key without a change here)."""
@@ -71,7 +75,7 @@ def request_digest(
         "owner": str(owner_key_id) if owner_key_id else None,
         "backend": backend,
         "endpoint": endpoint,
-        "body": request_body(request, model, endpoint),  # type: ignore[arg-type]
+        "body": request_body(request, model, endpoint),
     }
     text = json.dumps(canonical, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
@@ -102,7 +106,7 @@ class CachingClient:
         self.policy = options.response_cache
         self.owner_key_id = owner_key_id
         self.backend = options.backend or DEFAULT_BACKEND
-        self.endpoint = options.endpoint
+        self.endpoint: Endpoint = options.endpoint
         self._model = options.model
 
     def __getattr__(self, name: str) -> Any:

@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from sqlalchemy import select, update
 
 from app.db import session_scope
+from app.llm.base import LLMRequest, LLMResponse
 from app.models import Instance, Instruction, Job, ResponseCacheEntry
 from app.schemas import Progress
 from app.selfinstruct.options import GenerationOptions
@@ -211,3 +213,45 @@ def test_the_api_drops_entries_older_than_the_age_given(
         assert digests() == {entry(None, 2).digest}
         assert api.delete("/v1/response-cache").json() == {"deleted": 1}
         assert api.delete("/v1/response-cache", params={"older_than_days": -1}).status_code == 422
+
+
+def test_answers_the_columns_cannot_hold_as_they_came_are_not_stored() -> None:
+    request = LLMRequest(prompt="p", max_tokens=16)
+
+    def answer(text: str, finish: str | None = "stop") -> LLMResponse:
+        return LLMResponse(text, finish, 1, 1, 0.0)
+
+    assert response_cache.storable(answer("fine"), request)
+    for bad in (
+        answer("a\x00b"),
+        answer("lone \ud800"),
+        answer("x" * 10**6),
+        answer("ok", "f" * 40),
+    ):
+        assert not response_cache.storable(bad, request)
+
+
+def test_the_key_covers_every_sampling_parameter_and_the_owner() -> None:
+    request = LLMRequest(prompt="p", max_tokens=16)
+    key = uuid.uuid4()
+    digest = response_cache.request_digest(key, "default", "m", "completions", request)
+    others = [
+        response_cache.request_digest(None, "default", "m", "completions", request),
+        response_cache.request_digest(key, "other", "m", "completions", request),
+        response_cache.request_digest(key, "default", "m2", "completions", request),
+        response_cache.request_digest(key, "default", "m", "chat", request),
+        *(
+            response_cache.request_digest(key, "default", "m", "completions", changed)
+            for changed in (
+                replace(request, prompt="q"),
+                replace(request, max_tokens=17),
+                replace(request, temperature=0.5),
+                replace(request, top_p=0.9),
+                replace(request, presence_penalty=1.0),
+                replace(request, frequency_penalty=1.0),
+                replace(request, stop=("\n",)),
+            )
+        ),
+    ]
+    assert digest not in others and len(set(others)) == len(others)
+    assert digest == response_cache.request_digest(key, "default", "m", "completions", request)
