@@ -303,6 +303,9 @@ class LLMAnswer(Base):
     attempt_errors: Mapped[str | None] = mapped_column(String(200))
     # Already in llm_calls (its round was dropped unstored): taken again, it is not counted again.
     recorded: Mapped[bool] = mapped_column(Boolean, default=False)
+    cached: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )  # as llm_calls
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -496,6 +496,7 @@ def _journaled(planned: PlannedRound) -> dict[int, CallRecord]:
                         row.completion_tokens,
                         row.latency_ms / 1000,
                         _kinds(parse_attempt_errors(row.attempt_errors)),
+                        row.cached,
                     ),
                     prompt_sha256=row.prompt_sha256,
                     recorded=row.recorded,
@@ -557,6 +558,7 @@ def _journal_row(planned: PlannedRound, position: int, record: CallRecord) -> LL
         latency_ms=round(response.latency_s * 1000),
         attempts=record.attempts,
         attempt_errors=attempt_errors_text(record.attempt_kinds),
+        cached=response.cached,
     )
 
 

@@ -20,6 +20,8 @@ down_revision: str | None = '20261204e'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+TABLES = ('llm_calls', 'llm_answers')
+
 
 def upgrade() -> None:
     op.create_table(
@@ -37,13 +39,15 @@ def upgrade() -> None:
     with op.batch_alter_table('llm_response_cache', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_llm_response_cache_owner_key_id'), ['owner_key_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_llm_response_cache_created_at'), ['created_at'], unique=False)
-    with op.batch_alter_table('llm_calls', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('cached', sa.Boolean(), server_default=sa.false(), nullable=False))
+    for table in TABLES:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.add_column(sa.Column('cached', sa.Boolean(), server_default=sa.false(), nullable=False))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('llm_calls', schema=None) as batch_op:
-        batch_op.drop_column('cached')
+    for table in TABLES:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_column('cached')
     with op.batch_alter_table('llm_response_cache', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_llm_response_cache_created_at'))
         batch_op.drop_index(batch_op.f('ix_llm_response_cache_owner_key_id'))
