@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app import __version__
 from app.admission import RequestAdmission
-from app.api import backends, datasets, health, jobs, mixtures, seed_sets
+from app.api import backends, datasets, health, jobs, mixtures, response_cache, seed_sets
 from app.api.metrics import install_metrics
 from app.docs_pages import install_docs
 from app.errors import install_error_handlers
@@ -76,6 +76,7 @@ def create_app() -> FastAPI:
     app.include_router(datasets.router)
     app.include_router(mixtures.router)
     app.include_router(backends.router)
+    app.include_router(response_cache.router)
     app.include_router(health.router)
     # Inside the metrics middleware: a request's time in line counts in its latency.
     app.add_middleware(RequestAdmission)

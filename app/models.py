@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -256,7 +257,27 @@ class LLMCall(Base):
     # SHA-256 of the exact prompt text: with the job's template version, seed and options it
     # identifies every call without storing megabytes of repeated prompt text.
     prompt_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Answered from the response cache (app/services/response_cache.py): no attempt was sent.
+    cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ResponseCacheEntry(Base):
+    """A backend's answer to a request, kept so that an identical request of any job of the
+    same key is answered from here (app/services/response_cache.py)."""
+
+    __tablename__ = "llm_response_cache"
+
+    # SHA-256 of the owner and the request as sent (backend, model, endpoint, body).
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    text: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class LLMAnswer(Base):
@@ -282,6 +303,9 @@ class LLMAnswer(Base):
     attempt_errors: Mapped[str | None] = mapped_column(String(200))
     # Already in llm_calls (its round was dropped unstored): taken again, it is not counted again.
     recorded: Mapped[bool] = mapped_column(Boolean, default=False)
+    cached: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )  # as llm_calls
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

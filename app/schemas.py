@@ -131,6 +131,12 @@ class Progress(BaseModel):
         0, description="HTTP attempts the requests took: one each, plus every retry."
     )
     llm_retries: int = Field(0, description="Attempts that were retries of a failed one.")
+    cache_hits: int = Field(
+        0,
+        description="Requests answered from the response cache (options.response_cache) "
+        "instead of the backend: in llm_requests and the token counts, but never sent, so no "
+        "attempt of theirs is in llm_attempts.",
+    )
     llm_failed_attempts: dict[str, int] = Field(
         default_factory=dict,
         description="Failed attempts (retried or last) by kind: http_429, http_5xx, "

@@ -56,6 +56,8 @@ class LLMResponse:
     latency_s: float
     # The kinds of the attempts that failed (and were retried) before this answer came.
     failed_attempts: tuple[str, ...] = ()
+    # Answered from the response cache: nothing was sent to the backend.
+    cached: bool = False
 
 
 class LLMError(Exception):

@@ -259,6 +259,15 @@ class GenerationOptions(JsonNumbers):
     max_llm_errors: int = Field(
         200, ge=1, le=1_000_000, description="Fail the job after this many failed LLM requests."
     )
+    response_cache: Literal["temperature_0", "all", "off"] = Field(
+        "temperature_0",
+        description="Answer a request identical to an earlier one of this API key's jobs "
+        "(backend, model, endpoint, prompt and every sampling parameter) with the stored answer "
+        "instead of sending it: temperature_0 for requests at temperature 0 only, all for every "
+        "request (a rerun then repeats the sampled answers too, and a repeated prompt within a "
+        "job gets the same answer), off to neither read nor store answers. Progress counts "
+        "cache_hits; DELETE /v1/response-cache drops entries.",
+    )
 
     @model_validator(mode="after")
     def _paper_mode_options(self) -> GenerationOptions:

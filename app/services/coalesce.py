@@ -58,3 +58,47 @@ class CoalescingWriter(Generic[T]):
                         done.set_exception(error)
         finally:
             self._drainer = None
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class CoalescingReader(Generic[K, V]):
+    """The reading counterpart: `read(keys)` runs in a thread for the keys asked for since the
+    last one began and returns what it found; `get` returns its key's value (None when absent)
+    and raises what that read raised. One reader belongs to one event loop."""
+
+    def __init__(self, read: Callable[[list[K]], dict[K, V]]) -> None:
+        self._read = read
+        self._queued: list[tuple[K, asyncio.Future[V | None]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def get(self, key: K) -> V | None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[V | None] = loop.create_future()
+        self._queued.append((key, done))
+        if self._drainer is None:
+            self._drainer = loop.create_task(self._drain())
+        return await done
+
+    async def _drain(self) -> None:
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                try:
+                    found = await asyncio.to_thread(self._read, list({k: None for k, _ in batch}))
+                except Exception as exc:  # each waiter gets the read's failure
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                except BaseException:  # cancelled (the loop is closing): so are the waiters
+                    for _, done in [*batch, *self._queued]:
+                        done.cancel()
+                    raise
+                for key, done in batch:
+                    if not done.done():
+                        done.set_result(found.get(key))
+        finally:
+            self._drainer = None

@@ -63,7 +63,7 @@ from app.selfinstruct.unnatural import (
     parse_rephrasings,
     rephrase_stop,
 )
-from app.services import batches, budget, leases
+from app.services import batches, budget, leases, response_cache
 from app.services.budget import Cost, InstanceBudget
 from app.services.coalesce import CoalescingWriter
 from app.services.pipeline import (
@@ -119,6 +119,7 @@ def generate_instances(
     if hold is None:
         with leases.holding(job_id) as own:
             return generate_instances(job_id, instruction_ids, llm_factory, own)
+    llm_factory = response_cache.for_job(job_id, llm_factory)
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None or JobStatus(job.status).finished:

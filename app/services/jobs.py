@@ -293,6 +293,7 @@ def count_progress(
             func.coalesce(func.sum(LLMCall.prompt_tokens), 0),
             func.coalesce(func.sum(LLMCall.completion_tokens), 0),
             func.coalesce(func.sum(LLMCall.attempts), 0),
+            func.coalesce(func.sum(case((LLMCall.cached.is_(True), 1), else_=0)), 0),
         ).where(LLMCall.job_id == job.id)
     ).one()
     failed_attempts: Counter[str] = Counter()
@@ -330,7 +331,8 @@ def count_progress(
         llm_requests=calls[0],
         llm_errors=int(calls[1]),
         llm_attempts=int(calls[4]),
-        llm_retries=int(calls[4]) - int(calls[0]),
+        llm_retries=int(calls[4]) - (int(calls[0]) - int(calls[5])),
+        cache_hits=int(calls[5]),
         llm_failed_attempts=dict(sorted(failed_attempts.items())),
         prompt_tokens=int(calls[2]),
         completion_tokens=int(calls[3]),

@@ -84,7 +84,7 @@ from app.selfinstruct.unnatural import (
     core_stop,
     plan_unnatural_round,
 )
-from app.services import batches, budget, leases
+from app.services import batches, budget, leases, response_cache
 from app.services.balance import mix_so_far, undecided_through
 from app.services.budget import job_usage
 from app.services.coalesce import CoalescingWriter
@@ -129,7 +129,9 @@ class CallRecord:
 
     @property
     def attempts(self) -> int:
-        """HTTP attempts: the failed ones, and the one that answered."""
+        """HTTP attempts: the failed ones, and the one that answered (none from the cache)."""
+        if self.response is not None and self.response.cached:
+            return 0
         return max(1, len(self.attempt_kinds) + (self.response is not None))
 
     def row(self, job_id: uuid.UUID) -> LLMCall:
@@ -148,6 +150,7 @@ class CallRecord:
             prompt_sha256=self.prompt_sha256,
             attempts=self.attempts,
             attempt_errors=attempt_errors_text(self.attempt_kinds),
+            cached=bool(r and r.cached),
         )
 
 
@@ -303,6 +306,7 @@ def run_round(
     if hold is None:
         with leases.holding(job_id) as own:
             return run_round(job_id, round_no, llm_factory, own)
+    llm_factory = response_cache.for_job(job_id, llm_factory)
     if not start_round(job_id, round_no, hold):
         return RoundResult()
     planned = prepare_round(job_id, round_no)
@@ -492,6 +496,7 @@ def _journaled(planned: PlannedRound) -> dict[int, CallRecord]:
                         row.completion_tokens,
                         row.latency_ms / 1000,
                         _kinds(parse_attempt_errors(row.attempt_errors)),
+                        row.cached,
                     ),
                     prompt_sha256=row.prompt_sha256,
                     recorded=row.recorded,
@@ -553,6 +558,7 @@ def _journal_row(planned: PlannedRound, position: int, record: CallRecord) -> LL
         latency_ms=round(response.latency_s * 1000),
         attempts=record.attempts,
         attempt_errors=attempt_errors_text(record.attempt_kinds),
+        cached=response.cached,
     )
 
 

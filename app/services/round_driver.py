@@ -31,7 +31,7 @@ from app.config import get_settings
 from app.db import session_scope
 from app.models import Job
 from app.selfinstruct.options import GenerationOptions
-from app.services import budget, instances, leases, pipeline
+from app.services import budget, instances, leases, pipeline, response_cache
 from app.services.pipeline import CallRecord, LLMFactory, PlannedRound, RoundResult
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def run_rounds(
     ends the stream there, and the returned next round is that one (a new message, retried as
     a first round).
     """
+    llm_factory = response_cache.for_job(job_id, llm_factory)
     if not pipeline.start_round(job_id, first, hold):
         return RoundResult()
     planned = pipeline.prepare_round(job_id, first)
