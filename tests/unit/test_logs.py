@@ -72,7 +72,7 @@ def test_queued_logging_never_waits_for_the_write(monkeypatch: pytest.MonkeyPatc
     started = time.perf_counter()
     with job_context("queued-job"):
         for n in range(50):
-            logging.getLogger("uvicorn.access").info("GET /v1/jobs/%d 200", n)
+            logging.getLogger("app.requests").info("GET /v1/jobs/%d 200", n)
         try:
             raise ValueError("boom")
         except ValueError:
