@@ -200,11 +200,12 @@ def _bit_masks(keys: Iterable[int]) -> tuple[np.uint64, ...]:
     return tuple(np.uint64(mask) for mask in masks)
 
 
-def _popcount(values: np.ndarray[Any, np.dtype[np.uint64]]) -> IntArray:
+def _popcount(values: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, Any]:
+    """Set bits per value, as uint8."""
     if hasattr(np, "bitwise_count"):  # numpy >= 2.0
-        return np.bitwise_count(values).astype(np.int64)
+        return np.bitwise_count(values)
     bits = np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1)
-    return bits.sum(axis=1, dtype=np.int64)
+    return bits.sum(axis=1, dtype=np.uint8)
 
 
 def _token_keys(token_ids: Iterable[int]) -> list[int]:
@@ -336,19 +337,20 @@ class _Scan:
         if not found:
             return _NO_CANDIDATES, _NO_CANDIDATES
         entries = np.concatenate([np.frombuffer(a, dtype=np.int64) for _, a in found])
-        query_positions = np.repeat(
-            np.fromiter((p for p, _ in found), dtype=np.int64, count=len(found)),
-            [len(a) for _, a in found],
-        )
         # The signature bound first: it rules out nearly every entry, so little is left to sort.
         items = entries >> _POSITION_BITS
         lengths = self.index._lengths[items]
         overlap = self._overlap_bound(items)
         promising = self._seeds(items, lengths, overlap, seeds) if seeds else _NO_CANDIDATES
-        keep = 2 * d * overlap >= n * (lengths + lq)
+        keep = overlap >= self._fewest_shared(n, d)[lengths]
         if seen is not None:
             keep &= ~seen[items]
-        entries, query_positions, lengths = entries[keep], query_positions[keep], lengths[keep]
+        kept = np.flatnonzero(keep)
+        entries, lengths = entries[kept], lengths[kept]
+        list_ends = np.cumsum([len(a) for _, a in found])
+        query_positions = np.array([p for p, _ in found])[
+            np.searchsorted(list_ends, kept, side="right")
+        ]
         rest = np.minimum(lq - 1 - query_positions, lengths - 1 - (entries & _POSITION_MASK))
         keep = 2 * d * (rest + 1) >= n * (lengths + lq)
         entries, query_positions = entries[keep], query_positions[keep]
@@ -389,6 +391,11 @@ class _Scan:
         grouped = _Candidates(items, lengths, most_lcs)
         return grouped[grouped.reaching((n, d), lq)]
 
+    def _fewest_shared(self, n: int, d: int) -> IntArray:
+        """Per item length lp, the fewest shared keys reaching n/d: ceil(n·(lp + lq) / 2d)."""
+        lengths = np.arange(self.index._max_length + 1, dtype=np.int64)
+        return -((-n * (lengths + self.query.length)) // (2 * d))
+
     def _overlap_bound(self, items: IntArray) -> IntArray:
         """Candidate keys whose signature bit the item has set: at least the shared keys.
 
@@ -396,8 +403,11 @@ class _Scan:
         per bit over the bits the item has set counts every shared key (and some that collide).
         """
         signatures = self.index._signatures[items]
-        bound = _popcount(signatures & self.query.bit_masks[0])
-        for mask in self.query.bit_masks[1:]:
+        masks = self.query.bit_masks
+        bound = _popcount(signatures & masks[0])
+        if len(masks) > 3:  # a uint8 sum could overflow
+            bound = bound.astype(np.int64)
+        for mask in masks[1:]:
             bound += _popcount(signatures & mask)
         return bound
 
@@ -474,6 +484,7 @@ class RougeLIndex:
         self._codes: np.ndarray[Any, np.dtype[np.object_]] = np.empty(16, dtype=object)
         self._lengths: IntArray = np.zeros(16, dtype=np.int64)
         self._signatures: np.ndarray[Any, np.dtype[np.uint64]] = np.zeros(16, dtype=np.uint64)
+        self._max_length = 0
         self._token_ids: dict[str, int] = {}
         self._order: _KeyOrder | None = None
         self._postings: dict[Fraction, _PrefixPostings] = {}
@@ -495,6 +506,7 @@ class RougeLIndex:
         self._texts.append(text)
         self._codes[item] = _token_codes(token_ids)
         self._lengths[item] = len(token_ids)
+        self._max_length = max(self._max_length, len(token_ids))
         keys = _token_keys(token_ids)
         self._signatures[item] = _signature(keys)
         if self._order is not None:
