@@ -184,20 +184,29 @@ def _key_bit(key: int) -> int:
     return ((key * _HASH_MULTIPLIER) & _UINT64_MASK) >> (64 - _SIGNATURE_BITS_LOG2)
 
 
+def _key_bits(keys: Iterable[int]) -> list[int]:
+    shift = 64 - _SIGNATURE_BITS_LOG2
+    return [((key * _HASH_MULTIPLIER) & _UINT64_MASK) >> shift for key in keys]
+
+
 def _signature(keys: Iterable[int]) -> int:
     signature = 0
-    for key in keys:
-        signature |= 1 << _key_bit(key)
+    for bit in _key_bits(keys):
+        signature |= 1 << bit
     return signature
 
 
 def _bit_masks(keys: Iterable[int]) -> tuple[np.uint64, ...]:
-    per_bit = Counter(map(_key_bit, keys))
-    masks = [0] * max(per_bit.values(), default=1)
-    for bit, count in per_bit.items():
-        for m in range(count):
-            masks[m] |= 1 << bit
-    return tuple(np.uint64(mask) for mask in masks)
+    """masks[m] holds the bits that more than m keys hash to."""
+    masks = [0]
+    for bit in map((1).__lshift__, _key_bits(keys)):
+        level = 0
+        while masks[level] & bit:
+            level += 1
+            if level == len(masks):
+                masks.append(0)
+        masks[level] |= bit
+    return tuple(map(np.uint64, masks))
 
 
 def _popcount(values: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, Any]:
@@ -234,11 +243,12 @@ class _KeyOrder:
         for keys in keys_per_item:
             counts.update(keys)
             self.counted_items += 1
-        self.document_frequency = {key: count for key, count in counts.items() if count > 1}
+        # A Counter answers 0 for keys it lacks, without storing them.
+        self.document_frequency = Counter({key: n for key, n in counts.items() if n > 1})
 
     def sort(self, keys: list[int]) -> list[int]:
-        frequency = self.document_frequency
-        keys.sort(key=lambda key: (frequency.get(key, 0), -key))
+        keys.sort(reverse=True)  # then a stable sort by frequency: (frequency, -key) order
+        keys.sort(key=self.document_frequency.__getitem__)
         return keys
 
 
