@@ -46,9 +46,12 @@ _REORDER_MIN_ITEMS = 1024
 _FIRST_BATCH = 32
 # best()'s first scan also verifies this many items with the highest signature bounds it meets.
 _SEEDS = 16
-# A posting entry is `item << _POSITION_BITS | position in the item`.
-_POSITION_BITS = 24
-_POSITION_MASK = (1 << _POSITION_BITS) - 1
+# A posting entry is `length << 48 | position in the item << 32 | item`.
+_ITEM_MASK = (1 << 32) - 1
+_POSITION_SHIFT = 32
+_POSITION_MASK = (1 << 16) - 1
+_LENGTH_SHIFT = 48
+_LENGTH_MASK = (1 << 15) - 1
 # Per item, a 64-bit signature: one bit per key, set by a multiplicative hash (Knuth's constant).
 _SIGNATURE_BITS_LOG2 = 6
 _HASH_MULTIPLIER = 0x9E3779B97F4A7C15
@@ -253,9 +256,12 @@ class _KeyOrder:
 
 
 class _PrefixPostings:
-    """Per key, the entries `item << 24 | position in item` of the item prefixes `floor` requires.
+    """Per key, one int64 entry per item prefix holding it, as `floor` requires prefixes.
 
-    A position past 2**24 - 1 is stored as that maximum: a smaller position only loosens bounds.
+    An entry packs the item's length, the key's position in the item and the item. Positions
+    and lengths past their fields are stored as the field's maximum: a smaller position only
+    loosens bounds, and the stored length only serves the signature test, where a smaller
+    length asks for fewer shared keys (the positional bound reads exact lengths).
     """
 
     __slots__ = ("floor", "lists")
@@ -268,9 +274,9 @@ class _PrefixPostings:
         length = len(ordered_keys)
         prefix = length - _min_overlap(self.floor.numerator, self.floor.denominator, length) + 1
         lists = self.lists
-        base = item << _POSITION_BITS
+        base = (min(length, _LENGTH_MASK) << _LENGTH_SHIFT) | item
         for position, key in enumerate(ordered_keys[:prefix]):
-            entry = base | min(position, _POSITION_MASK)
+            entry = base | (min(position, _POSITION_MASK) << _POSITION_SHIFT)
             pairs = lists.get(key)
             if pairs is None:
                 lists[key] = array("q", (entry,))
@@ -348,54 +354,71 @@ class _Scan:
             return _NO_CANDIDATES, _NO_CANDIDATES
         entries = np.concatenate([np.frombuffer(a, dtype=np.int64) for _, a in found])
         # The signature bound first: it rules out nearly every entry, so little is left to sort.
-        items = entries >> _POSITION_BITS
-        lengths = self.index._lengths[items]
+        items = entries & _ITEM_MASK
+        stored_lengths = entries >> _LENGTH_SHIFT
         overlap = self._overlap_bound(items)
-        promising = self._seeds(items, lengths, overlap, seeds) if seeds else _NO_CANDIDATES
-        keep = overlap >= self._fewest_shared(n, d)[lengths]
+        promising = self._seeds(items, stored_lengths, overlap, seeds) if seeds else _NO_CANDIDATES
+        keep = overlap >= self._fewest_shared(n, d)[stored_lengths]
         if seen is not None:
             keep &= ~seen[items]
         kept = np.flatnonzero(keep)
-        entries, lengths = entries[kept], lengths[kept]
+        entries, items = entries[kept], items[kept]
+        lengths = self.index._lengths[items]
         list_ends = np.cumsum([len(a) for _, a in found])
         query_positions = np.array([p for p, _ in found])[
             np.searchsorted(list_ends, kept, side="right")
         ]
-        rest = np.minimum(lq - 1 - query_positions, lengths - 1 - (entries & _POSITION_MASK))
-        keep = 2 * d * (rest + 1) >= n * (lengths + lq)
-        entries, query_positions = entries[keep], query_positions[keep]
-        if not entries.size:
+        item_positions = (entries >> _POSITION_SHIFT) & _POSITION_MASK
+        rest = np.minimum(lq - 1 - query_positions, lengths - 1 - item_positions)
+        keep = np.flatnonzero(2 * d * (rest + 1) >= n * (lengths + lq))
+        if not keep.size:
             return _NO_CANDIDATES, promising
-        return self._positional(entries, query_positions, n, d), promising
+        return self._positional(
+            items[keep], item_positions[keep], query_positions[keep], n, d
+        ), promising
 
     def _seeds(
-        self, items: IntArray, lengths: IntArray, overlap: IntArray, count: int
+        self, items: IntArray, stored_lengths: IntArray, overlap: IntArray, count: int
     ) -> _Candidates:
-        met = _Candidates(items, lengths, np.minimum(overlap, lengths))
         if items.size > count:
-            bound = met.most_lcs / (lengths + self.query.length)
-            met = met[np.argpartition(-bound, count - 1)[:count]]
-        return met[np.unique(met.items, return_index=True)[1]]
+            bound = np.minimum(overlap, stored_lengths) / (stored_lengths + self.query.length)
+            items = items[np.argpartition(-bound, count - 1)[:count]]
+        items = np.unique(items)
+        return _Candidates(items, self.index._lengths[items], np.zeros_like(items))
 
     def _positional(
-        self, entries: IntArray, query_positions: IntArray, n: int, d: int
+        self,
+        items: IntArray,
+        item_positions: IntArray,
+        query_positions: IntArray,
+        n: int,
+        d: int,
     ) -> _Candidates:
         """Group entries by item (each item's entries run in key order on both sides)."""
         lq = self.query.length
         shift = lq.bit_length()
-        if (len(self.index) << _POSITION_BITS).bit_length() + shift < 63:
-            packed = np.sort((entries << shift) | query_positions)
-            ordered, positions = packed >> shift, packed & ((1 << shift) - 1)
+        item_shift = shift + _POSITION_MASK.bit_length()
+        if len(self.index).bit_length() + item_shift < 63:
+            packed = np.sort((items << item_shift) | (item_positions << shift) | query_positions)
+            items, item_positions = packed >> item_shift, (packed >> shift) & _POSITION_MASK
+            query_positions = packed & ((1 << shift) - 1)
         else:  # too wide to pack into one int64
-            order = np.lexsort((query_positions, entries))
-            ordered, positions = entries[order], query_positions[order]
-        items = ordered >> _POSITION_BITS
+            order = np.lexsort((query_positions, items))
+            items, item_positions, query_positions = (
+                items[order],
+                item_positions[order],
+                query_positions[order],
+            )
         last = np.flatnonzero(np.append(items[1:] != items[:-1], True))
         shared = np.diff(last, prepend=-1)
-        items, ordered, positions = items[last], ordered[last], positions[last]
+        items, item_positions, query_positions = (
+            items[last],
+            item_positions[last],
+            query_positions[last],
+        )
         lengths = self.index._lengths[items]
         most_lcs = np.minimum(
-            shared + np.minimum(lq - 1 - positions, lengths - 1 - (ordered & _POSITION_MASK)),
+            shared + np.minimum(lq - 1 - query_positions, lengths - 1 - item_positions),
             self._overlap_bound(items),
         )
         grouped = _Candidates(items, lengths, most_lcs)
@@ -507,6 +530,8 @@ class RougeLIndex:
     def add(self, text: str) -> int:
         """Append a text to the pool and return its item number."""
         item = len(self._texts)
+        if item > _ITEM_MASK:
+            raise OverflowError("a RougeLIndex holds at most 2**32 items")
         vocabulary = self._token_ids
         token_ids = [vocabulary.setdefault(t, len(vocabulary)) for t in self._tokenize(text)]
         if item == self._lengths.size:

@@ -280,3 +280,13 @@ def test_growing_pool_interleaved_with_queries() -> None:
             assert index.exceeds(text, 0.7) == (expected[0] > 0.7)
         pool.append(text)
         index.add(text)
+
+
+def test_texts_longer_than_the_packed_fields() -> None:
+    """An item length past 32,767 tokens is stored clamped, which only loosens the filter."""
+    rng = random.Random(4)
+    words = [f"v{i}" for i in range(50)]
+    long_text = " ".join(rng.choice(words) for _ in range(33_000))
+    pool = ["v1 v2 v3 zz", long_text, "v4 v5"]
+    queries = ["v1 v2 v3", "v7 v8 v9 v10", "zz"]
+    assert_matches_rouge_score(pool, queries)
