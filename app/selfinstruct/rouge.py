@@ -12,10 +12,15 @@ For a candidate of lq tokens and an item of lp tokens sharing `overlap` tokens (
   first, two texts sharing at least k keys share one among the first len - k + 1 keys of each.
   Per similarity floor, the inverted lists hold only those first keys of every item, with their
   position in the item; floor 0 keeps every key and is the complete index.
+- Signature bound: each item keeps a 64-bit signature with one hashed bit per key. Every shared
+  key sets its bit in both, so the candidate's keys landing on the item's set bits bound the
+  overlap. In instruction-like pools it rules out nearly every prefix match before any sort.
 - Positional bound: if the last shared prefix key sits at position i of the candidate and j of
   the item, and A prefix keys are shared, the overlap is at most A + min(lq-1-i, lp-1-j).
 - Survivors get an exact LCS (rapidfuzz's bit-parallel LCSseq over token ids written as code
-  points) and the winner is picked with rouge-score's own float arithmetic.
+  points), highest bound first, and the winner is picked with rouge-score's own float arithmetic.
+- best() keeps the best verified item as a lower bound and stops once no unverified item can
+  reach it: ties (equal floats) go to the lowest item, as in rouge-score's first maximum.
 """
 
 from __future__ import annotations
