@@ -227,6 +227,9 @@ def _popcount(values: np.ndarray[Any, np.dtype[np.uint64]]) -> np.ndarray[Any, A
 
 def _token_keys(token_ids: Iterable[int]) -> list[int]:
     """One key per token copy: (id, copy number) packed in one int."""
+    token_ids = list(token_ids)
+    if len(set(token_ids)) == len(token_ids):  # no repeats: every copy number is 0
+        return [token_id << _TOKEN_ID_SHIFT for token_id in token_ids]
     copies: dict[int, int] = {}
     keys = []
     for token_id in token_ids:
@@ -637,18 +640,20 @@ class RougeLIndex:
         postings = self._postings.get(floor)
         if postings is None:
             postings = self._postings[floor] = _PrefixPostings(floor)
-            self._fill(postings)
+            self._fill([postings])
         return postings
 
     def _reorder(self) -> None:
         """Recount the global key order and rebuild every posting list under it."""
         codes = self._codes[: len(self)].tolist()
         self._order = _KeyOrder(_token_keys(_token_ids_of(c)) for c in codes)
-        for floor in self._postings:
-            self._postings[floor] = _PrefixPostings(floor)
-            self._fill(self._postings[floor])
+        self._postings = {floor: _PrefixPostings(floor) for floor in self._postings}
+        self._fill(list(self._postings.values()))
 
-    def _fill(self, postings: _PrefixPostings) -> None:
+    def _fill(self, postings: list[_PrefixPostings]) -> None:
+        """Add every item to each of `postings`, sorting its keys once."""
         assert self._order is not None
         for item, codes in enumerate(self._codes[: len(self)].tolist()):
-            postings.add(item, self._order.sort(_token_keys(_token_ids_of(codes))))
+            keys = self._order.sort(_token_keys(_token_ids_of(codes)))
+            for floor_postings in postings:
+                floor_postings.add(item, keys)
