@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -88,3 +89,21 @@ class LLMClient(Protocol):
         """Answers in request order, at most `concurrency` in flight; a failed request's slot
         holds its error instead of raising, so one failure does not lose the others."""
         ...
+
+
+async def complete_each(
+    acomplete: Callable[[LLMRequest], Awaitable[LLMResponse]],
+    requests: Sequence[LLMRequest],
+    concurrency: int,
+) -> list[LLMResponse | LLMError]:
+    """Every request, at most `concurrency` at a time, in order; a failure in its place."""
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(request: LLMRequest) -> LLMResponse | LLMError:
+        async with gate:
+            try:
+                return await acomplete(request)
+            except LLMError as exc:
+                return exc
+
+    return list(await asyncio.gather(*(one(r) for r in requests)))

@@ -54,6 +54,7 @@ from app.llm.base import (
     LLMRequest,
     LLMResponse,
     LLMTransientError,
+    complete_each,
 )
 from app.llm.concurrency import ConcurrencyGate, gate_for
 from app.llm.rate_limit import Limits, RateLimiter, estimate_tokens, limiter_for
@@ -193,16 +194,7 @@ class OpenAICompatClient:
     async def acomplete_many(
         self, requests: Sequence[LLMRequest], concurrency: int
     ) -> list[LLMResponse | LLMError]:
-        gate = asyncio.Semaphore(max(1, concurrency))
-
-        async def one(request: LLMRequest) -> LLMResponse | LLMError:
-            async with gate:
-                try:
-                    return await self.acomplete(request)
-                except LLMError as exc:
-                    return exc
-
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        return await complete_each(self.acomplete, requests, concurrency)
 
     async def acomplete(self, request: LLMRequest) -> LLMResponse:
         """The answer, or an LLMError; either way with the kinds of the attempts that failed."""

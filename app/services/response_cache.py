@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from app.config import DEFAULT_BACKEND
 from app.db import session_scope
 from app.llm.aio import run_sync
-from app.llm.base import LLMClient, LLMError, LLMRequest, LLMResponse
+from app.llm.base import LLMClient, LLMError, LLMRequest, LLMResponse, complete_each
 from app.llm.openai_compat import Endpoint, request_body
 from app.models import Job, ResponseCacheEntry
 from app.selfinstruct.options import GenerationOptions
@@ -123,16 +123,7 @@ class CachingClient:
     async def _acomplete_many(
         self, requests: Sequence[LLMRequest], concurrency: int
     ) -> list[LLMResponse | LLMError]:
-        gate = asyncio.Semaphore(max(1, concurrency))
-
-        async def one(request: LLMRequest) -> LLMResponse | LLMError:
-            async with gate:
-                try:
-                    return await self.acomplete(request)
-                except LLMError as exc:
-                    return exc
-
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        return await complete_each(self.acomplete, requests, concurrency)
 
     async def acomplete(self, request: LLMRequest) -> LLMResponse:
         if not cacheable(self.policy, request):
