@@ -39,10 +39,9 @@ class HeadHoldingTransport:
         self._head: bytes | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        data = bytes(data)
         if self._head is not None:
-            data, self._head = self._head + data, None
-        elif _is_final_head(data):
+            data, self._head = self._head + bytes(data), None
+        elif isinstance(data, bytes) and _is_final_head(data):  # uvicorn writes heads as bytes
             self._head = data
             return
         self._transport.write(data)
