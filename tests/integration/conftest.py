@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from sqlalchemy import Engine, create_engine
 
 from app.localmodel import LocalModelUnavailable, check_installed, ensure_model
 from app.migrate import upgrade_database
@@ -68,6 +69,14 @@ def stack(
         running.start_api()
         running.start_worker()
         yield running
+
+
+@pytest.fixture(scope="module")
+def db(pg_url: str) -> Iterator[Engine]:
+    """An engine on the module's database, for reading what the stack stored."""
+    engine = create_engine(pg_url)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from app.config import Settings
@@ -67,13 +67,6 @@ def live_stack(
 def client(live_stack: ServiceStack) -> Iterator[httpx.Client]:
     with live_stack.client(live_stack.create_key("liveness tests")) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def db(pg_url: str) -> Iterator[Engine]:
-    engine = create_engine(pg_url)
-    yield engine
-    engine.dispose()
 
 
 def start_job(client: httpx.Client, seeds: Path, target: int, **options: object) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from app.config import DEFAULT_BACKEND
@@ -50,13 +50,6 @@ def cache_stack(
         SELFINSTRUCT_SWEEP_INTERVAL_S="1",
     ) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def db(pg_url: str) -> Iterator[Engine]:
-    engine = create_engine(pg_url)
-    yield engine
-    engine.dispose()
 
 
 def start_job(client: httpx.Client, seeds: Path, target: int, **options: object) -> str:
