@@ -50,10 +50,17 @@ SIGMA = 0.5  # lognormal spread: p90 is about 1.9 x the median, p99 about 3.2 x
 # --- the server (its own process) ------------------------------------------------------------------
 
 
-def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed: int) -> None:
+def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed: int,
+          diverse: bool = False) -> None:  # fmt: skip
     import uvicorn
 
+    from tests.support import fake_llm
     from tests.support.fake_llm import answer_for, apply_limits, prompt_kind
+
+    if diverse:  # a vocabulary large enough for tens of thousands of distinct instructions
+        from bench_throughput import diverse_instruction
+
+        fake_llm.new_instruction = diverse_instruction  # type: ignore[assignment]
 
     rng = random.Random(seed)
     gate = asyncio.Semaphore(slots)
@@ -136,7 +143,8 @@ def serve(port: int, slots: int, median_s: float, refuse_above: int | None, seed
 
 
 class SlotServer:
-    def __init__(self, slots: int, median_s: float, refuse_above: int | None = None) -> None:
+    def __init__(self, slots: int, median_s: float, refuse_above: int | None = None,
+                 diverse: bool = False) -> None:  # fmt: skip
         from app.apiserver import free_port
 
         self.slots = slots
@@ -145,6 +153,8 @@ class SlotServer:
                    "--latency", str(median_s)]  # fmt: skip
         if refuse_above is not None:
             command += ["--refuse-above", str(refuse_above)]
+        if diverse:
+            command.append("--diverse")
         self.proc = start_backend(command, self.base_url, "slot server")
 
     @property
@@ -288,6 +298,7 @@ def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
     return {
         "status": [j["status"] for j in finished],
         "wall_s": wall,
+        "served_s": sum(b[1] - b[0] for b in stats["busy"]),
         "whole": utilisation(stats["busy"], server.slots, start, end),
         "middle": utilisation(stats["busy"], server.slots, *middle),
         "middle_by_kind": held_by_kind(stats["busy"], *middle),
@@ -314,10 +325,13 @@ def main() -> None:
     parser.add_argument("--refuse-above", type=int, default=None)
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the stack")
     parser.add_argument("--option", action="append", default=[], help="NAME=JSON, a job option")
+    parser.add_argument("--diverse", action="store_true",
+                        help="a larger vocabulary, for jobs of tens of thousands of instructions")  # fmt: skip
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, int(args.slots), float(args.latency), args.refuse_above, seed=1)
+        serve(args.serve, int(args.slots), float(args.latency), args.refuse_above, seed=1,
+              diverse=args.diverse)  # fmt: skip
         return
     env_extra = dict(item.split("=", 1) for item in args.env)
     options = {"mode": args.mode}
@@ -329,7 +343,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for latency in (float(x) for x in args.latency.split(",")):
         for slots in (int(x) for x in args.slots.split(",")):
-            server = SlotServer(slots, latency, args.refuse_above)
+            server = SlotServer(slots, latency, args.refuse_above, args.diverse)
             try:
                 result = run_job(server, args.instructions, options, env_extra,
                                  args.jobs)  # fmt: skip
@@ -343,6 +357,11 @@ def main() -> None:
                 print(f"<!-- each job's share of the server in the middle 60 %: "
                       f"{result['middle_by_job']} -->")  # fmt: skip
             print(f"<!-- CPU over the job: {result['cpu']} -->")
+            ideal = result["requests"] * latency / slots
+            print(f"<!-- wall {result['wall_s']:.0f} s against the ideal: requests x L / C = "
+                  f"{ideal:.0f} s ({result['wall_s'] / ideal:.2f}x), served slot-seconds / C = "
+                  f"{result['served_s'] / slots:.0f} s; accepted {result['accepted']}; "
+                  f"status {result['status']} -->")  # fmt: skip
             if result["backends"]:
                 print(f"<!-- backends at the end: {result['backends']} -->")
             if args.refuse_above is not None:
