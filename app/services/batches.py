@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from app.config import get_settings
+from app.config import DEFAULT_BACKEND, get_settings
 from app.db import session_scope
 from app.llm.base import (
     LLMError,
@@ -28,9 +29,12 @@ from app.llm.base import (
     LLMResponse,
     LLMTransientError,
 )
-from app.models import LLMBatch
+from app.models import Job, LLMBatch
 from app.selfinstruct.options import GenerationOptions
+from app.services import response_cache
 from app.services.llm import batch_client_for
+
+log = logging.getLogger(__name__)
 
 
 class BatchPending(Exception):
@@ -51,16 +55,28 @@ def batch_key(purpose: str, requests: Sequence[LLMRequest]) -> str:
 def collect(
     job_id: uuid.UUID, purpose: str, requests: Sequence[LLMRequest], options: GenerationOptions
 ) -> list[LLMResponse | LLMError]:
-    """The answers in request order, or BatchPending while the batch runs."""
+    """The answers in request order, or BatchPending while the batch runs.
+
+    Requests the response cache answers are not submitted: at the first call the row keeps
+    their answers and marks the rest pending, so every later call (another worker's, after a
+    restart) submits and merges exactly the same positions whatever the cache holds by then."""
     key = batch_key(purpose, requests)
     row = _row(job_id, key, len(requests))
-    if row.answers is not None:
-        return [_decode(a) for a in row.answers]
+    stored = row.answers if row.answers is not None else [_PENDING] * len(requests)
+    if _PENDING not in stored:
+        return [_decode(a) for a in stored]
     client = batch_client_for(options)
     if row.remote_id is None:
+        if row.answers is None:
+            stored = _from_cache(job_id, requests, options, client.model)
+            if _PENDING not in stored:  # nothing to submit: the cache answered every request
+                _update(row.id, answers=stored, status="cached", completed_at=datetime.now(UTC))
+                return [_decode(a) for a in stored]
+            _update(row.id, answers=stored)
+        pending = [r for r, a in zip(requests, stored, strict=True) if a == _PENDING]
         spent = _spent_batches(job_id, key)
-        remote_id = client.find(key, spent) or client.submit(list(requests), key)
-        _update(row.id, remote_id=remote_id, status="validating")
+        remote_id = client.find(key, spent) or client.submit(pending, key)
+        _update(row.id, remote_id=remote_id, status="validating", request_count=len(pending))
         raise BatchPending(key, "submitted")
     state = client.poll(row.remote_id, row.request_count)
     if state.running:
@@ -72,13 +88,86 @@ def collect(
     if all(isinstance(a, LLMError) for a in state.answers):
         _retire(row.id, key, row.remote_id)  # the next attempt of the step submits a new batch
         raise next(a for a in state.answers if isinstance(a, LLMError))  # type: ignore[misc]
-    _update(
-        row.id,
-        status=state.status,
-        answers=[_encode(a) for a in state.answers],
-        completed_at=datetime.now(UTC),
-    )
-    return state.answers
+    merged = _merge(stored, state.answers)
+    _to_cache(job_id, requests, merged, options, client.model)
+    _update(row.id, status=state.status, answers=merged, completed_at=datetime.now(UTC))
+    return [_decode(a) for a in merged]
+
+
+_PENDING: dict[str, object] = {"pending": True}  # a position the batch answers
+
+
+def _from_cache(
+    job_id: uuid.UUID, requests: Sequence[LLMRequest], options: GenerationOptions, model: str
+) -> list[dict[str, object]]:
+    """Each request's cached answer (encoded, marked cached), or _PENDING."""
+    digests = _digests(job_id, requests, options, model)
+    try:
+        found = response_cache.read_entries([d for d in digests if d is not None])
+    except Exception:  # the cache is an optimisation: unreadable means every request is sent
+        log.warning("response cache not read for a batch", exc_info=True)
+        found = {}
+    stored: list[dict[str, object]] = []
+    for digest in digests:
+        hit = found.get(digest) if digest is not None else None
+        stored.append(_PENDING if hit is None else _encode_hit(hit))
+    return stored
+
+
+def _to_cache(
+    job_id: uuid.UUID,
+    requests: Sequence[LLMRequest],
+    answers: list[dict[str, object]],
+    options: GenerationOptions,
+    model: str,
+) -> None:
+    digests = _digests(job_id, requests, options, model)
+    entries = []
+    for request, answer, digest in zip(requests, answers, digests, strict=True):
+        decoded = _decode(answer)
+        if digest is None or answer.get("cached") or not isinstance(decoded, LLMResponse):
+            continue
+        if response_cache.storable(decoded, request):
+            entries.append(response_cache.entry(digest, _owner(job_id), decoded))
+    if not entries:
+        return
+    try:
+        response_cache.store_entries(entries)
+    except Exception:
+        log.warning("batch answers not stored in the response cache", exc_info=True)
+
+
+def _digests(
+    job_id: uuid.UUID, requests: Sequence[LLMRequest], options: GenerationOptions, model: str
+) -> list[str | None]:
+    """The cache key of each request the job's policy caches (None for the others): the same
+    key an online request gets, so online and batch jobs of one API key share answers."""
+    if options.response_cache == "off":
+        return [None] * len(requests)
+    owner, backend = _owner(job_id), options.backend or DEFAULT_BACKEND
+    return [
+        response_cache.request_digest(owner, backend, model, options.endpoint, r)
+        if response_cache.cacheable(options.response_cache, r)
+        else None
+        for r in requests
+    ]
+
+
+def _owner(job_id: uuid.UUID) -> uuid.UUID | None:
+    with session_scope() as session:
+        return session.scalar(select(Job.owner_key_id).where(Job.id == job_id))
+
+
+def _merge(
+    stored: list[dict[str, object]], answers: Sequence[LLMResponse | LLMError]
+) -> list[dict[str, object]]:
+    """The batch's answers, in order, put in the pending positions."""
+    if len(answers) != stored.count(_PENDING):
+        raise LLMTransientError(
+            f"the batch returned {len(answers)} answers for {stored.count(_PENDING)} requests"
+        )
+    fresh = iter(answers)
+    return [_encode(next(fresh)) if a == _PENDING else a for a in stored]
 
 
 def _row(job_id: uuid.UUID, key: str, request_count: int) -> LLMBatch:
@@ -149,6 +238,16 @@ def _encode(answer: LLMResponse | LLMError) -> dict[str, object]:
     return {"error": str(answer)[:2000], "kind": kind}
 
 
+def _encode_hit(hit: response_cache.Entry) -> dict[str, object]:
+    return {
+        "text": hit.text,
+        "finish_reason": hit.finish_reason,
+        "prompt_tokens": hit.prompt_tokens,
+        "completion_tokens": hit.completion_tokens,
+        "cached": True,
+    }
+
+
 def _decode(stored: dict[str, object]) -> LLMResponse | LLMError:
     if "error" in stored:
         error_type = LLMPermanentError if stored.get("kind") == "permanent" else LLMTransientError
@@ -159,4 +258,5 @@ def _decode(stored: dict[str, object]) -> LLMResponse | LLMError:
         prompt_tokens=int(stored.get("prompt_tokens") or 0),  # type: ignore[call-overload]
         completion_tokens=int(stored.get("completion_tokens") or 0),  # type: ignore[call-overload]
         latency_s=0.0,
+        cached=bool(stored.get("cached")),
     )

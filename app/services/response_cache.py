@@ -144,7 +144,7 @@ class CachingClient:
             )
         response = await self.inner.acomplete(request)
         if storable(response, request):
-            await _store(_entry(digest, self.owner_key_id, response))
+            await _store(entry(digest, self.owner_key_id, response))
         return response
 
     async def _resolved_model(self) -> str | None:
@@ -158,7 +158,7 @@ class CachingClient:
         return self._model
 
 
-def _entry(digest: str, owner_key_id: uuid.UUID | None, response: LLMResponse) -> Entry:
+def entry(digest: str, owner_key_id: uuid.UUID | None, response: LLMResponse) -> Entry:
     return Entry(
         digest,
         owner_key_id,

@@ -155,7 +155,45 @@ def test_killed_worker_resumes_its_batches_without_paying_twice(
     duplicates = [k for k, n in collections.Counter(keys).items() if n > 1]
     assert not duplicates
     job_batches = [b for b in batch_llm.batches.values() if b["id"] in remote_ids]
-    assert len(job_batches) == len(data["batches"])  # type: ignore[arg-type]
+    # A step the response cache answered whole (a classification an earlier job asked at
+    # temperature 0) submitted nothing.
+    submitted = [b for b in data["batches"] if b.status != "cached"]  # type: ignore[attr-defined]
+    assert len(job_batches) == len(submitted)
+
+
+def test_a_rerun_of_a_batch_job_answers_from_the_response_cache(
+    client: httpx.Client,
+    batch_stack: ServiceStack,
+    batch_llm: FakeLLMServer,
+    pg_url: str,
+    default_seeds: Path,
+) -> None:
+    """A finished Batch API job's rerun submits no batch for what was answered: its steps'
+    requests are answered by the cache, and the examples are the same."""
+    worker = batch_stack.start_worker()
+    batch_llm.config.error_rate_5xx = 0.0  # a failed answer would be asked again, and differ
+    try:
+        job_id = start_job(client, default_seeds, 12, seed=8, response_cache="all")
+        first = wait_for_status(client, job_id, timeout_s=180)
+        assert first["status"] == "succeeded", batch_stack.logs()
+        sent, created = len(batch_llm.requests), batch_llm.counts["batches_created"]
+        response = client.post(f"/v1/jobs/{job_id}/rerun")
+        assert response.status_code == 202, response.text
+        again = wait_for_status(client, response.json()["id"], timeout_s=180)
+    finally:
+        batch_llm.config.error_rate_5xx = 0.03
+        batch_stack.kill_worker(worker, sig=15)
+    assert again["status"] == "succeeded", batch_stack.logs()
+    before, after = stored(pg_url, job_id), stored(pg_url, again["id"])
+    assert before["examples"] == after["examples"] and before["examples"]
+    assert sorted(before["accepted"]) == sorted(after["accepted"])  # type: ignore[type-var]
+    progress = again["progress"]
+    # With rounds in flight a rerun may ask for a round the first run never needed: only that
+    # goes out in a batch.
+    resent = len(batch_llm.requests) - sent
+    assert progress["cache_hits"] == progress["llm_requests"] - resent > 0, progress
+    assert batch_llm.counts["batches_created"] - created <= 2
+    assert "cached" in {b.status for b in after["batches"]}  # type: ignore[attr-defined]
 
 
 def test_instances_the_backend_always_fails_are_given_up_after_the_task_retries(

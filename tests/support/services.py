@@ -84,15 +84,19 @@ def postgres_ping(admin_url: str) -> bool:
 
 
 def redis_url(db: int | None = None) -> str | None:
-    """TEST_REDIS_URL pointed at `db`, or by default at db 1 + the xdist worker number.
+    """TEST_REDIS_URL pointed at `db`, or by default at its own db (at least 1) + the xdist
+    worker number.
 
-    db 0 is left alone so a developer's own data there is never flushed by a test.
+    db 0 is left alone so a developer's own data there is never flushed by a test. Two test
+    runs at once on one Redis (two checkouts) need URLs of different dbs, e.g. /1 and /8: tests
+    flush their db, and workers on one db take each other's tasks.
     """
     base = os.environ.get("TEST_REDIS_URL")
     if not base:
         return None
-    number = 1 + xdist_worker_number() if db is None else db
     parts = urlsplit(base)
+    first = max(1, int(parts.path.strip("/") or 0))
+    number = first + xdist_worker_number() if db is None else db
     return urlunsplit(parts._replace(path=f"/{number}"))
 
 

@@ -42,6 +42,9 @@ def test_redis_url_gives_each_worker_its_own_db_and_spares_db_zero(
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw2")
     assert services.redis_url() == "redis://:secret@127.0.0.1:6390/3"
     assert services.redis_url(db=9) == "redis://:secret@127.0.0.1:6390/9"
+    # A second checkout's run keeps to dbs of its own from the one its URL names.
+    monkeypatch.setenv("TEST_REDIS_URL", "redis://:secret@127.0.0.1:6390/8")
+    assert services.redis_url() == "redis://:secret@127.0.0.1:6390/10"
 
 
 @pytest.mark.usefixtures("no_services")
