@@ -1,18 +1,24 @@
 """The dataset card: front matter the Hugging Face Hub reads (parsed back with yaml.safe_load),
-its size buckets and license choice, and the zip the API serves for a job (SQLite)."""
+its size buckets and license choice, the zip the API serves for a job (SQLite), and the CLI
+that unpacks it into a folder."""
 
 from __future__ import annotations
 
 import io
 import json
 import zipfile
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from app.cli import cli
+from app.client import APIClient
 from app.data import DEFAULT_SEED_LICENSE
 from app.selfinstruct.dataset_card import (
     CardData,
@@ -26,6 +32,8 @@ from app.selfinstruct.dataset_card import (
     seed_source_licenses,
     size_category,
 )
+from app.selfinstruct.seed_formats import SeedFormat, to_seed_jsonl
+from app.selfinstruct.seeds import parse_seed_jsonl
 
 REPORT: dict[str, Any] = {
     "rouge_l": {
@@ -195,3 +203,57 @@ def test_dataset_zip_errors(embedded_api: TestClient) -> None:
         "/v1/jobs/00000000-0000-0000-0000-000000000000/dataset.zip", params={"container": "csv"}
     )
     assert bad.status_code == 422 and "container" in bad.json()["detail"]
+
+
+def test_natural_instructions_seeds_keep_their_instance_license() -> None:
+    task = {"Definition": ["Answer the question."], "Instance License": ["CC BY 4.0"]}
+    lines = to_seed_jsonl(json.dumps(task).encode(), SeedFormat.NATURAL_INSTRUCTIONS)
+    (seed,) = parse_seed_jsonl(lines, max_bytes=10**6, max_line_bytes=10**6, max_tasks=10)
+    assert seed_source_licenses([seed.source]) == ["CC BY 4.0"]
+
+
+# --- the CLI's --dataset-dir --------------------------------------------------------------------
+
+
+def _serve_zip(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str] | None]:
+    asked: list[dict[str, str] | None] = []
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("README.md", "---\nlicense: mit\n---\n")
+        archive.writestr("data/train.jsonl", '{"instruction": "i"}\n')
+
+    def stream(self: APIClient, url: str, params: dict[str, str] | None) -> Iterator[bytes]:
+        assert url == "/v1/jobs/j1/dataset.zip"
+        asked.append(params)
+        yield buffer.getvalue()
+
+    monkeypatch.setattr(APIClient, "_stream", stream)
+    return asked
+
+
+def test_cli_unpacks_the_dataset_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = _serve_zip(monkeypatch)
+    folder = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["download", "j1", "--dataset-dir", str(folder), "-f", "alpaca"]
+    )
+    assert result.exit_code == 0, result.output
+    assert asked == [{"format": "alpaca", "container": "jsonl"}]
+    assert (folder / "README.md").read_text().startswith("---\nlicense: mit")
+    assert (folder / "data" / "train.jsonl").exists()
+    assert "wrote README.md, data/train.jsonl to" in " ".join(result.stderr.split())
+
+
+def test_cli_refuses_a_non_empty_folder_and_other_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked = _serve_zip(monkeypatch)
+    (tmp_path / "kept.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["download", "j1", "--dataset-dir", str(tmp_path)])
+    message = " ".join(result.stderr.split())
+    assert result.exit_code == 1 and "exists and is not an empty directory" in message
+    both = CliRunner().invoke(
+        cli, ["download", "j1", "--dataset-dir", str(tmp_path / "new"), "-o", "x.jsonl"]
+    )
+    assert both.exit_code == 2 and "--dataset-dir" in both.stderr
+    assert asked == [] and (tmp_path / "kept.txt").read_text() == "mine"
