@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 import zipfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,7 +20,11 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.client import APIClient
+from app.config import get_settings
 from app.data import DEFAULT_SEED_LICENSE
+from app.db import reset_engine, session_scope
+from app.migrate import upgrade_database
+from app.models import Instance, Instruction, Job, SeedSet
 from app.selfinstruct.dataset_card import (
     CardData,
     DataFile,
@@ -34,6 +39,7 @@ from app.selfinstruct.dataset_card import (
 )
 from app.selfinstruct.seed_formats import SeedFormat, to_seed_jsonl
 from app.selfinstruct.seeds import parse_seed_jsonl
+from app.services import dataset_card as dataset_card_service
 
 REPORT: dict[str, Any] = {
     "rouge_l": {
@@ -257,3 +263,57 @@ def test_cli_refuses_a_non_empty_folder_and_other_targets(
     )
     assert both.exit_code == 2 and "--dataset-dir" in both.stderr
     assert asked == [] and (tmp_path / "kept.txt").read_text() == "mine"
+
+
+# --- streaming: the data file leaves before the card is built ----------------------------------
+
+
+@pytest.fixture
+def big_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[uuid.UUID]:
+    """A job with 3,000 stored examples of varied text (enough for deflate to emit as it goes)."""
+    url = f"sqlite:///{tmp_path / 'card.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    get_settings.cache_clear()
+    reset_engine()
+    upgrade_database(url)
+    with session_scope() as session:
+        seed_set = SeedSet(name="s", content_hash="0", task_count=0)
+        session.add(seed_set)
+        session.flush()
+        job = Job(seed_set_id=seed_set.id, num_instructions=3000, options={}, rng_seed=0)
+        session.add(job)
+        session.flush()
+        for n in range(3000):
+            row = Instruction(job_id=job.id, round=1, slot=n, text=f"Task {n}.", accepted=True)
+            session.add(row)
+            session.flush()
+            session.add(Instance(job_id=job.id, instruction_id=row.id, position=0,
+                                 input=uuid.uuid4().hex, output=uuid.uuid4().hex, accepted=True))  # fmt: skip
+        created = job.id
+    yield created
+    get_settings.cache_clear()
+    reset_engine()
+
+
+def test_the_zip_streams_the_data_before_the_card(
+    big_job: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_card_data = dataset_card_service.card_data
+
+    def card_data(*args: Any, **kwargs: Any) -> CardData:
+        events.append("card")
+        return real_card_data(*args, **kwargs)
+
+    monkeypatch.setattr(dataset_card_service, "card_data", card_data)
+    chunks = []
+    for chunk in dataset_card_service.dataset_zip(big_job):
+        events.append("chunk")
+        chunks.append(chunk)
+    assert events.index("card") > 1  # data chunks went out before the card was built
+    with zipfile.ZipFile(io.BytesIO(b"".join(chunks))) as archive:
+        assert len(archive.read("data/train.jsonl").splitlines()) == 3000
+        meta, body = _split(archive.read("README.md").decode())
+    assert meta["size_categories"] == ["1K<n<10K"]
+    assert meta["license"] == "unknown"  # no seed task states one, and they are not ours
+    assert "3000 instruction-following examples" in body
