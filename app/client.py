@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -133,6 +134,25 @@ class APIClient:
             records = write_counting_records(chunks, fh, container)
         tmp.replace(path)
         return records
+
+    def download_dataset(
+        self, job_id: str, directory: Path, params: dict[str, str] | None = None
+    ) -> list[str]:
+        """Unpack the job's dataset folder (GET /v1/jobs/{id}/dataset.zip) into `directory`,
+        which must not exist or be empty; returns the files written. The zip is spooled to disk
+        first, so a failed download leaves no half-written folder."""
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+            raise APIError(0, f"{directory} exists and is not an empty directory")
+        chunks = self._stream(f"/v1/jobs/{job_id}/dataset.zip", params)
+        with tempfile.TemporaryFile() as spool:
+            for chunk in chunks:
+                spool.write(chunk)
+            spool.seek(0)
+            with zipfile.ZipFile(spool) as archive:
+                names = archive.namelist()
+                directory.mkdir(parents=True, exist_ok=True)
+                archive.extractall(directory)  # extractall drops absolute paths and ".."
+        return names
 
 
 def write_counting_records(chunks: Iterable[bytes], sink: IO[bytes], container: str) -> int:

@@ -23,6 +23,7 @@ from app.selfinstruct.seeds import NO_NUL_PATTERN, SeedFileError, validate_seed_
 from app.services import jobs as job_service
 from app.services import report as report_service
 from app.services.browse import browse
+from app.services.dataset_card import dataset_zip
 from app.services.export import Container, examples_jsonl, export_stream, in_chunks
 from app.services.queue import enqueue_round
 from app.services.seed_sets import create_seed_set
@@ -229,4 +230,38 @@ def export_examples(
         ),
         media_type=media,
         headers={"Content-Disposition": f'attachment; filename="{job.id}.{format}.{extension}"'},
+    )
+
+
+@router.get(
+    "/{job_id}/dataset.zip",
+    response_class=StreamingResponse,
+    responses={
+        **ERROR_RESPONSES,
+        200: {
+            "content": {"application/zip": {}},
+            "description": "README.md (a Hugging Face dataset card) and data/train.<container>",
+        },
+    },
+)
+def download_dataset(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    caller: CallerDep,
+    format: Annotated[ExportFormat, Query(description="Record layout.")] = ExportFormat.RAW,
+    container: Annotated[Container, Query(description="Data file type.")] = "jsonl",
+    system_prompt: Annotated[
+        str | None, Query(max_length=4000, description="System message for chat formats.")
+    ] = None,
+) -> StreamingResponse:
+    """The job as a dataset folder, zipped: its accepted examples (also while it runs, as the
+    other downloads) and a dataset card the Hugging Face Hub reads (license, size, recipe,
+    counts, the report's main figures). Unzipped, it loads with `datasets.load_dataset(dir)`."""
+    job = job_service.get_job(session, job_id, caller)
+    return StreamingResponse(
+        produced_in_threads(
+            in_chunks(dataset_zip(job.id, format, container, system_prompt=system_prompt))
+        ),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{job.id}.dataset.zip"'},
     )

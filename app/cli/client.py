@@ -138,14 +138,37 @@ def download(
         typer.Option("--format", "-f", help="Training format (default: the raw records)."),
     ] = None,
     container: Annotated[
-        str, typer.Option(help="With --format: jsonl, json or parquet.")
+        str, typer.Option(help="With --format or --dataset-dir: jsonl, json or parquet.")
     ] = "jsonl",
     system_prompt: Annotated[
         str | None, typer.Option(help="With --format: system message for chat formats.")
     ] = None,
+    dataset_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--dataset-dir",
+            help="Write a Hugging Face dataset folder here instead: README.md (a dataset card) "
+            "and data/train.<container>, loadable with datasets.load_dataset(DIR).",
+        ),
+    ] = None,
     api_url: ApiUrl = None,
 ) -> None:
     """Download a job's examples (partial results while it runs), raw or in a training format."""
+    if dataset_dir is not None:
+        if output is not None or include_rejected:
+            stderr_console().print(
+                "[red]error:[/red] --dataset-dir takes neither --output nor --include-rejected"
+            )
+            raise typer.Exit(code=2)
+        params = {"format": (format or ExportFormat.RAW).value, "container": container}
+        if system_prompt:
+            params["system_prompt"] = system_prompt
+        with _api(api_url) as client:
+            files = client.download_dataset(job_id, dataset_dir, params)
+        stderr_console().print(
+            f"wrote {', '.join(files)} to {dataset_dir}", soft_wrap=True, highlight=False
+        )
+        return
     export = None
     if format is not None:
         export = {"format": format.value, "container": container}

@@ -8,6 +8,9 @@ from app.selfinstruct.seeds import parse_seed_jsonl
 from app.selfinstruct.types import SeedTask
 
 DEFAULT_SEED_RESOURCE = "seed_tasks.jsonl"
+# Written for this project, so under its license (pyproject.toml); a dataset card grown from
+# these seeds states it.
+DEFAULT_SEED_LICENSE = "apache-2.0"
 
 
 def load_default_seed_tasks() -> list[SeedTask]:

@@ -2,7 +2,8 @@
 
 - natural_instructions: a Natural Instructions / Super-NaturalInstructions task file (one JSON
   object, or JSONL of them): Definition -> instruction, Positive Examples -> instances; the
-  negative examples, explanations and categories are kept in the task's `source`.
+  negative examples, explanations, categories and Instance License are kept in the task's
+  `source`.
 - alpaca: a JSON array (or JSONL) of {instruction, input, output}: one task per record.
 - lines: plain text, one instruction per line.
 
@@ -170,6 +171,8 @@ def _from_natural_instructions(record: Any, number: int) -> dict[str, Any]:
             ],
         },
     }
+    if licenses := [str(name)[:200] for name in _list(item.get("Instance License"))][:10]:
+        task["source"]["license"] = licenses  # Super-NaturalInstructions states one per task
     if isinstance(item.get("name"), str):
         task["name"] = item["name"][:200]
     return task

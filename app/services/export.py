@@ -235,7 +235,15 @@ def export_stream(
     *,
     system_prompt: str | None = None,
 ) -> Iterator[bytes]:
-    records = iter_records(job_id, fmt, system_prompt=system_prompt)
+    yield from encode_records(
+        job_id, fmt, container, iter_records(job_id, fmt, system_prompt=system_prompt)
+    )
+
+
+def encode_records(
+    job_id: uuid.UUID, fmt: ExportFormat, container: Container, records: Iterator[dict[str, Any]]
+) -> Iterator[bytes]:
+    """The bytes of `records` (the job's, in `fmt`) in `container`."""
     if container == "parquet":
         schema = parquet_schema(fmt, unnatural=_is_unnatural(job_id))
         yield from _parquet(records, schema)  # known schema: one pass

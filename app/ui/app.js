@@ -289,7 +289,9 @@ function drawHead(box, job) {
       } }, "Rerun"),
       job.rerun_of ? el("a", { id: "rerun-of", href: `#/jobs/${job.rerun_of}` }, `rerun of ${job.rerun_of.slice(0, 8)}`) : null,
       el("span", { class: "muted" }, "Download"), format, container,
-      el("button", { id: "download-button", onclick: () => download(job.id, format.value, container.value) }, "Download")),
+      el("button", { id: "download-button", onclick: () => download(job.id, format.value, container.value) }, "Download"),
+      el("button", { id: "dataset-button", title: "A Hugging Face dataset folder, zipped: README.md (the dataset card) and the data file",
+        onclick: () => downloadDataset(job.id, format.value, container.value) }, "Dataset card (.zip)")),
   ].filter(Boolean));
 }
 
@@ -333,9 +335,18 @@ function balanceTable(balance) {
 }
 
 async function download(jobId, format, container) {
-  const response = await api(`/v1/jobs/${jobId}/export?format=${format}&container=${container}`);
+  await save(`/v1/jobs/${jobId}/export?format=${format}&container=${container}`, `${jobId}.${format}.${container}`);
+}
+
+async function downloadDataset(jobId, format, container) {
+  await save(`/v1/jobs/${jobId}/dataset.zip?format=${format}&container=${container}`, `${jobId}.dataset.zip`);
+}
+
+async function save(path, filename) {
+  // Fetched rather than linked, so the API key (when there is one) goes with the request.
+  const response = await api(path);
   const blob = await response.blob();
-  const link = el("a", { href: URL.createObjectURL(blob), download: `${jobId}.${format}.${container}` });
+  const link = el("a", { href: URL.createObjectURL(blob), download: filename });
   document.body.append(link);
   link.click();
   link.remove();

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,6 +187,14 @@ def test_dashboard_end_to_end(
     ]
     assert len(lines) == job["progress"]["instances_accepted"]
     assert {"instruction", "input", "output"} <= set(lines[0])
+
+    # And as a dataset folder with its card, zipped (same format and container).
+    driver.find_element(By.ID, "dataset-button").click()
+    archive_path = driver.downloads / f"{job_id}.dataset.zip"
+    wait_for(archive_path.exists, what="the downloaded dataset zip")
+    with zipfile.ZipFile(archive_path) as archive:
+        assert sorted(archive.namelist()) == ["README.md", "data/train.jsonl"]
+        assert archive.read("README.md").startswith(b"---\n")
 
     # The jobs list shows it.
     driver.get(f"{stack.url}/ui/#/")
