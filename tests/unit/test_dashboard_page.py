@@ -1,6 +1,7 @@
 """The dashboard in headless Chromium, with the API stubbed in the page: the verb chart's labels
 are never clipped at the chart's edge or painted over by a bar (a label too long for its room ends
-in an ellipsis), and a job's head and report show counts from the same poll; the Extend control sends the new target."""
+in an ellipsis), a job's head and report show counts from the same poll, and the Extend control
+sends the new target."""
 
 from __future__ import annotations
 
