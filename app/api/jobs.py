@@ -1,4 +1,4 @@
-"""Jobs: create, poll, list, cancel, download."""
+"""Jobs: create, poll, list, cancel, rerun, extend, download."""
 
 from __future__ import annotations
 
