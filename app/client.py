@@ -90,6 +90,10 @@ class APIClient:
     def rerun(self, job_id: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/jobs/{job_id}/rerun").json()
 
+    def extend(self, job_id: str, *, num_instructions: int) -> dict[str, Any]:
+        body = {"num_instructions": num_instructions}
+        return self._request("POST", f"/v1/jobs/{job_id}/extend", json=body).json()
+
     def iter_examples(self, job_id: str, *, include_rejected: bool = False) -> Iterator[bytes]:
         params = {"include": "rejected"} if include_rejected else None
         return self._stream(f"/v1/jobs/{job_id}/examples.jsonl", params)

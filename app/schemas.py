@@ -72,6 +72,9 @@ _ONE_SEED_SOURCE = {
 }
 
 
+MAX_INSTRUCTIONS = 1_000_000  # the most accepted instructions one job may aim for
+
+
 class JobCreate(JsonNumbers):
     """Start a job from an uploaded seed set or from inline seed tasks (exactly one of them)."""
 
@@ -84,7 +87,10 @@ class JobCreate(JsonNumbers):
         max_length=10_000,
     )
     num_instructions: int = Field(
-        ..., ge=1, le=1_000_000, description="Target number of accepted machine instructions."
+        ...,
+        ge=1,
+        le=MAX_INSTRUCTIONS,
+        description="Target number of accepted machine instructions.",
     )
     options: GenerationOptions = Field(default_factory=GenerationOptions)
 
@@ -93,6 +99,19 @@ class JobCreate(JsonNumbers):
         if (self.seed_set_id is None) == (self.seed_tasks is None):
             raise ValueError("give exactly one of seed_set_id or seed_tasks")
         return self
+
+
+class JobExtend(JsonNumbers):
+    """Grow a succeeded job to a higher target, keeping everything it has."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_instructions: int = Field(
+        ...,
+        ge=1,
+        le=MAX_INSTRUCTIONS,
+        description="The new total target of accepted instructions: more than the job has.",
+    )
 
 
 class ShareProgress(BaseModel):

@@ -1,4 +1,4 @@
-"""Jobs: create, poll, list, cancel, download."""
+"""Jobs: create, poll, list, cancel, rerun, extend, download."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from app.api.seed_sets import seed_errors
 from app.deps import CallerDep, CredentialsDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidInput, ServiceUnavailable
 from app.models import Job
-from app.schemas import ItemPage, JobCreate, JobPage, JobRead
+from app.schemas import ItemPage, JobCreate, JobExtend, JobPage, JobRead
 from app.selfinstruct.formats import ExportFormat
 from app.selfinstruct.report import QualityReport
 from app.selfinstruct.seeds import NO_NUL_PATTERN, SeedFileError, validate_seed_tasks
+from app.services import extend as extend_service
 from app.services import jobs as job_service
 from app.services import report as report_service
 from app.services.browse import browse
@@ -94,6 +95,41 @@ def _start(session: Session, job: Job, response: Response) -> JobRead:
         )
         session.commit()
         raise ServiceUnavailable("the task broker is unavailable; the job was not started") from exc
+    job_reads.forget_job(job.id, job.owner_key_id)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_service.job_read(session, job)
+
+
+@router.post(
+    "/{job_id}/extend",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    responses={
+        **ERROR_RESPONSES,
+        409: {"description": "The job has not succeeded, or is already running again"},
+        429: {"description": "Too many active jobs for this key"},
+        503: {"description": "Task broker unavailable"},
+    },
+)
+def extend_job(
+    job_id: uuid.UUID, body: JobExtend, session: SessionDep, caller: CallerDep, response: Response
+) -> JobRead:
+    """Grow a succeeded job to `num_instructions` accepted instructions in total: it runs on
+    with its pool, ROUGE-L index, options and RNG stream; nothing it has is generated again."""
+    extension = extend_service.extend_job(
+        session, job_id, num_instructions=body.num_instructions, caller=caller
+    )
+    job = extension.job
+    session.commit()  # the worker must find the job running before it gets the message
+    try:
+        enqueue_round(job.id, extension.first_round, owner=job.owner_key_id)
+    except Exception as exc:
+        log.warning("could not enqueue the extension of %s: %s", job.id, exc)
+        extend_service.undo_extension(session, extension)
+        session.commit()
+        raise ServiceUnavailable(
+            "the task broker is unavailable; the job was not extended"
+        ) from exc
     job_reads.forget_job(job.id, job.owner_key_id)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return job_service.job_read(session, job)

@@ -1,4 +1,4 @@
-"""Client commands over the HTTP API: submit, status, report, jobs, download, cancel."""
+"""Client commands over the HTTP API: submit, extend, status, report, jobs, download, cancel."""
 
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ ApiUrl = Annotated[
 ]
 
 
+Wait = Annotated[bool, typer.Option(help="Follow progress until the job finishes.")]
+WaitOutput = Annotated[
+    Path | None, typer.Option("--output", "-o", help="With --wait: download here.")
+]
+
+
 @contextmanager
 def _api(api_url: str | None) -> Iterator[APIClient]:
     """A client for the configured API; an API error ends the command with its message."""
@@ -56,10 +62,8 @@ def submit(
         SeedFormat,
         typer.Option("--seed-format", help="Format of SEEDS."),
     ] = SeedFormat.SELF_INSTRUCT,
-    wait: Annotated[bool, typer.Option(help="Follow progress until the job finishes.")] = False,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="With --wait: download here.")
-    ] = None,
+    wait: Wait = False,
+    output: WaitOutput = None,
     api_url: ApiUrl = None,
 ) -> None:
     """Upload seed tasks and start a job; prints the job id."""
@@ -74,12 +78,38 @@ def submit(
             seed_set_id=seed_set["id"], num_instructions=num_instructions, options=parsed
         )
         typer.echo(job["id"])
-        if not wait:
-            return
-        job = wait_for_job(client, job["id"], stderr_console())
-        if output is not None:
-            records = client.download(job["id"], output)
-            stderr_console().print(f"wrote {records} examples to {output}")
+        if wait:
+            _follow(client, job["id"], output)
+
+
+@cli.command()
+def extend(
+    job_id: str,
+    num_instructions: Annotated[
+        int,
+        typer.Option(
+            "--num-instructions", "-n", min=1, help="New total target (more than the job has)."
+        ),
+    ],
+    wait: Wait = False,
+    output: WaitOutput = None,
+    api_url: ApiUrl = None,
+) -> None:
+    """Grow a succeeded job to a higher target; what it has is kept, not generated again."""
+    with _api(api_url) as client:
+        job = client.extend(job_id, num_instructions=num_instructions)
+        typer.echo(f"{job['id']} {job['status']} (target {job['num_instructions']})")
+        if wait:
+            _follow(client, job["id"], output)
+
+
+def _follow(client: APIClient, job_id: str, output: Path | None) -> None:
+    """Draw the job's progress until it finishes, then download it to `output` if given; a job
+    that did not succeed ends the command with an error."""
+    job = wait_for_job(client, job_id, stderr_console())
+    if output is not None:
+        records = client.download(job["id"], output)
+        stderr_console().print(f"wrote {records} examples to {output}")
     if job["status"] != "succeeded":
         stderr_console().print(f"[red]job {job['status']}[/red]: {job.get('error') or ''}")
         raise typer.Exit(code=1)

@@ -122,6 +122,24 @@ def check_backend(options: GenerationOptions, field: str = "options") -> None:
 
 def _check_rate_limits(session: Session, caller: Caller) -> None:
     """Per key: how many jobs may be active at once, and how many may start per minute."""
+    check_active_jobs(session, caller)
+    settings = get_settings()
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    recent = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(caller.scope(Job.owner_key_id), Job.created_at >= since)
+    )
+    if (recent or 0) >= settings.max_jobs_per_minute_per_key:
+        raise TooManyRequests(
+            f"more than {settings.max_jobs_per_minute_per_key} jobs started in the last minute "
+            "for this key; try again shortly",
+            retry_after_s=60,
+        )
+
+
+def check_active_jobs(session: Session, caller: Caller) -> None:
+    """A job that starts running (new or extended) must fit the key's limit of active jobs."""
     settings = get_settings()
     active = session.scalar(
         select(func.count())
@@ -136,18 +154,6 @@ def _check_rate_limits(session: Session, caller: Caller) -> None:
             f"{active} jobs are queued or running for this key (limit "
             f"{settings.max_active_jobs_per_key}); wait for one to finish or cancel one",
             retry_after_s=30,
-        )
-    since = datetime.now(UTC) - timedelta(minutes=1)
-    recent = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(caller.scope(Job.owner_key_id), Job.created_at >= since)
-    )
-    if (recent or 0) >= settings.max_jobs_per_minute_per_key:
-        raise TooManyRequests(
-            f"more than {settings.max_jobs_per_minute_per_key} jobs started in the last minute "
-            "for this key; try again shortly",
-            retry_after_s=60,
         )
 
 

@@ -902,6 +902,7 @@ def finalize_if_complete(job_id: uuid.UUID) -> bool:
             return False
         job.status = JobStatus.SUCCEEDED
         job.finished_at = datetime.now(UTC)
-        session.execute(delete(LLMAnswer).where(LLMAnswer.job_id == job_id))  # dropped rounds'
+        # The journal keeps the answers of rounds dropped past the target: an extension of the
+        # job plans those rounds again and takes them (app/services/extend.py).
     forget_job_index(job_id)
     return True

@@ -288,11 +288,26 @@ function drawHead(box, job) {
         } catch (error) { alert(error.message); }
       } }, "Rerun"),
       job.rerun_of ? el("a", { id: "rerun-of", href: `#/jobs/${job.rerun_of}` }, `rerun of ${job.rerun_of.slice(0, 8)}`) : null,
+      ...extendControl(job),
       el("span", { class: "muted" }, "Download"), format, container,
       el("button", { id: "download-button", onclick: () => download(job.id, format.value, container.value) }, "Download"),
       el("button", { id: "dataset-button", title: "A Hugging Face dataset folder, zipped: README.md (the dataset card) and the data file",
         onclick: () => downloadDataset(job.id, format.value, container.value) }, "Dataset card (.zip)")),
   ].filter(Boolean));
+}
+
+function extendControl(job) {
+  // A succeeded job grows to a higher target, keeping what it has; a budget stop cannot grow.
+  if (job.status !== "succeeded" || job.stopped_reason) return [];
+  const target = el("input", { id: "extend-target", type: "number", min: job.num_instructions + 1,
+    max: 1000000, step: 1, value: job.num_instructions * 2, "aria-label": "New target" });
+  return [target, el("button", { id: "extend-button", title: "Continue this job up to this many accepted instructions in total", onclick: async () => {
+    try {
+      await api(`/v1/jobs/${job.id}/extend`, { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ num_instructions: Number(target.value) }) });
+      route();  // polls the running job again
+    } catch (error) { alert(error.message); }
+  } }, "Extend")];
 }
 
 // --- the job's options and balance ------------------------------------------------------------

@@ -129,6 +129,39 @@ def test_unreachable_broker_is_a_503_without_its_address(
     assert job["error"] == "could not reach the task broker (ConnectionError)"
 
 
+def test_an_extension_the_broker_cannot_take_leaves_the_job_as_it_was(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.api.jobs as jobs_api
+    from app.models import Job, JobStatus
+
+    monkeypatch.setattr(jobs_api, "enqueue_round", lambda *_, **__: None)
+    job_id = client.post("/v1/jobs", json=JOB).json()["id"]
+    finished_at = datetime(2026, 1, 1, tzinfo=UTC)
+    with session_scope() as session:  # as if the job had run to its target
+        job = session.get(Job, uuid.UUID(job_id))
+        assert job is not None
+        job.status, job.instructions_complete = JobStatus.SUCCEEDED, True
+        job.finished_at, job.rounds_completed = finished_at, 4
+
+    def unreachable(*_: object, **__: object) -> None:
+        raise ConnectionError("Error 111 connecting to redis://10.1.2.3:6379/0")
+
+    monkeypatch.setattr(jobs_api, "enqueue_round", unreachable)
+    response = client.post(f"/v1/jobs/{job_id}/extend", json={"num_instructions": 10})
+    assert response.status_code == 503 and "10.1.2.3" not in response.text
+    assert response.json()["detail"] == "the task broker is unavailable; the job was not extended"
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    assert (job["status"], job["num_instructions"]) == ("succeeded", 2)
+    assert job["finished_at"].startswith("2026-01-01")
+
+    sent: list[tuple[object, ...]] = []
+    monkeypatch.setattr(jobs_api, "enqueue_round", lambda *args, **_: sent.append(args))
+    response = client.post(f"/v1/jobs/{job_id}/extend", json={"num_instructions": 10})
+    assert response.status_code == 202 and response.json()["status"] == "running"
+    assert sent == [(uuid.UUID(job_id), 5)]  # the round after the last stored one
+
+
 def test_json_bodies_are_bounded(client: TestClient) -> None:
     deep = client.post(
         "/v1/jobs", content=b"[" * 100_000, headers={"content-type": "application/json"}

@@ -132,3 +132,52 @@ def test_worker_passes_its_hostname_to_celery(monkeypatch: pytest.MonkeyPatch) -
     assert RUNNER.invoke(cli, ["worker"]).exit_code == 0
     assert "--hostname=w2@%h" in started[0]
     assert not any(arg.startswith("--hostname") for arg in started[1])
+
+
+def _extended(status: str, accepted: int) -> dict[str, Any]:
+    job = _job(accepted)
+    job["progress"].update(instructions_with_instances=accepted, warnings=[])
+    return {**job, "id": "j1", "status": status, "num_instructions": 300}
+
+
+def test_extend_raises_the_target_and_follows_the_job_like_submit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[tuple[str, int]] = []
+    polls = iter([_extended("running", 100), _extended("running", 200)])
+
+    def extend(self: APIClient, job_id: str, *, num_instructions: int) -> dict[str, Any]:
+        asked.append((job_id, num_instructions))
+        return _extended("running", 100)
+
+    def download(self: APIClient, job_id: str, output: Path) -> int:
+        output.write_text("{}\n")
+        return 1
+
+    monkeypatch.setattr(APIClient, "extend", extend)
+    monkeypatch.setattr(
+        APIClient, "job", lambda self, job_id: next(polls, _extended("succeeded", 300))
+    )
+    monkeypatch.setattr(APIClient, "download", download)
+    monkeypatch.setattr("app.cli.progress.time.sleep", lambda _: None)
+    target = tmp_path / "grown.jsonl"
+    result = RUNNER.invoke(cli, ["extend", "j1", "-n", "300", "--wait", "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    assert asked == [("j1", 300)]
+    assert result.stdout.splitlines()[0] == "j1 running (target 300)"
+    assert "300/300" in result.stderr and target.read_text() == "{}\n"
+
+
+def test_extend_of_a_job_that_cannot_grow_ends_with_the_apis_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.client import APIError
+
+    def refuse(self: APIClient, job_id: str, *, num_instructions: int) -> dict[str, Any]:
+        raise APIError(409, "Conflict: job j1 is running; only a succeeded job can be extended")
+
+    monkeypatch.setattr(APIClient, "extend", refuse)
+    result = RUNNER.invoke(cli, ["extend", "j1", "--num-instructions", "300"])
+    assert result.exit_code == 1
+    assert "only a succeeded job can be extended" in " ".join(result.stderr.split())
+    assert RUNNER.invoke(cli, ["extend", "j1"]).exit_code == 2  # the new target is required

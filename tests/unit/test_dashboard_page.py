@@ -1,6 +1,7 @@
 """The dashboard in headless Chromium, with the API stubbed in the page: the verb chart's labels
 are never clipped at the chart's edge or painted over by a bar (a label too long for its room ends
-in an ellipsis), and a job's head and report show counts from the same poll."""
+in an ellipsis), a job's head and report show counts from the same poll, and the Extend control
+sends the new target."""
 
 from __future__ import annotations
 
@@ -457,3 +458,54 @@ def test_the_job_page_tells_cores_from_rephrasings(page: object) -> None:
         ["Name a fruit.", "", "Apple", "core aaaaaaaa"],
         ["Which fruit comes to mind?", "", "Apple", "rephrasing 1 of aaaaaaaa"],
     ]
+
+
+# --- growing a finished job ------------------------------------------------------------------------
+
+STUB_EXTEND = """
+const jobId = arguments[0];
+window.extended = [];
+const histogram = { edges: [0, 1], counts: [0] };
+const part = (n) => ({ by_reason: {}, examples: {}, accepted: n, generated: n, over_target: 0 });
+const job = () => ({ id: jobId, status: extended.length ? "running" : "succeeded",
+  num_instructions: extended.length ? extended[0].num_instructions : 100, error: null, rerun_of: null,
+  stopped_reason: null, backend_load: null, options: { mode: "paper" }, changed_options: {}, rng_seed: 1,
+  progress: { instructions_accepted: 100, instances_accepted: 100, llm_requests: 1, prompt_tokens: 1,
+              completion_tokens: 1, rounds_completed: 3, balance: null } });
+const report = { classification_share: 0.1, empty_input_share: 0.2,
+  usage: { tokens_per_accepted_example: null, cost: null }, instructions: part(100), instances: part(100),
+  verbs: { top_verbs: [], parsed: 0, sample: 0, parser: "stub" },
+  rouge_l: { to_nearest_seed: histogram, to_nearest_instruction: histogram },
+  lengths: { instruction_words: histogram, input_words: histogram, output_words: histogram } };
+window.fetch = async (path, options = {}) => {
+  if (path.endsWith("/extend")) extended.push({ path, method: options.method, ...JSON.parse(options.body) });
+  const body = path.includes("/report") ? report : path.includes("/items") ? { items: [], total: 0 } : job();
+  return { ok: true, status: 200, headers: { get: () => "application/json" }, json: async () => body };
+};
+location.hash = `#/jobs/${jobId}`;
+"""
+
+
+def test_the_extend_control_sends_the_new_target_and_follows_the_running_job(
+    page: object,
+) -> None:
+    driver = page
+    job_id = "4" * 8 + "-0000-0000-0000-" + "4" * 12
+    driver.get((UI / "index.html").as_uri())  # type: ignore[attr-defined]
+    driver.execute_script(STUB_EXTEND, job_id)  # type: ignore[attr-defined]
+    find = "return document.getElementById(arguments[0]);"
+    wait_until(lambda: driver.execute_script(find, "extend-button"))  # type: ignore[attr-defined]
+    target = driver.execute_script(find, "extend-target")  # type: ignore[attr-defined]
+    assert target.get_attribute("min") == "101" and target.get_attribute("value") == "200"
+    target.clear()
+    target.send_keys("300")
+    driver.execute_script(find, "extend-button").click()  # type: ignore[attr-defined]
+    status = "const s = document.getElementById('job-status'); return s && s.textContent;"
+    wait_until(lambda: driver.execute_script(status) == "running")  # type: ignore[attr-defined]
+    sent = driver.execute_script("return window.extended;")  # type: ignore[attr-defined]
+    assert sent == [
+        {"path": f"/v1/jobs/{job_id}/extend", "method": "POST", "num_instructions": 300}
+    ]
+    accepted = driver.execute_script(find, "job-accepted").text  # type: ignore[attr-defined]
+    assert accepted == "100 / 300"
+    assert driver.execute_script(find, "extend-button") is None  # a running job cannot grow
