@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Z_95 = 1.959964  # two-sided 95 % normal quantile
 
@@ -67,9 +67,12 @@ class Projection(BaseModel):
     wall_seconds: Interval | None = Field(
         None, description="At the sample's measured throughput (requests per second)."
     )
-    yield_: Yield = Field(alias="yield", serialization_alias="yield")
+    yield_: Yield = Field(alias="yield")
 
-    model_config = {"populate_by_name": True}
+    # "yield" in JSON whichever way the model is dumped (status bodies use model_dump_json()).
+    model_config = ConfigDict(
+        validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
+    )
 
 
 def wilson(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
@@ -210,3 +213,44 @@ def billed_cost(
     if prices is None:
         return None
     return round(cost(prompt_tokens - cached[0], completion_tokens - cached[1], prices), 6)
+
+
+class Actual(BaseModel):
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None = None
+    wall_seconds: float | None = None
+
+
+class PreviewComparison(BaseModel):
+    """A finished job beside the projection of the preview it followed."""
+
+    preview_id: str
+    projection: Projection | None = Field(
+        None, description="The preview's projection for this job's target (null: no yield)."
+    )
+    actual: Actual
+    within_range: dict[str, bool] = Field(
+        default_factory=dict, description="Per measure: whether the actual value is in range."
+    )
+
+
+def compare(preview_id: str, projection: Projection | None, actual: Actual) -> PreviewComparison:
+    within: dict[str, bool] = {}
+    if projection is not None:
+        pairs: dict[str, tuple[Interval | None, float | None]] = {
+            "requests": (projection.requests, actual.requests),
+            "prompt_tokens": (projection.prompt_tokens, actual.prompt_tokens),
+            "completion_tokens": (projection.completion_tokens, actual.completion_tokens),
+            "cost": (projection.cost, actual.cost),
+            "wall_seconds": (projection.wall_seconds, actual.wall_seconds),
+        }
+        within = {
+            name: span.low <= value <= span.high
+            for name, (span, value) in pairs.items()
+            if span is not None and value is not None
+        }
+    return PreviewComparison(
+        preview_id=preview_id, projection=projection, actual=actual, within_range=within
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 from app.config import get_settings
 from app.errors import InvalidInput
@@ -75,7 +76,11 @@ def live_cost(job: Job, progress: Progress, options: GenerationOptions) -> LiveC
     price = prices(options)
     projected = None
     if job.status == JobStatus.RUNNING:
-        projected = project(sample_of(progress, finished=False), job.num_instructions, prices=price)
+        running_s = None
+        if job.started_at is not None:
+            running_s = (datetime.now(UTC) - job.started_at).total_seconds()
+        sample = sample_of(progress, finished=False, wall_s=running_s)
+        projected = project(sample, job.num_instructions, prices=price)
     return LiveCost(
         prompt_tokens=progress.prompt_tokens,
         completion_tokens=progress.completion_tokens,

@@ -132,3 +132,51 @@ def test_worker_passes_its_hostname_to_celery(monkeypatch: pytest.MonkeyPatch) -
     assert RUNNER.invoke(cli, ["worker"]).exit_code == 0
     assert "--hostname=w2@%h" in started[0]
     assert not any(arg.startswith("--hostname") for arg in started[1])
+
+
+def test_submit_preview_waits_and_prints_examples_and_the_projection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.selfinstruct.projection import Sample, Usage, project
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"instruction": "Write a haiku."}\n')
+    projection = project(
+        Sample(
+            Usage(5, 5000, 1000), Usage(40, 12000, 2000), 40, 20, 20, {"near_duplicate": 20}, 9.0
+        ),
+        1000,
+        prices=(0.5, 1.5),
+    )
+    assert projection is not None
+    job = {
+        **_job(20),
+        "status": "succeeded",
+        "num_instructions": 20,
+        "kind": "preview",
+        "preview_target": 1000,
+        "projection": projection.model_dump(mode="json", by_alias=True),
+    }
+    job["progress"].update(instructions_with_instances=20, warnings=[])
+    sent: dict[str, Any] = {}
+
+    def create_job(self: APIClient, **body: Any) -> dict[str, Any]:
+        sent.update(body)
+        return job
+
+    monkeypatch.setattr(APIClient, "upload_seed_set", lambda self, path, seed_format: {"id": "s1"})
+    monkeypatch.setattr(APIClient, "create_job", create_job)
+    monkeypatch.setattr(APIClient, "job", lambda self, job_id: job)
+    example = {"instruction": "Name a colour.", "input": "", "output": "Teal."}
+    monkeypatch.setattr(APIClient, "items", lambda self, job_id, limit: {"items": [example]})
+    result = RUNNER.invoke(
+        cli, ["submit", str(seeds), "-n", "1000", "--preview"], env={"COLUMNS": "160"}
+    )
+    assert result.exit_code == 0, result.output
+    assert sent["preview_instructions"] == 20 and sent["num_instructions"] == 1000
+    assert "Name a colour." in result.stdout and "Teal." in result.stdout
+    assert "projected for 1,000 instructions" in result.stdout
+    for row in ("requests", "prompt tokens", "completion tokens", "cost", "wall seconds"):
+        assert row in result.stdout
+    assert f"{projection.requests.expected:,.0f}" in result.stdout
+    assert "near_duplicate 20" in result.stdout
