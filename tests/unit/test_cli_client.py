@@ -180,3 +180,15 @@ def test_submit_preview_waits_and_prints_examples_and_the_projection(
         assert row in result.stdout
     assert f"{projection.requests.expected:,.0f}" in result.stdout
     assert "near_duplicate 20" in result.stdout
+
+
+def test_progress_shows_cost_so_far_the_projected_total_and_cache_hits() -> None:
+    from app.cli.progress import spending
+
+    job = _job(5)
+    job["progress"]["cache_hits"] = 3
+    span = {"expected": 1.25, "low": 1.0, "high": 1.5}
+    job["cost"] = {"cost": 0.0123, "projected": {"cost": span, "prompt_tokens": span}}
+    assert spending(job) == "15 tokens, cost 0.0123 (total ~1.25), 3 cache hits"
+    job["cost"] = {"cost": None, "projected": None}
+    assert spending(job) == "15 tokens, 3 cache hits"
