@@ -67,13 +67,24 @@ class APIClient:
         seed_set_id: str | None = None,
         seed_tasks: list[dict[str, Any]] | None = None,
         options: dict[str, Any] | None = None,
+        from_preview: str | None = None,
+        preview_instructions: int | None = None,
     ) -> dict[str, Any]:
+        """Start a job, or with `preview_instructions` a preview of it (POST /v1/jobs/preview)."""
         body: dict[str, Any] = {"num_instructions": num_instructions, "options": options or {}}
         if seed_set_id is not None:
             body["seed_set_id"] = seed_set_id
         if seed_tasks is not None:
             body["seed_tasks"] = seed_tasks
-        return self._request("POST", "/v1/jobs", json=body).json()
+        if from_preview is not None:
+            body["from_preview"] = from_preview
+        if preview_instructions is None:
+            return self._request("POST", "/v1/jobs", json=body).json()
+        body["preview_instructions"] = preview_instructions
+        return self._request("POST", "/v1/jobs/preview", json=body).json()
+
+    def items(self, job_id: str, *, limit: int = 50) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{job_id}/items", params={"limit": limit}).json()
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/jobs/{job_id}").json()

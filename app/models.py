@@ -143,6 +143,12 @@ class Job(Base):
     rerun_of_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="SET NULL"), index=True
     )
+    # A preview (POST /v1/jobs/preview) runs the recipe for a few instructions and projects the
+    # cost of this full target; a job started after one names it (the report compares them).
+    preview_target: Mapped[int | None] = mapped_column(Integer)
+    from_preview_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
     instructions_complete: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
     stopped_reason: Mapped[str | None] = mapped_column(String(64))

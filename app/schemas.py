@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.selfinstruct.options import GenerationOptions
+from app.selfinstruct.projection import LiveCost, Projection
 from app.selfinstruct.recipes import Recipe
 from app.selfinstruct.seeds import SeedTaskModel
 from app.selfinstruct.untrusted import JsonNumbers
@@ -93,6 +94,11 @@ class JobCreate(JsonNumbers):
         description="Target number of accepted machine instructions.",
     )
     options: GenerationOptions = Field(default_factory=GenerationOptions)
+    from_preview: uuid.UUID | None = Field(
+        None,
+        description="The preview (POST /v1/jobs/preview) this job follows: its report then "
+        "shows the preview's projection beside what the job used.",
+    )
 
     @model_validator(mode="after")
     def _one_seed_source(self) -> JobCreate:
@@ -112,6 +118,27 @@ class JobExtend(JsonNumbers):
         le=MAX_INSTRUCTIONS,
         description="The new total target of accepted instructions: more than the job has.",
     )
+
+
+PREVIEW_INSTRUCTIONS_MAX = 200
+
+
+class JobPreviewCreate(JobCreate):
+    """A job request to preview: the recipe runs for `preview_instructions` instructions, and
+    its status projects the cost of `num_instructions`."""
+
+    preview_instructions: int = Field(
+        20,
+        ge=1,
+        le=PREVIEW_INSTRUCTIONS_MAX,
+        description="Accepted instructions the preview generates (at most num_instructions).",
+    )
+
+    @model_validator(mode="after")
+    def _no_preview_of_a_preview(self) -> JobPreviewCreate:
+        if self.from_preview is not None:
+            raise ValueError("from_preview: a preview cannot follow another preview")
+        return self
 
 
 class ShareProgress(BaseModel):
@@ -163,6 +190,11 @@ class Progress(BaseModel):
     )
     prompt_tokens: int
     completion_tokens: int
+    cached_prompt_tokens: int = Field(0, description="Of prompt_tokens, in cache hits (free).")
+    cached_completion_tokens: int = Field(0, description="Of completion_tokens, in cache hits.")
+    step1_requests: int = Field(0, description="Of llm_requests, step-1 (instruction) requests.")
+    step1_prompt_tokens: int = 0
+    step1_completion_tokens: int = 0
     tokens_per_accepted_instruction: float | None = Field(
         None,
         description="Prompt + completion tokens spent per accepted instruction so far (Unnatural "
@@ -218,7 +250,18 @@ class JobRead(BaseModel):
         None, description="Fingerprint of the prompt templates the job was created with."
     )
     rerun_of: uuid.UUID | None = Field(None, description="The job this one repeats, if a rerun.")
+    kind: Literal["job", "preview"] = Field("job", description="A preview projects a full job.")
+    preview_target: int | None = Field(
+        None, description="A preview's full target, the one `projection` is for."
+    )
+    from_preview: uuid.UUID | None = Field(None, description="The preview this job follows.")
     progress: Progress
+    cost: LiveCost = Field(
+        description="Tokens and cost so far, and (while the job runs) the projected total."
+    )
+    projection: Projection | None = Field(
+        None, description="A finished preview's projection for its full target."
+    )
     backend_load: BackendLoadRead | None = Field(
         None, description="The load of the job's LLM backend, while the job runs."
     )

@@ -16,7 +16,7 @@ from app.api.seed_sets import seed_errors
 from app.deps import CallerDep, CredentialsDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidInput, ServiceUnavailable
 from app.models import Job
-from app.schemas import ItemPage, JobCreate, JobExtend, JobPage, JobRead
+from app.schemas import ItemPage, JobCreate, JobExtend, JobPage, JobPreviewCreate, JobRead
 from app.selfinstruct.formats import ExportFormat
 from app.selfinstruct.report import QualityReport
 from app.selfinstruct.seeds import NO_NUL_PATTERN, SeedFileError, validate_seed_tasks
@@ -26,6 +26,7 @@ from app.services import report as report_service
 from app.services.browse import browse
 from app.services.dataset_card import dataset_zip
 from app.services.export import Container, examples_jsonl, export_stream, in_chunks
+from app.services.keys import Caller
 from app.services.queue import enqueue_round
 from app.services.seed_sets import create_seed_set
 
@@ -47,22 +48,54 @@ def create_job(
     body: JobCreate, session: SessionDep, caller: CallerDep, response: Response
 ) -> JobRead:
     """Start a Self-Instruct job; poll the `Location` for its progress."""
-    seed_set_id = body.seed_set_id
-    if body.seed_tasks is not None:
-        try:
-            tasks = validate_seed_tasks(body.seed_tasks)
-        except SeedFileError as exc:
-            raise InvalidInput(f"seed_tasks: {exc}", errors=seed_errors(exc)) from exc
-        seed_set_id = create_seed_set(session, name="inline", tasks=tasks, caller=caller).id
-    assert seed_set_id is not None
     job = job_service.create_job(
         session,
-        seed_set_id=seed_set_id,
+        seed_set_id=_seed_set_id(session, body, caller),
         num_instructions=body.num_instructions,
         options=body.options,
         caller=caller,
+        from_preview=body.from_preview,
     )
     return _start(session, job, response)
+
+
+@router.post(
+    "/preview",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobRead,
+    responses={
+        **ERROR_RESPONSES,
+        429: {"description": "Too many active or recent jobs for this key"},
+        503: {"description": "Task broker unavailable"},
+    },
+)
+def preview_job(
+    body: JobPreviewCreate, session: SessionDep, caller: CallerDep, response: Response
+) -> JobRead:
+    """Run the job's recipe for `preview_instructions` instructions, as a job of its own; once
+    it has succeeded its status has a `projection` of requests, tokens, cost and wall time for
+    `num_instructions`. Name it in the full job's `from_preview`."""
+    job = job_service.create_job(
+        session,
+        seed_set_id=_seed_set_id(session, body, caller),
+        num_instructions=min(body.preview_instructions, body.num_instructions),
+        options=body.options,
+        caller=caller,
+        preview_target=body.num_instructions,
+    )
+    return _start(session, job, response)
+
+
+def _seed_set_id(session: Session, body: JobCreate, caller: Caller) -> uuid.UUID:
+    """The request's seed set: the one it names, or its inline tasks stored as a new one."""
+    if body.seed_tasks is None:
+        assert body.seed_set_id is not None
+        return body.seed_set_id
+    try:
+        tasks = validate_seed_tasks(body.seed_tasks)
+    except SeedFileError as exc:
+        raise InvalidInput(f"seed_tasks: {exc}", errors=seed_errors(exc)) from exc
+    return create_seed_set(session, name="inline", tasks=tasks, caller=caller).id
 
 
 @router.post(

@@ -64,6 +64,20 @@ def submit(
     ] = SeedFormat.SELF_INSTRUCT,
     wait: Wait = False,
     output: WaitOutput = None,
+    preview: Annotated[
+        bool,
+        typer.Option(
+            "--preview",
+            help="Run a preview instead: wait for it, print sample examples and the projected "
+            "requests, tokens, cost and time of the full job.",
+        ),
+    ] = False,
+    preview_instructions: Annotated[
+        int, typer.Option(min=1, max=200, help="With --preview: instructions to generate.")
+    ] = 20,
+    from_preview: Annotated[
+        str | None, typer.Option(help="The preview this job follows (its id).")
+    ] = None,
     api_url: ApiUrl = None,
 ) -> None:
     """Upload seed tasks and start a job; prints the job id."""
@@ -75,11 +89,15 @@ def submit(
     with _api(api_url) as client:
         seed_set = client.upload_seed_set(seeds, seed_format=seed_format.value)
         job = client.create_job(
-            seed_set_id=seed_set["id"], num_instructions=num_instructions, options=parsed
+            seed_set_id=seed_set["id"],
+            num_instructions=num_instructions,
+            options=parsed,
+            from_preview=from_preview,
+            preview_instructions=preview_instructions if preview else None,
         )
         typer.echo(job["id"])
-        if wait:
-            _follow(client, job["id"], output)
+        if wait or preview:
+            _follow(client, job["id"], output, show_preview=preview)
 
 
 @cli.command()
@@ -103,16 +121,63 @@ def extend(
             _follow(client, job["id"], output)
 
 
-def _follow(client: APIClient, job_id: str, output: Path | None) -> None:
-    """Draw the job's progress until it finishes, then download it to `output` if given; a job
-    that did not succeed ends the command with an error."""
+def _follow(
+    client: APIClient, job_id: str, output: Path | None, *, show_preview: bool = False
+) -> None:
+    """Draw the job's progress until it finishes (then, for a preview, its sample examples and
+    projection), then download it to `output` if given; a job that did not succeed ends the
+    command with an error."""
     job = wait_for_job(client, job_id, stderr_console())
+    if show_preview:
+        print_preview(job, client.items(job["id"], limit=5)["items"])
     if output is not None:
         records = client.download(job["id"], output)
         stderr_console().print(f"wrote {records} examples to {output}")
     if job["status"] != "succeeded":
         stderr_console().print(f"[red]job {job['status']}[/red]: {job.get('error') or ''}")
         raise typer.Exit(code=1)
+
+
+def print_preview(job: dict[str, Any], examples: list[dict[str, Any]]) -> None:
+    """A preview's sample examples and its projection for the full target, as tables."""
+    from rich.console import Console  # rich: imported when a command prints a table
+    from rich.table import Table
+
+    out = Console()
+    sample = Table(title=f"sample examples ({len(examples)})")
+    for column in ("instruction", "input", "output"):
+        sample.add_column(column, overflow="fold")
+    for example in examples:
+        sample.add_row(
+            *(str(example.get(c) or "")[:200] for c in ("instruction", "input", "output"))
+        )
+    out.print(sample)
+    projection = job.get("projection")
+    if projection is None:
+        out.print("[yellow]no projection:[/yellow] the preview accepted no instruction")
+        return
+    table = Table(title=f"projected for {projection['target']:,} instructions (95 % range)")
+    for column in ("", "expected", "low", "high"):
+        table.add_column(column, justify="right" if column else "left")
+    for name in ("requests", "prompt_tokens", "completion_tokens", "cost", "wall_seconds"):
+        span = projection.get(name)
+        cells = (
+            ["n/a"] * 3 if span is None else [_number(span[k]) for k in ("expected", "low", "high")]
+        )
+        table.add_row(name.replace("_", " "), *cells)
+    out.print(table)
+    rates = projection["yield"]
+    per_request = rates["accepted_per_step1_request"]
+    out.print(
+        f"yield: {per_request['expected']} accepted per step-1 request "
+        f"({per_request['low']}-{per_request['high']}); rejected: "
+        + (", ".join(f"{k} {v}" for k, v in rates["rejection_reasons"].items()) or "none"),
+        highlight=False,
+    )
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 or float(value).is_integer() else f"{value:,.4g}"
 
 
 @cli.command()

@@ -26,6 +26,20 @@ def describe(job: dict[str, Any]) -> str:
     )
 
 
+def spending(job: dict[str, Any]) -> str:
+    """Tokens, cost so far and the projected total, and the response cache's hits."""
+    p, cost = job["progress"], job.get("cost") or {}
+    text = f"{p['prompt_tokens'] + p['completion_tokens']:,} tokens"
+    if cost.get("cost") is not None:
+        text += f", cost {cost['cost']:.4g}"
+    projected = cost.get("projected")
+    if projected is not None:
+        total = projected["cost"] or projected["prompt_tokens"]
+        unit = "" if projected["cost"] else " prompt tokens"
+        text += f" (total ~{total['expected']:,.4g}{unit})"
+    return text + f", {p.get('cache_hits', 0)} cache hits"
+
+
 class StackFailed(Exception):
     """A process the job depends on has died: the job cannot finish."""
 
@@ -71,8 +85,7 @@ def wait_for_job(
             bars.update(
                 instances,
                 completed=p["instructions_with_instances"],
-                detail=f"{p['instances_accepted']} examples, "
-                f"{p['prompt_tokens'] + p['completion_tokens']:,} tokens",
+                detail=f"{p['instances_accepted']} examples, {spending(job)}",
             )
             if job["status"] in FINISHED:
                 for warning in p.get("warnings", []):

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from app.selfinstruct.projection import PreviewComparison, Projection
 from app.selfinstruct.rouge import RougeLIndex, tokenize
 from app.selfinstruct.types import SURPLUS_REASONS
 
@@ -154,6 +155,12 @@ class QualityReport(BaseModel):
         description="Share of accepted instances with no input."
     )
     usage: Usage
+    projection: Projection | None = Field(
+        None, description="A preview's projection for its full target."
+    )
+    preview: PreviewComparison | None = Field(
+        None, description="A finished job that followed a preview: its projection beside this."
+    )
 
 
 @dataclass(frozen=True)

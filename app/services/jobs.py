@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import case, func, select
+from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
@@ -30,6 +30,7 @@ from app.selfinstruct.options import GenerationOptions, judge_options
 from app.selfinstruct.report import per_accepted
 from app.selfinstruct.reproducibility import template_version
 from app.selfinstruct.types import SURPLUS_REASONS
+from app.services import preview
 from app.services.backend_load import current_loads
 from app.services.balance import balance_progress, mix_so_far
 from app.services.keys import ANYONE, Caller
@@ -44,8 +45,13 @@ def create_job(
     options: GenerationOptions,
     caller: Caller = ANYONE,
     rerun_of: uuid.UUID | None = None,
+    preview_target: int | None = None,
+    from_preview: uuid.UUID | None = None,
 ) -> Job:
+    """A queued job; with `preview_target`, a preview of a job of that many instructions."""
     get_seed_set(session, seed_set_id, caller)
+    if from_preview is not None:
+        preview.check_followed(session.get(Job, from_preview), from_preview, caller)
     check_backend(options)
     for name, step in (options.judges.steps() if options.judges else {}).items():
         check_backend(judge_options(options, step), f"options.judges.{name}")
@@ -67,6 +73,8 @@ def create_job(
         owner_key_id=caller.key_id,
         template_version=template_version(),
         rerun_of_id=rerun_of,
+        preview_target=preview_target,
+        from_preview_id=from_preview,
     )
     session.add(job)
     session.flush()
@@ -91,6 +99,7 @@ def rerun_job(session: Session, job_id: uuid.UUID, caller: Caller = ANYONE) -> J
         options=options,
         caller=caller,
         rerun_of=original.id,
+        preview_target=original.preview_target,
     )
 
 
@@ -300,6 +309,9 @@ def count_progress(
             func.coalesce(func.sum(LLMCall.completion_tokens), 0),
             func.coalesce(func.sum(LLMCall.attempts), 0),
             func.coalesce(func.sum(case((LLMCall.cached.is_(True), 1), else_=0)), 0),
+            *_partial_sums(LLMCall.cached.is_(True)),
+            func.coalesce(func.sum(case((_STEP1, 1), else_=0)), 0),
+            *_partial_sums(_STEP1),
         ).where(LLMCall.job_id == job.id)
     ).one()
     failed_attempts: Counter[str] = Counter()
@@ -342,6 +354,11 @@ def count_progress(
         llm_failed_attempts=dict(sorted(failed_attempts.items())),
         prompt_tokens=int(calls[2]),
         completion_tokens=int(calls[3]),
+        cached_prompt_tokens=int(calls[6]),
+        cached_completion_tokens=int(calls[7]),
+        step1_requests=int(calls[8]),
+        step1_prompt_tokens=int(calls[9]),
+        step1_completion_tokens=int(calls[10]),
         tokens_per_accepted_instruction=per_accepted(tokens, accepted),
         tokens_per_accepted_example=per_accepted(tokens, instances_accepted),
         dedupe_seconds=round(job.dedupe_s or 0.0, 3),
@@ -351,6 +368,17 @@ def count_progress(
             Outcomes(instances_accepted, instances_rejected),
             finished=JobStatus(job.status).finished,
         ),
+    )
+
+
+_STEP1 = LLMCall.purpose == "instructions"
+
+
+def _partial_sums(condition: ColumnElement[bool]) -> tuple[ColumnElement[int], ...]:
+    """Prompt and completion tokens of the calls matching `condition`."""
+    return tuple(
+        func.coalesce(func.sum(case((condition, column), else_=0)), 0)
+        for column in (LLMCall.prompt_tokens, LLMCall.completion_tokens)
     )
 
 
@@ -379,6 +407,7 @@ def _backend_load(job: Job, options: GenerationOptions) -> BackendLoadRead | Non
 
 def job_read(session: Session, job: Job) -> JobRead:
     options = GenerationOptions.model_validate(job.options)
+    progress = job_progress(session, job, options)
     return JobRead(
         id=job.id,
         status=job.status,  # type: ignore[arg-type]
@@ -390,7 +419,12 @@ def job_read(session: Session, job: Job) -> JobRead:
         seed_set_hash=job.seed_set.content_hash,
         template_version=job.template_version,
         rerun_of=job.rerun_of_id,
-        progress=job_progress(session, job, options),
+        kind="preview" if job.preview_target is not None else "job",
+        preview_target=job.preview_target,
+        from_preview=job.from_preview_id,
+        progress=progress,
+        cost=preview.live_cost(job, progress, options),
+        projection=preview.preview_projection(job, progress, options),
         backend_load=_backend_load(job, options),
         error=job.error,
         stopped_reason=job.stopped_reason,

@@ -191,13 +191,22 @@ def _llm_attempts(session) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
         "Failed HTTP attempts of LLM requests (retried or last) by purpose and kind.",
         labels=["purpose", "kind"],
     )
-    for purpose, count, total in session.execute(
+    cache_hits = CounterMetricFamily(
+        "selfinstruct_llm_cache_hits",
+        "LLM requests answered from the response cache (never sent) by purpose.",
+        labels=["purpose"],
+    )
+    for purpose, count, total, cached in session.execute(
         select(
-            LLMCall.purpose, func.count(), func.coalesce(func.sum(LLMCall.attempts), 0)
+            LLMCall.purpose,
+            func.count(),
+            func.coalesce(func.sum(LLMCall.attempts), 0),
+            func.coalesce(func.sum(case((LLMCall.cached.is_(True), 1), else_=0)), 0),
         ).group_by(LLMCall.purpose)
     ):
         attempts.add_metric([purpose], int(total))
         retries.add_metric([purpose], int(total) - count)
+        cache_hits.add_metric([purpose], int(cached))
     by_kind: Counter[tuple[str, str]] = Counter()
     for purpose, text, count in session.execute(
         select(LLMCall.purpose, LLMCall.attempt_errors, func.count())
@@ -211,6 +220,7 @@ def _llm_attempts(session) -> Iterator[Metric]:  # type: ignore[no-untyped-def]
     yield attempts
     yield retries
     yield failed
+    yield cache_hits
 
 
 def _backend_loads() -> Iterator[Metric]:

@@ -10,8 +10,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.models import Instance, Instruction, Job
+from app.models import Instance, Instruction, Job, JobStatus
+from app.schemas import Progress
 from app.selfinstruct.options import GenerationOptions
+from app.selfinstruct.projection import Actual, PreviewComparison, billed_cost, compare, project
 from app.selfinstruct.report import (
     InstanceRow,
     InstructionRow,
@@ -24,6 +26,7 @@ from app.selfinstruct.report import (
 )
 from app.selfinstruct.rouge import TOKENIZERS
 from app.selfinstruct.verbs import verb_objects
+from app.services import preview
 from app.services.jobs import job_progress
 from app.services.seed_sets import load_seed_tasks
 
@@ -87,7 +90,41 @@ def job_report(session: Session, job: Job, *, sample_size: int = 2000) -> Qualit
         report.judges = _judge_scores(session, job, progress.instructions_rejected)
     if options.mode == "unnatural":
         report.reformulations = progress.reformulations_accepted
+    report.projection = preview.preview_projection(job, progress, options)
+    report.preview = _preview_comparison(session, job, progress, options)
     return report
+
+
+def _preview_comparison(
+    session: Session, job: Job, progress: Progress, options: GenerationOptions
+) -> PreviewComparison | None:
+    """The followed preview's projection, made for this job's target, beside what it used."""
+    if job.from_preview_id is None or not JobStatus(job.status).finished:
+        return None
+    followed = session.get(Job, job.from_preview_id)
+    if followed is None:
+        return None
+    followed_options = GenerationOptions.model_validate(followed.options)
+    sample = preview.sample_of(
+        job_progress(session, followed, followed_options),
+        finished=True,
+        wall_s=preview.wall_seconds(followed),
+    )
+    price = preview.prices(options)
+    actual = Actual(
+        requests=progress.llm_requests,
+        prompt_tokens=progress.prompt_tokens,
+        completion_tokens=progress.completion_tokens,
+        cost=billed_cost(
+            progress.prompt_tokens,
+            progress.completion_tokens,
+            (progress.cached_prompt_tokens, progress.cached_completion_tokens),
+            price,
+        ),
+        wall_seconds=preview.wall_seconds(job),
+    )
+    projection = project(sample, job.num_instructions, prices=price)
+    return compare(str(followed.id), projection, actual)
 
 
 def _judge_scores(session: Session, job: Job, rejected: dict[str, int]) -> JudgeScores:

@@ -165,29 +165,66 @@ function newJobView() {
     labelled("Backend", backendSelect()),
     labelled("RNG seed", el("input", { type: "number", id: "rng-seed", placeholder: "random" })),
     judgeFieldset(), balanceFieldset(),
-    el("button", { type: "submit", id: "start-job" }, "Upload and start"), message);
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+    labelled("Preview instructions", el("input", { type: "number", id: "preview-instructions", value: "20", min: "1", max: "200" })),
+    el("button", { type: "submit", id: "start-job" }, "Upload and start"), " ",
+    el("button", { type: "button", id: "preview-job", title: "Run the recipe for a few instructions and project the full job's cost" }, "Preview"),
+    message);
+  const submit = async (preview) => {
+    if (!form.reportValidity()) return;
     message.replaceChildren(el("p", { class: "muted" }, "Uploading..."));
     try {
-      const job = await startJob();
+      const job = await startJob(preview);
       location.hash = `#/jobs/${job.id}`;
     } catch (error) { showError(message, error); }
-  });
+  };
+  form.addEventListener("submit", (event) => { event.preventDefault(); submit(false); });
+  form.querySelector("#preview-job").addEventListener("click", () => submit(true));
   view.replaceChildren(el("section", {}, el("h1", {}, "New job"), form));
 }
 
-async function startJob() {
+async function startJob(preview = false) {
   const data = new FormData();
   data.append("file", document.getElementById("seed-file").files[0]);
   data.append("format", document.getElementById("seed-format").value);
   const seedSet = await api("/v1/seed-sets", { method: "POST", body: data });
-  return api("/v1/jobs", {
+  const body = { seed_set_id: seedSet.id,
+    num_instructions: Number(document.getElementById("num-instructions").value), options: formOptions() };
+  if (preview && inputValue("preview-instructions")) body.preview_instructions = Number(inputValue("preview-instructions"));
+  return api(preview ? "/v1/jobs/preview" : "/v1/jobs", {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ seed_set_id: seedSet.id,
-      num_instructions: Number(document.getElementById("num-instructions").value), options: formOptions() }),
+    body: JSON.stringify(body),
   });
+}
+
+function costLine(job) {
+  // Tokens and cost so far, the projected total while the job runs, and the cache's hits.
+  const c = job.cost;
+  if (!c) return null;
+  const parts = [`${c.prompt_tokens + c.completion_tokens} tokens so far`];
+  if (c.cost !== null) parts.push(`cost ${c.cost}`);
+  if (c.projected) {
+    const total = c.projected.cost ?? c.projected.prompt_tokens;
+    parts.push(`projected total ${c.projected.cost ? "cost" : "prompt tokens"} ${total.expected} (${total.low}-${total.high})`);
+  }
+  parts.push(`${c.cache_hits} cache hits`);
+  return el("p", { id: "job-cost" }, parts.join("; "));
+}
+
+function projectionTable(job) {
+  const p = job.projection;
+  if (!p) return null;
+  const rows = ["requests", "prompt_tokens", "completion_tokens", "cost", "wall_seconds"].map((name) => {
+    const span = p[name];
+    return el("tr", {}, el("td", {}, name.replace(/_/g, " ")),
+      ...(span ? [span.expected, span.low, span.high] : ["-", "-", "-"]).map((v) => el("td", { class: "num" }, String(v))));
+  });
+  const y = p.yield.accepted_per_step1_request;
+  return el("div", { id: "projection" },
+    el("h2", {}, `Projected for ${p.target} instructions (95% range)`),
+    el("table", {}, el("tr", {}, ...["", "expected", "low", "high"].map((h) => el("th", {}, h))), rows),
+    el("p", { class: "muted" }, `Yield: ${y.expected} accepted per step-1 request (${y.low}-${y.high}); rejected: `,
+      Object.entries(p.yield.rejection_reasons).map(([k, v]) => `${k} ${v}`).join(", ") || "none"));
 }
 
 function inputValue(id) {
@@ -273,6 +310,9 @@ function drawHead(box, job) {
       el("span", { id: "job-accepted" }, `${p.instructions_accepted} / ${job.num_instructions}`),
       ` instructions accepted; ${p.instances_accepted} examples; ${p.llm_requests} LLM requests; `,
       `${p.prompt_tokens + p.completion_tokens} tokens; rounds ${p.rounds_completed}`),
+    costLine(job),
+    job.kind === "preview" ? el("p", { class: "muted" }, `A preview of a job of ${job.preview_target} instructions.`) : null,
+    projectionTable(job),
     job.backend_load ? el("p", { id: "backend-load", class: "muted" },
       `Backend ${job.backend_load.backend}: ${job.backend_load.in_flight} requests in flight of a limit of `,
       `${job.backend_load.concurrency_limit}, ${job.backend_load.waiting} waiting (all jobs)`) : null,
@@ -289,6 +329,15 @@ function drawHead(box, job) {
       } }, "Rerun"),
       job.rerun_of ? el("a", { id: "rerun-of", href: `#/jobs/${job.rerun_of}` }, `rerun of ${job.rerun_of.slice(0, 8)}`) : null,
       ...extendControl(job),
+      job.from_preview ? el("a", { id: "from-preview", href: `#/jobs/${job.from_preview}` }, `follows preview ${job.from_preview.slice(0, 8)}`) : null,
+      job.kind === "preview" && job.projection ? el("button", { id: "start-full-job", onclick: async () => {
+        try {
+          const full = await api("/v1/jobs", { method: "POST", headers: { "content-type": "application/json" },
+            body: JSON.stringify({ seed_set_id: job.seed_set_id, num_instructions: job.preview_target,
+              options: job.options, from_preview: job.id }) });
+          location.hash = `#/jobs/${full.id}`;
+        } catch (error) { alert(error.message); }
+      } }, "Start the full job") : null,
       el("span", { class: "muted" }, "Download"), format, container,
       el("button", { id: "download-button", onclick: () => download(job.id, format.value, container.value) }, "Download"),
       el("button", { id: "dataset-button", title: "A Hugging Face dataset folder, zipped: README.md (the dataset card) and the data file",
@@ -487,6 +536,7 @@ function drawReport(box, data) {
     el("p", {}, `Classification tasks: ${share(data.classification_share)}; instances without input: `,
       `${share(data.empty_input_share)}; tokens per accepted example: ${usage.tokens_per_accepted_example ?? "-"}`,
       usage.cost !== null ? `; cost ${usage.cost} (${usage.cost_per_accepted_example} per example)` : ""),
+    data.preview ? previewComparison(data.preview) : null,
     el("div", { class: "grid" },
       data.judges ? judgeTable(data) : null,
       rejectionTable("Instructions", data.instructions, "instruction-rejections"),
@@ -498,6 +548,20 @@ function drawReport(box, data) {
       histogramChart("Input length (words)", data.lengths.input_words, { labelDigits: 0 }),
       histogramChart("Output length (words)", data.lengths.output_words, { labelDigits: 0 })),
   ].filter(Boolean));
+}
+
+function previewComparison(compared) {
+  // A finished job beside the projection of the preview it followed.
+  const p = compared.projection;
+  const rows = ["requests", "prompt_tokens", "completion_tokens", "cost", "wall_seconds"].map((name) => {
+    const span = p ? p[name] : null;
+    return el("tr", {}, el("td", {}, name.replace(/_/g, " ")),
+      el("td", { class: "num" }, span ? `${span.expected} (${span.low}-${span.high})` : "-"),
+      el("td", { class: "num" }, String(compared.actual[name] ?? "-")),
+      el("td", {}, name in compared.within_range ? (compared.within_range[name] ? "in range" : "out of range") : ""));
+  });
+  return el("div", { id: "preview-comparison" }, el("h3", {}, "Projected by the preview, and what happened"),
+    el("table", {}, el("tr", {}, ...["", "projected", "actual", ""].map((h) => el("th", {}, h))), rows));
 }
 
 function share(value) {

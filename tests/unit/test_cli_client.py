@@ -181,3 +181,63 @@ def test_extend_of_a_job_that_cannot_grow_ends_with_the_apis_message(
     assert result.exit_code == 1
     assert "only a succeeded job can be extended" in " ".join(result.stderr.split())
     assert RUNNER.invoke(cli, ["extend", "j1"]).exit_code == 2  # the new target is required
+
+
+def test_submit_preview_waits_and_prints_examples_and_the_projection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.selfinstruct.projection import Sample, Usage, project
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"instruction": "Write a haiku."}\n')
+    projection = project(
+        Sample(
+            Usage(5, 5000, 1000), Usage(40, 12000, 2000), 40, 20, 20, {"near_duplicate": 20}, 9.0
+        ),
+        1000,
+        prices=(0.5, 1.5),
+    )
+    assert projection is not None
+    job = {
+        **_job(20),
+        "status": "succeeded",
+        "num_instructions": 20,
+        "kind": "preview",
+        "preview_target": 1000,
+        "projection": projection.model_dump(mode="json", by_alias=True),
+    }
+    job["progress"].update(instructions_with_instances=20, warnings=[])
+    sent: dict[str, Any] = {}
+
+    def create_job(self: APIClient, **body: Any) -> dict[str, Any]:
+        sent.update(body)
+        return job
+
+    monkeypatch.setattr(APIClient, "upload_seed_set", lambda self, path, seed_format: {"id": "s1"})
+    monkeypatch.setattr(APIClient, "create_job", create_job)
+    monkeypatch.setattr(APIClient, "job", lambda self, job_id: job)
+    example = {"instruction": "Name a colour.", "input": "", "output": "Teal."}
+    monkeypatch.setattr(APIClient, "items", lambda self, job_id, limit: {"items": [example]})
+    result = RUNNER.invoke(
+        cli, ["submit", str(seeds), "-n", "1000", "--preview"], env={"COLUMNS": "160"}
+    )
+    assert result.exit_code == 0, result.output
+    assert sent["preview_instructions"] == 20 and sent["num_instructions"] == 1000
+    assert "Name a colour." in result.stdout and "Teal." in result.stdout
+    assert "projected for 1,000 instructions" in result.stdout
+    for row in ("requests", "prompt tokens", "completion tokens", "cost", "wall seconds"):
+        assert row in result.stdout
+    assert f"{projection.requests.expected:,.0f}" in result.stdout
+    assert "near_duplicate 20" in result.stdout
+
+
+def test_progress_shows_cost_so_far_the_projected_total_and_cache_hits() -> None:
+    from app.cli.progress import spending
+
+    job = _job(5)
+    job["progress"]["cache_hits"] = 3
+    span = {"expected": 1.25, "low": 1.0, "high": 1.5}
+    job["cost"] = {"cost": 0.0123, "projected": {"cost": span, "prompt_tokens": span}}
+    assert spending(job) == "15 tokens, cost 0.0123 (total ~1.25), 3 cache hits"
+    job["cost"] = {"cost": None, "projected": None}
+    assert spending(job) == "15 tokens, 3 cache hits"

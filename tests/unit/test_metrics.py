@@ -104,3 +104,21 @@ def test_a_broker_outage_leaves_the_queue_gauge_empty(database: None) -> None:
     registry, _, _ = build_registry(down)
     text = generate_latest(registry).decode()
     assert "selfinstruct_queue_depth" in text and "selfinstruct_queue_depth{" not in text
+
+
+def test_response_cache_hits_are_counted_by_purpose(database: None) -> None:
+    with session_scope() as session:
+        seed_set = SeedSet(name="s", content_hash="0", task_count=0)
+        session.add(seed_set)
+        session.flush()
+        job = Job(seed_set_id=seed_set.id, num_instructions=2, options={}, rng_seed=0)
+        session.add(job)
+        session.flush()
+        session.add_all(
+            LLMCall(job_id=job.id, purpose=purpose, ok=True, cached=cached, attempts=0 if cached else 1)
+            for purpose, cached in [("instructions", True), ("instructions", True),
+                                    ("instructions", False), ("instances", False)]
+        )  # fmt: skip
+    found = samples()
+    assert found[("selfinstruct_llm_cache_hits_total", (("purpose", "instructions"),))] == 2
+    assert found[("selfinstruct_llm_cache_hits_total", (("purpose", "instances"),))] == 0

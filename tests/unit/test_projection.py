@@ -1,0 +1,81 @@
+"""Projecting a full job from a preview: scaling by yield, the interval, prices, wall time."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from app.selfinstruct.projection import Sample, Usage, billed_cost, project, wilson
+
+
+def _sample(
+    *, accepted: int = 20, candidates: int = 40, step1: int = 5, wall: float | None = 10.0
+) -> Sample:
+    return Sample(
+        step1=Usage(step1, step1 * 1000, step1 * 200),
+        other=Usage(accepted * 2, accepted * 2 * 300, accepted * 2 * 50),
+        candidates=candidates,
+        accepted=accepted,
+        settled=accepted,
+        rejected={"rouge_similar": candidates - accepted - 5, "too_short": 5},
+        wall_seconds=wall,
+    )
+
+
+def test_scales_step1_requests_by_yield_and_the_rest_by_instructions() -> None:
+    projection = project(_sample(), 100)
+    assert projection is not None
+    # 8 candidates a request, half accepted: 4 instructions a step-1 request -> 25 of them,
+    # plus 2 other requests for each of the 100 instructions.
+    assert projection.requests.expected == 25 + 200
+    assert projection.prompt_tokens.expected == 25 * 1000 + 200 * 300
+    assert projection.completion_tokens.expected == 25 * 200 + 200 * 50
+    assert projection.yield_.accepted_per_step1_request.expected == 4.0
+    assert projection.yield_.other_requests_per_instruction == 2.0
+    assert projection.yield_.rejection_reasons == {"rouge_similar": 15, "too_short": 5}
+    assert projection.cost is None
+
+
+def test_the_range_brackets_the_expectation_and_narrows_with_the_sample() -> None:
+    small = project(_sample(accepted=20, candidates=40, step1=5), 1000)
+    large = project(_sample(accepted=2000, candidates=4000, step1=500), 1000)
+    assert small is not None and large is not None
+    for p in (small, large):
+        assert p.requests.low <= p.requests.expected <= p.requests.high
+        assert p.prompt_tokens.low <= p.prompt_tokens.expected <= p.prompt_tokens.high
+    assert small.requests.expected == large.requests.expected
+    width = lambda p: p.requests.high - p.requests.low  # noqa: E731
+    assert width(large) < width(small) / 5
+
+
+def test_cost_from_prices_and_wall_time_from_throughput() -> None:
+    projection = project(_sample(), 100, prices=(1.0, 2.0))
+    assert projection is not None and projection.cost is not None
+    expected = (projection.prompt_tokens.expected + 2 * projection.completion_tokens.expected) / 1e6
+    assert projection.cost.expected == pytest.approx(expected, rel=1e-6)
+    assert projection.cost.low <= projection.cost.expected <= projection.cost.high
+    # The sample: 45 requests in 10 s.
+    assert projection.wall_seconds is not None
+    assert projection.wall_seconds.expected == pytest.approx(225 * 10 / 45, abs=0.1)
+    assert project(_sample(wall=None), 100).wall_seconds is None  # type: ignore[union-attr]
+
+
+def test_nothing_accepted_projects_nothing() -> None:
+    assert project(_sample(accepted=0, candidates=10), 100) is None
+
+
+def test_wilson_interval_covers_the_true_rate_about_95_percent_of_the_time() -> None:
+    rng, rate, trials, covered = random.Random(7), 0.3, 40, 0
+    for _ in range(2000):
+        successes = sum(rng.random() < rate for _ in range(trials))
+        low, high = wilson(successes, trials)
+        covered += low <= rate <= high
+    assert 0.92 <= covered / 2000 <= 0.98
+    assert wilson(0, 10)[0] == 0.0
+    assert wilson(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_cache_hits_are_not_billed() -> None:
+    assert billed_cost(1_000_000, 1_000_000, (500_000, 0), (2.0, 4.0)) == 5.0
+    assert billed_cost(10, 10, (0, 0), None) is None
