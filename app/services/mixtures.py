@@ -24,6 +24,7 @@ from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.parsing import parse_inversion_completion
 from app.selfinstruct.prompts import build_inversion_prompt
 from app.selfinstruct.recipes import Recipe, RecipeError, SourceKind, build_mixture
+from app.services import response_cache
 from app.services.datasets import get_dataset, iter_dataset_records
 from app.services.export import Container, iter_examples, records_stream
 from app.services.jobs import check_backend, get_job
@@ -40,7 +41,8 @@ class LLMInverseWriter:
     def __init__(self, client: LLMClient, options: GenerationOptions) -> None:
         self.client = client
         self.temperature = options.temperature
-        self.usage = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self.usage = {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                      "cache_hits": 0}  # fmt: skip
         self._lock = threading.Lock()
 
     def __call__(self, example: Mapping[str, Any]) -> str | None:
@@ -59,6 +61,7 @@ class LLMInverseWriter:
                 self.usage["errors"] += 1
             return None
         with self._lock:
+            self.usage["cache_hits"] += int(response.cached)
             self.usage["prompt_tokens"] += response.prompt_tokens
             self.usage["completion_tokens"] += response.completion_tokens
         return parse_inversion_completion(response.text)
@@ -140,6 +143,16 @@ def _load(session: Session, recipe: Recipe) -> dict[str, list[dict[str, Any]]]:
     return loaded
 
 
+def _cached(
+    client: LLMClient, options: GenerationOptions, owner_key_id: uuid.UUID | None
+) -> LLMClient:
+    """The client answering from the response cache of the mixture's key, as a job's does: a
+    rebuilt mixture pays once for each inversion."""
+    if options.response_cache == "off":
+        return client
+    return response_cache.CachingClient(client, options, owner_key_id)  # type: ignore[return-value]
+
+
 def build(mixture_id: uuid.UUID, llm_for: Callable[[GenerationOptions], LLMClient]) -> None:
     """Build the mixture and store its records; a recipe that does not fit its sources fails
     the mixture with the reason."""
@@ -149,7 +162,8 @@ def build(mixture_id: uuid.UUID, llm_for: Callable[[GenerationOptions], LLMClien
             return
         mixture.status = MixtureStatus.RUNNING
         recipe = Recipe.model_validate(mixture.recipe)
-        owner = Caller(key_id=mixture.owner_key_id) if mixture.owner_key_id else ANYONE
+        owner_key_id = mixture.owner_key_id
+        owner = Caller(key_id=owner_key_id) if owner_key_id else ANYONE
         try:
             kinds = resolve_sources(session, recipe, owner)
         except InvalidInput as exc:
@@ -157,7 +171,9 @@ def build(mixture_id: uuid.UUID, llm_for: Callable[[GenerationOptions], LLMClien
             return
         loaded = _load(session, recipe)
     writer = (
-        LLMInverseWriter(llm_for(recipe.llm), recipe.llm) if recipe.invert_writer == "llm" else None
+        LLMInverseWriter(_cached(llm_for(recipe.llm), recipe.llm, owner_key_id), recipe.llm)
+        if recipe.invert_writer == "llm"
+        else None
     )
     try:
         result = build_mixture(recipe, loaded, kinds, write_inverse=writer)

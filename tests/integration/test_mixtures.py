@@ -160,6 +160,25 @@ def test_same_recipe_same_mixture_and_llm_written_inversions(
     )
 
 
+def test_a_rebuilt_mixture_answers_its_inversions_from_the_response_cache(
+    api: httpx.Client, sources: dict[str, Any]
+) -> None:
+    recipe = {
+        **_recipe(sources, stage2=None, plain_text_ratio=0.0, seed=17),
+        "invert_writer": "llm",
+        "invert_cap": 6,
+        "llm": {"response_cache": "all"},
+    }
+    first, again = _build(api, recipe), _build(api, recipe)
+    assert first["manifest"]["llm_usage"]["cache_hits"] == 0
+    assert (
+        again["manifest"]["llm_usage"]["cache_hits"]
+        == again["manifest"]["llm_usage"]["requests"]
+        == 6
+    )
+    assert _stage(api, first, 1) == _stage(api, again, 1)
+
+
 @pytest.mark.parametrize("container", ["jsonl", "json", "parquet"])
 def test_stages_load_with_datasets(
     api: httpx.Client,
