@@ -88,10 +88,13 @@ async function jobsView() {
         el("td", {}, progressBar(job.progress.instructions_accepted, job.num_instructions), " ",
           `${job.progress.instructions_accepted} / ${job.num_instructions}`),
         el("td", { class: "num" }, job.progress.instances_accepted),
+        el("td", { class: "num" }, spentText(job.cost)),
+        el("td", { class: "num" }, job.cost ? job.cost.cache_hits : ""),
         el("td", { class: "muted" }, new Date(job.created_at).toLocaleString())));
       box.replaceChildren(el("h1", {}, "Jobs"), rows.length
         ? el("table", { id: "jobs-table" }, el("tr", {}, el("th", {}, "job"), el("th", {}, "status"),
-            el("th", {}, "instructions"), el("th", { class: "num" }, "examples"), el("th", {}, "created")), rows)
+            el("th", {}, "instructions"), el("th", { class: "num" }, "examples"),
+            el("th", { class: "num" }, "spent"), el("th", { class: "num" }, "cache hits"), el("th", {}, "created")), rows)
         : el("p", {}, "No jobs yet. ", el("a", { href: "#/new" }, "Start one.")));
     } catch (error) { showError(box, error); }
   };
@@ -195,6 +198,12 @@ async function startJob(preview = false) {
     headers: { "content-type": "application/json" },
     body: JSON.stringify(body),
   });
+}
+
+function spentText(cost) {
+  // The list's short form of a job's spend: its cost where the backend has prices, else tokens.
+  if (!cost) return "";
+  return cost.cost !== null ? `${cost.cost}` : `${cost.prompt_tokens + cost.completion_tokens} tokens`;
 }
 
 function costLine(job) {

@@ -203,6 +203,8 @@ def test_dashboard_end_to_end(
     )
     row = driver.find_element(By.CSS_SELECTOR, f'tr[data-job="{job_id}"]')
     assert "succeeded" in row.text
+    assert " tokens" in row.text  # what it spent (no prices configured here), and cache hits
+    assert [c.text for c in row.find_elements(By.TAG_NAME, "td")][-2].isdigit()
 
     # Rerun opens the new job, which links back to this one.
     driver.get(f"{stack.url}/ui/#/jobs/{job_id}")
