@@ -196,11 +196,18 @@ class _Spent:
 
 
 def _first_guess(options: GenerationOptions) -> float:
-    """Accepted instructions per round before the job has stored one: about half of what a
-    request asks for (the paper's prompts ask for up to 8 new tasks, batched ones for
-    tasks_per_request)."""
-    asked = options.tasks_per_request if options.mode == "batched" else 4
-    return asked / 2 * options.requests_per_round
+    """Accepted instructions per round before the job has stored one: the most a round can
+    bring (a paper prompt of 8 instructions is continued up to number 15, a batched one asks for
+    tasks_per_request, an Unnatural one for one). Optimistic on purpose: a low guess sends the
+    whole window before the first answer, and a small job then drops most of it unread; a high
+    one sends fewer rounds, and the first stored round, one latency later, corrects it."""
+    if options.mode == "batched":
+        asked = options.tasks_per_request
+    elif options.mode == "unnatural":
+        asked = 1
+    else:  # the stop sequences end the list at number 16
+        asked = max(1, 15 - options.prompt_instructions)
+    return float(asked * options.requests_per_round)
 
 
 def _worth_another(

@@ -263,3 +263,21 @@ def test_answers_that_come_back_together_are_journaled_in_one_transaction(
     assert all(asyncio.run(main()))
     assert sorted(n for batch in written for n in batch) == list(range(40))
     assert len(written) <= 2  # the first answer's write, then everything that came meanwhile
+
+
+def test_a_small_job_sends_few_rounds_it_does_not_store(
+    seed_set_id: uuid.UUID, llm: FakeLLMServer
+) -> None:
+    """Before the first round is stored, the driver guesses a round's yield high: a low guess
+    sent the whole window at once, and a job of 60 dropped most of it unread."""
+    from tests.support.fake_llm import prompt_kind
+
+    job_id = new_job(seed_set_id)
+    stream(job_id)
+    sent = sum(prompt_kind(r["prompt"]) == "instructions" for r in llm.requests if "prompt" in r)
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        stored_rounds = job.rounds_completed
+    per_round = GenerationOptions().requests_per_round
+    assert stored_rounds * per_round <= sent <= (stored_rounds + 1) * per_round
