@@ -32,7 +32,9 @@ from app.db import session_scope
 from app.models import Job
 from app.selfinstruct.options import GenerationOptions
 from app.services import budget, instances, leases, pipeline, response_cache
-from app.services.pipeline import CallRecord, LLMFactory, PlannedRound, RoundResult
+from app.services.calls import CallRecord, LLMFactory, record_calls
+from app.services.completion import accepted_count
+from app.services.pipeline import PlannedRound, RoundResult
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +220,7 @@ def _worth_another(
         job = session.get(Job, job_id)
         if job is None or job.instructions_complete:
             return False
-        accepted = pipeline.accepted_count(session, job_id)
+        accepted = accepted_count(session, job_id)
         rounds_done, target = job.rounds_completed, job.num_instructions
         if budget.budgeted(options) and _over_budget(session, job, options, rounds_out, accepted):
             return False
@@ -253,7 +255,7 @@ def _budget_leaves_no_round(job_id: uuid.UUID, options: GenerationOptions) -> bo
         job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
         if job is None:
             return True
-        reason = _over_budget(session, job, options, 0, pipeline.accepted_count(session, job_id))
+        reason = _over_budget(session, job, options, 0, accepted_count(session, job_id))
         if reason is not None:
             budget.stop_job(job, reason)
             log.info("job %s: no room for another round in its %s", job_id, reason)
@@ -268,6 +270,6 @@ def _drop(job_id: uuid.UUID, in_flight: InFlight) -> None:
     while in_flight:
         _, answers = in_flight.popleft()
         try:
-            pipeline.record_calls(job_id, answers.result())
+            record_calls(job_id, answers.result())
         except Exception:  # a permanent error or a database outage: nothing more to record
             log.warning("job %s: calls of a dropped round not recorded", job_id, exc_info=True)

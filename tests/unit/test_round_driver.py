@@ -14,7 +14,8 @@ from app.config import get_settings
 from app.db import session_scope
 from app.models import Instruction, Job, LLMAnswer, LLMCall
 from app.selfinstruct.options import GenerationOptions
-from app.services import leases, pipeline, round_driver
+from app.services import journal, leases, pipeline, round_driver
+from app.services.calls import CallRecord, record_calls
 from app.services.jobs import create_job
 from app.services.llm import llm_for, reset_llm_clients
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
@@ -176,7 +177,7 @@ def test_answers_of_a_dropped_round_are_counted_once_when_taken_again(
     assert pipeline.start_round(job_id, 1, leases.Hold(job_id))  # the job is running
     planned = pipeline.prepare_round(job_id, 1)
     assert isinstance(planned, pipeline.PlannedRound)
-    pipeline.record_calls(job_id, pipeline.send_round(llm_for, planned))  # dropped unstored
+    record_calls(job_id, pipeline.send_round(llm_for, planned))  # dropped unstored
     records = pipeline.send_round(_no_llm, planned)  # type: ignore[arg-type]
     pipeline.finish_round(job_id, planned, records, llm_for)
     with session_scope() as session:
@@ -243,17 +244,17 @@ def test_answers_that_come_back_together_are_journaled_in_one_transaction(
     written: list[list[int]] = []
     lock = threading.Lock()
 
-    def slow_journal(answers: list[tuple[pipeline.PlannedRound, int, pipeline.CallRecord]]) -> None:
+    def slow_journal(answers: list[journal.JournalEntry]) -> None:
         time.sleep(0.05)  # a transaction under load
         with lock:
-            written.append([n for _, n, _ in answers])
+            written.append([entry.position for entry in answers])
 
-    monkeypatch.setattr(pipeline, "_journal", slow_journal)
-    planned = pipeline.PlannedRound(1, GenerationOptions(), [], 0.0, uuid.uuid4())
-    record = pipeline.CallRecord("instructions", 1, None)
+    monkeypatch.setattr(journal, "_journal", slow_journal)
+    job_id = uuid.uuid4()
+    record = CallRecord("instructions", 1, None)
 
     async def answer(n: int) -> bool:
-        await pipeline._journal_writer().put((planned, n, record))
+        await journal.keep(journal.JournalEntry(job_id, 1, n, record))
         with lock:
             return any(n in batch for batch in written)
 
