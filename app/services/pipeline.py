@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -43,10 +43,11 @@ from app.selfinstruct.options import (
 )
 from app.selfinstruct.rouge import RougeLIndex
 from app.selfinstruct.rounds import (
-    accept_round,
+    decide_round,
     judgeable,
     plan_round,
     prompt_seeds,
+    score_decisions,
 )
 from app.selfinstruct.types import (
     CandidateDecision,
@@ -89,6 +90,19 @@ class RoundResult:
     accepted_total: int | None = None
     rounds_completed: int = 0
     target: int = 0
+    # Stored candidates whose highest ROUGE-L is still to be found (`finish_round`'s
+    # `defer_scores`): the caller passes them to `store_scores`.
+    scores: PendingScores | None = None
+
+
+@dataclass
+class PendingScores:
+    """A stored round's candidates (by row id) without their highest ROUGE-L and nearest text
+    yet, and the index that decided them (it only grows, so their pool is its prefix)."""
+
+    job_id: uuid.UUID
+    rows: list[tuple[uuid.UUID, CandidateDecision]]
+    index: RougeLIndex
 
 
 def run_round(
@@ -259,9 +273,15 @@ def finish_round(
     records: list[CallRecord],
     llm_factory: LLMFactory,
     hold_next: leases.Hold | None = None,
+    *,
+    defer_scores: bool = False,
 ) -> RoundResult:
     """Judge, filter and store a round's answers against everything accepted before it.
-    `hold_next`: the task already sends the next round, so its claim passes to it at commit."""
+    `hold_next`: the task already sends the next round, so its claim passes to it at commit.
+
+    The round's decisions need only `RougeLIndex.exceeds`; each candidate's highest ROUGE-L and
+    nearest text, the slower search, are stored after the commit: before returning, or with
+    `defer_scores` by the caller (`result.scores`), so a stream stores its next round first."""
     round_no, options = planned.round_no, planned.options
     answered = [r for r in records if r.response is not None]
     if not answered:
@@ -294,7 +314,7 @@ def finish_round(
     elif options.mode == "unnatural":
         outcome = accept_unnatural_round(completions, state.index, options, remaining=remaining)
     else:
-        outcome = accept_round(
+        outcome = decide_round(
             completions,
             state.index,
             options,
@@ -305,7 +325,7 @@ def finish_round(
     dedupe_s += time.perf_counter() - dedupe_started
     try:
         result = _commit_round(
-            job_id, round_no, outcome.decisions, records, options, dedupe_s, hold_next
+            job_id, round_no, outcome.decisions, records, options, dedupe_s, hold_next, state.index
         )
     except BaseException:
         forget_job_index(job_id)  # the index already holds this round's texts
@@ -318,7 +338,35 @@ def finish_round(
         len(answered),
         dedupe_s * 1000,
     )
+    if result.scores is not None and not defer_scores:
+        store_scores(result.scores)
+        result.scores = None
     return result
+
+
+def store_scores(pending: PendingScores) -> None:
+    """Store the highest ROUGE-L and nearest text of a stored round's candidates: rouge-score's
+    answers against the pool each was compared with. Best effort, like the journal: the
+    decisions are stored already, and a failure here only leaves these two columns empty."""
+    started = time.perf_counter()
+    scored = score_decisions([d for _, d in pending.rows], pending.index)
+    scoring_s = time.perf_counter() - started
+    try:
+        with session_scope() as session:
+            session.execute(
+                update(Instruction),
+                [
+                    {"id": row_id, "max_rouge": d.max_rouge, "nearest": d.nearest}
+                    for (row_id, _), d in zip(pending.rows, scored, strict=True)
+                ],
+            )
+            session.execute(
+                update(Job)
+                .where(Job.id == pending.job_id)
+                .values(dedupe_s=func.coalesce(Job.dedupe_s, 0.0) + scoring_s)
+            )
+    except Exception:
+        log.warning("job %s: ROUGE-L scores not stored", pending.job_id, exc_info=True)
 
 
 def start_round(job_id: uuid.UUID, round_no: int, hold: leases.Hold) -> bool:
@@ -395,7 +443,8 @@ def _commit_round(
     records: Sequence[CallRecord],
     options: GenerationOptions,
     dedupe_s: float,
-    hold_next: leases.Hold | None = None,
+    hold_next: leases.Hold | None,
+    index: RougeLIndex,
 ) -> RoundResult:
     with session_scope() as session:
         job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
@@ -466,6 +515,13 @@ def _commit_round(
         result.next_round_after_instances = steers_on_instances(options.balance)
         pending = [r.id for r in new_accepted if r.instances_state == InstancesState.PENDING]
         result.instance_batches = instance_batches(pending)
+        unscored = [
+            (row.id, d)
+            for row, d in zip(rows, decisions, strict=True)
+            if d.pool_items is not None and d.max_rouge is None
+        ]
+        if unscored:
+            result.scores = PendingScores(job_id, unscored, index)
         return result
 
 

@@ -34,7 +34,7 @@ from app.selfinstruct.options import GenerationOptions
 from app.services import budget, instances, leases, pipeline, response_cache
 from app.services.calls import CallRecord, LLMFactory, record_calls
 from app.services.completion import accepted_count
-from app.services.pipeline import PlannedRound, RoundResult
+from app.services.pipeline import PendingScores, PlannedRound, RoundResult
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,13 @@ def run_rounds(
     pool = ThreadPoolExecutor(depth, thread_name_prefix=f"rounds-{str(job_id)[:8]}")
     in_flight: InFlight = deque()
     stored = _InstanceBuffer(send_batches)
+    unscored: deque[PendingScores] = deque()
     try:
-        return _stream(job_id, planned, depth, llm_factory, hold, stored, pool, in_flight)
+        return _stream(job_id, planned, depth, llm_factory, hold, stored, pool, in_flight, unscored)
     finally:
         stored.flush()
+        while unscored:
+            pipeline.store_scores(unscored.popleft())
         _drop(job_id, in_flight)
         pool.shutdown(wait=False)
 
@@ -119,7 +122,10 @@ def _stream(
     stored: _InstanceBuffer,
     pool: ThreadPoolExecutor,
     in_flight: InFlight,
+    unscored: deque[PendingScores],
 ) -> RoundResult:
+    """Stored rounds' ROUGE-L scores (`unscored`) are stored while the next round's answers
+    are still out: storing that round waits for no score."""
     deadline = time.monotonic() + ROUND_SLICE_S
     spent = _Spent()
 
@@ -145,11 +151,19 @@ def _stream(
             next_round += 1
         planned, answers = in_flight.popleft()
         try:
+            while unscored and not answers.done():
+                with spent("storing scores"):
+                    pipeline.store_scores(unscored.popleft())
             with spent("waiting for answers"):
                 records = answers.result()
             hold_next = hold if in_flight else None
             with spent("storing"):
-                result = pipeline.finish_round(job_id, planned, records, llm_factory, hold_next)
+                result = pipeline.finish_round(
+                    job_id, planned, records, llm_factory, hold_next, defer_scores=True
+                )
+            if result.scores is not None:
+                unscored.append(result.scores)
+                result.scores = None
         except Exception:
             if planned.round_no == first.round_no:
                 raise
