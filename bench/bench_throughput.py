@@ -270,7 +270,7 @@ def _run_job(mode: str, target: int) -> dict[str, Any]:
     from app.data import load_default_seed_tasks
     from app.db import session_scope
     from app.selfinstruct.options import GenerationOptions
-    from app.services import instances, jobs, pipeline
+    from app.services import completion, instances, jobs, pipeline
     from app.services.llm import llm_for
     from app.services.seed_sets import create_seed_set
 
@@ -296,7 +296,7 @@ def _run_job(mode: str, target: int) -> dict[str, Any]:
             round_no = result.next_round
         for future in futures:
             future.result()
-    pipeline.finalize_if_complete(job_id)
+    completion.finalize_if_complete(job_id)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     with session_scope() as session:
         read = jobs.job_read(session, jobs.get_job(session, job_id))

@@ -24,7 +24,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from app.config import get_settings
 from app.llm.base import LLMPermanentError, LLMTransientError
 from app.logs import current_job_id
-from app.services import instances, leases, mixtures, pipeline, round_driver, sweeper
+from app.services import completion, instances, leases, mixtures, pipeline, round_driver, sweeper
 from app.services.batches import BatchPending
 from app.services.llm import llm_for
 from app.services.queue import enqueue_instances, enqueue_round
@@ -79,13 +79,13 @@ def run_round(self: Task, job_id: str, round_no: int, claim: str | None = None) 
             )
             return
         except LLMPermanentError as exc:
-            pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")
+            completion.fail_job(jid, f"LLM backend refused the request: {exc}")
             return
         except LLMTransientError as exc:
-            if pipeline.note_llm_outage(jid, str(exc)):
+            if completion.note_llm_outage(jid, str(exc)):
                 return
             if self.request.retries >= _max_retries():
-                pipeline.fail_job(
+                completion.fail_job(
                     jid,
                     f"LLM backend unavailable after {_max_retries()} retries of round "
                     f"{round_no}: {exc}",
@@ -97,7 +97,7 @@ def run_round(self: Task, job_id: str, round_no: int, claim: str | None = None) 
     _send_instances(jid, result.instance_batches)
     if result.next_round is not None:
         enqueue_round(jid, result.next_round, behind_bulk=result.next_round_after_instances)
-    pipeline.finalize_if_complete(jid)
+    completion.finalize_if_complete(jid)
 
 
 def _send_instances(job_id: uuid.UUID, batches: list[list[uuid.UUID]]) -> None:
@@ -122,10 +122,10 @@ def generate_instances(
             )
             return
         except LLMPermanentError as exc:
-            pipeline.fail_job(jid, f"LLM backend refused the request: {exc}")
+            completion.fail_job(jid, f"LLM backend refused the request: {exc}")
             return
         except LLMTransientError as exc:
-            if pipeline.note_llm_outage(jid, str(exc)):
+            if completion.note_llm_outage(jid, str(exc)):
                 return
             if isinstance(exc, instances.InstancesWaiting):  # it may have taken more than `ids`
                 ids = exc.instruction_ids
@@ -136,7 +136,7 @@ def generate_instances(
             instances.mark_instances_failed(jid, ids)
         except DATABASE_ERRORS as exc:
             raise _retry(self, hold, exc, _backoff(min(self.request.retries, 4))) from exc
-    pipeline.finalize_if_complete(jid)
+    completion.finalize_if_complete(jid)
 
 
 @celery_app.task(name=MIXTURE_TASK, bind=True, max_retries=None)

@@ -564,8 +564,10 @@ class RougeLIndex:
     def text(self, item: int) -> str:
         return self._texts[item]
 
-    def best(self, text: str) -> RougeMatch:
-        """Highest F-measure and the first item reaching it (score 0.0, item None if none > 0).
+    def best(self, text: str, within: int | None = None) -> RougeMatch:
+        """Highest F-measure and the first item reaching it (score 0.0, item None if none > 0),
+        among the first `within` items (all by default): the answer of the pool as it stood
+        then, since items are only ever appended.
 
         Scans floors from high to low. Every verified item raises a running best whose rational
         F-measure is a lower bound on the answer; a scan at floor f with bound max(best, f)
@@ -578,6 +580,7 @@ class RougeLIndex:
         scan = _Scan(self, query)
         best = _Best(query.length)
         seen = np.zeros(len(self), dtype=np.bool_)
+        seen[len(self) if within is None else max(within, 0) :] = True  # added since: never a match
         next_floor, seeds = 0, _SEEDS
         while True:
             reached = next(i for i, f in enumerate(_BEST_FLOORS) if best.reaches(f))
@@ -585,6 +588,7 @@ class RougeLIndex:
             floor = _BEST_FLOORS[next_floor]
             bound = best.bound if best.reaches(floor) else (floor.numerator, floor.denominator)
             candidates, promising = scan.candidates(self._postings_at(floor), bound, seen, seeds)
+            promising = promising[~seen[promising.items]]
             if promising.items.size:
                 seen[promising.items] = True
                 best.update(promising, *scan.lcs_scores(promising))

@@ -75,8 +75,36 @@ def accept_round(
     verbs: Counter[str] | None = None,
     verdicts: Mapping[str, InstructionVerdict] | None = None,
 ) -> RoundOutcome:
+    """`decide_round`, with every decision's highest ROUGE-L and nearest text filled in."""
+    outcome = decide_round(
+        completions,
+        index,
+        options,
+        remaining=remaining,
+        first_numbers=first_numbers,
+        verbs=verbs,
+        verdicts=verdicts,
+    )
+    outcome.decisions = score_decisions(outcome.decisions, index)
+    return outcome
+
+
+def decide_round(
+    completions: Sequence[Completion],
+    index: RougeLIndex,
+    options: GenerationOptions,
+    *,
+    remaining: int,
+    first_numbers: Sequence[int] | None = None,
+    verbs: Counter[str] | None = None,
+    verdicts: Mapping[str, InstructionVerdict] | None = None,
+) -> RoundOutcome:
     """Judge every candidate in prompt order; accepted texts are added to `index` as we go,
     so later candidates of the same round are compared with them too (as in the paper).
+
+    Near-duplicates are told by `index.exceeds` alone: a candidate compared with the pool keeps
+    the pool's size then (`pool_items`), and `score_decisions` finds its highest ROUGE-L and
+    nearest text later, exactly, so that the search for them never holds up the decisions.
 
     `remaining` is how many more instructions the job needs; acceptable candidates beyond it are
     recorded as over target rather than silently dropped. `verbs` counts the accepted
@@ -105,6 +133,22 @@ def accept_round(
     return outcome
 
 
+def score_decisions(
+    decisions: Sequence[CandidateDecision], index: RougeLIndex
+) -> list[CandidateDecision]:
+    """The decisions with the highest ROUGE-L and nearest text of each one `decide_round`
+    compared with the pool: rouge-score's answer against the pool as it stood then (the first
+    `pool_items` items of `index`, which has only grown since)."""
+    scored = []
+    for decision in decisions:
+        if decision.pool_items is not None and decision.max_rouge is None:
+            match = index.best(decision.text, within=decision.pool_items)
+            nearest = index.text(match.item) if match.item is not None else None
+            decision = replace(decision, max_rouge=match.score, nearest=nearest)
+        scored.append(decision)
+    return scored
+
+
 def oversized_candidate(completion: Completion, prompt_index: int) -> CandidateDecision:
     """An answer cut at the sanitizer's cap is not parsed: one rejection with its start."""
     return CandidateDecision(
@@ -126,11 +170,10 @@ def _judge(
     reason = filter_instruction(text, options)
     if reason is not None:
         return CandidateDecision(text, prompt_index, reason)
-    reason, score, nearest = pool_decision(text, index, options, remaining, verdict)
+    near = index.exceeds(text, options.rouge_threshold)
+    reason = _pool_reason(near, remaining, verdict)
     note = verdict.note if verdict is not None else None
-    return CandidateDecision(
-        text, prompt_index, reason, max_rouge=score, nearest=nearest, judge_note=note
-    )
+    return CandidateDecision(text, prompt_index, reason, judge_note=note, pool_items=len(index))
 
 
 def filter_instruction(text: str, options: GenerationOptions) -> InstructionReason | None:
@@ -156,14 +199,20 @@ def pool_decision(
     over the job's target (None: accepted), with its highest ROUGE-L and nearest pool text."""
     match = index.best(text)
     nearest = index.text(match.item) if match.item is not None else None
-    reason = None
-    if match.score > options.rouge_threshold:
-        reason = InstructionReason.NEAR_DUPLICATE
-    elif verdict is not None and not verdict.keep:
-        reason = InstructionReason.JUDGE_DROPPED
-    elif remaining <= 0:
-        reason = InstructionReason.OVER_TARGET
+    reason = _pool_reason(match.score > options.rouge_threshold, remaining, verdict)
     return reason, match.score, nearest
+
+
+def _pool_reason(
+    near_duplicate: bool, remaining: int, verdict: InstructionVerdict | None
+) -> InstructionReason | None:
+    if near_duplicate:
+        return InstructionReason.NEAR_DUPLICATE
+    if verdict is not None and not verdict.keep:
+        return InstructionReason.JUDGE_DROPPED
+    if remaining <= 0:
+        return InstructionReason.OVER_TARGET
+    return None
 
 
 def judgeable(

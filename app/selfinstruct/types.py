@@ -126,6 +126,8 @@ class CandidateDecision:
     instance: InstanceDecision | None = None  # batched mode: the instance written with it
     judge_note: str | None = None  # the instruction judge's reason, when it ran
     core: CoreFields | None = None  # Unnatural-Instructions mode: the core's input, constraints
+    # Compared with the pool's first `pool_items` texts; max_rouge and nearest may come later.
+    pool_items: int | None = None
 
     @property
     def accepted(self) -> bool:

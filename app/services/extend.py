@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import Job, JobStatus
 from app.selfinstruct.options import GenerationOptions
+from app.services.completion import accepted_count
+from app.services.job_index import forget_job_index
 from app.services.jobs import check_active_jobs, check_backend
 from app.services.keys import ANYONE, Caller
-from app.services.pipeline import accepted_count, forget_job_index
 
 
 @dataclass(frozen=True)

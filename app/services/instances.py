@@ -65,8 +65,7 @@ from app.selfinstruct.unnatural import (
 )
 from app.services import batches, budget, leases, response_cache
 from app.services.budget import Cost, InstanceBudget
-from app.services.coalesce import CoalescingWriter
-from app.services.pipeline import (
+from app.services.calls import (
     CallRecord,
     LLMFactory,
     call_records,
@@ -74,8 +73,9 @@ from app.services.pipeline import (
     error_text,
     judge_request,
     prompt_sha256,
-    stop_for_budget,
 )
+from app.services.coalesce import CoalescingWriter
+from app.services.completion import stop_for_budget
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
-"""The bootstrap loop's use-cases: load state, call the pure core and the LLM, persist. This
-module holds step 1 (instruction rounds; app/services/round_driver.py keeps several in flight),
-outages and job completion; steps 2 and 3 are in app/services/instances.py, budgets in
-app/services/budget.py.
+"""Step 1 of the bootstrap loop, one instruction round: plan its prompts, send them (each
+answer journaled, app/services/journal.py), judge and filter the answers against the job's
+ROUGE-L index (app/services/job_index.py) and store the round. app/services/round_driver.py keeps
+several rounds in flight; steps 2 and 3 are in app/services/instances.py, how a job ends in
+app/services/completion.py.
 
 Each function is one idempotent step keyed by the database: a redelivered or duplicated task finds
 its work already committed (or a newer round in place) and does nothing. Commits happen here, in
@@ -11,48 +12,23 @@ short transactions around the slow LLM calls, never across them.
 from __future__ import annotations
 
 import asyncio
-import bisect
-import hashlib
 import logging
 import random
 import time
 import uuid
-import weakref
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import session_scope
 from app.llm.aio import run_sync
-from app.llm.base import (
-    LLMClient,
-    LLMError,
-    LLMRequest,
-    LLMResponse,
-    LLMTransientError,
-    attempt_errors_text,
-    parse_attempt_errors,
-)
-from app.models import (
-    Instance,
-    InstancesState,
-    Instruction,
-    Job,
-    JobStatus,
-    LLMAnswer,
-    LLMCall,
-)
-from app.selfinstruct.balance import (
-    count_verbs,
-    seed_weights,
-    steering_rounds,
-    steers_on_instances,
-)
+from app.llm.base import LLMClient, LLMError, LLMRequest, LLMResponse, LLMTransientError
+from app.models import Instance, InstancesState, Instruction, Job, JobStatus
+from app.selfinstruct.balance import seed_weights, steering_rounds, steers_on_instances
 from app.selfinstruct.batched import accept_batched_round, batched_stop, plan_batched_round
 from app.selfinstruct.judges import (
     InstructionVerdict,
@@ -63,17 +39,16 @@ from app.selfinstruct.options import (
     INSTRUCTION_STOP,
     GenerationOptions,
     InstructionJudge,
-    JudgeStep,
     judge_options,
 )
-from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex
+from app.selfinstruct.rouge import RougeLIndex
 from app.selfinstruct.rounds import (
-    accept_round,
+    decide_round,
     judgeable,
     plan_round,
     prompt_seeds,
+    score_decisions,
 )
-from app.selfinstruct.sanitize import clean_completion, clean_text, completion_char_cap
 from app.selfinstruct.types import (
     CandidateDecision,
     Completion,
@@ -84,15 +59,21 @@ from app.selfinstruct.unnatural import (
     core_stop,
     plan_unnatural_round,
 )
-from app.services import batches, budget, leases, response_cache
+from app.services import batches, journal, leases, response_cache
 from app.services.balance import mix_so_far, undecided_through
-from app.services.budget import job_usage
-from app.services.coalesce import CoalescingWriter
+from app.services.calls import (
+    CallRecord,
+    LLMFactory,
+    call_records,
+    judge_request,
+    record_calls,
+    send_calls,
+)
+from app.services.completion import accepted_count, mark_failed, stop_for_budget
+from app.services.job_index import forget_job_index, load_job_index, note_stored_round
 from app.services.seed_sets import load_seed_tasks
 
 log = logging.getLogger(__name__)
-
-LLMFactory = Callable[[GenerationOptions], LLMClient]
 
 
 @dataclass
@@ -109,193 +90,19 @@ class RoundResult:
     accepted_total: int | None = None
     rounds_completed: int = 0
     target: int = 0
+    # Stored candidates whose highest ROUGE-L is still to be found (`finish_round`'s
+    # `defer_scores`): the caller passes them to `store_scores`.
+    scores: PendingScores | None = None
 
 
 @dataclass
-class CallRecord:
-    purpose: str
-    round: int | None
-    response: LLMResponse | None
-    error: str | None = None
-    latency_s: float = 0.0
-    prompt_sha256: str | None = None
-    recorded: bool = False  # taken from the journal, already in llm_calls
-    failed_attempts: tuple[str, ...] = ()  # of a failed call (an answer carries its own)
+class PendingScores:
+    """A stored round's candidates (by row id) without their highest ROUGE-L and nearest text
+    yet, and the index that decided them (it only grows, so their pool is its prefix)."""
 
-    @property
-    def attempt_kinds(self) -> tuple[str, ...]:
-        """The kind of each attempt that failed, retried or last."""
-        return self.response.failed_attempts if self.response else self.failed_attempts
-
-    @property
-    def attempts(self) -> int:
-        """HTTP attempts: the failed ones, and the one that answered (none from the cache)."""
-        if self.response is not None and self.response.cached:
-            return 0
-        return max(1, len(self.attempt_kinds) + (self.response is not None))
-
-    def row(self, job_id: uuid.UUID) -> LLMCall:
-        """The stored call; what the server sent is bounded to what the columns hold."""
-        r = self.response
-        return LLMCall(
-            job_id=job_id,
-            purpose=self.purpose,
-            round=self.round,
-            ok=r is not None,
-            finish_reason=clean_text(r.finish_reason)[:32] if r and r.finish_reason else None,
-            prompt_tokens=_count(r.prompt_tokens) if r else 0,
-            completion_tokens=_count(r.completion_tokens) if r else 0,
-            latency_ms=round((r.latency_s if r else self.latency_s) * 1000),
-            error=self.error,
-            prompt_sha256=self.prompt_sha256,
-            attempts=self.attempts,
-            attempt_errors=attempt_errors_text(self.attempt_kinds),
-            cached=bool(r and r.cached),
-        )
-
-
-_MAX_COUNT = 2**31 - 1  # an INTEGER column
-
-
-def _count(tokens: int) -> int:
-    """A token count as a server reported it, within the column's range."""
-    return min(max(int(tokens), 0), _MAX_COUNT)
-
-
-def cleaned_answer(answer: LLMResponse, request: LLMRequest) -> LLMResponse:
-    """The answer as the pure core's parsers may see it (see app/selfinstruct/sanitize.py)."""
-    cap = completion_char_cap(request.max_tokens)
-    completion = clean_completion(answer.text, answer.finish_reason, max_chars=cap)
-    return replace(answer, text=completion.text, finish_reason=completion.finish_reason)
-
-
-def error_text(error: Exception) -> str:
-    return clean_text(str(error)[:2000])
-
-
-def _calls(
-    llm: LLMClient,
-    requests: Sequence[LLMRequest],
-    purpose: str,
-    round_no: int | None,
-    concurrency: int,
-) -> list[CallRecord]:
-    """Send the requests together; transient failures become records, a permanent one raises."""
-    return call_records(llm.complete_many(requests, concurrency), requests, purpose, round_no)
-
-
-def call_records(
-    answers: Sequence[LLMResponse | LLMError],
-    requests: Sequence[LLMRequest],
-    purpose: str,
-    round_no: int | None,
-) -> list[CallRecord]:
-    records = []
-    for answer, request in zip(answers, requests, strict=True):
-        digest = prompt_sha256(request.prompt)
-        if isinstance(answer, LLMResponse):
-            cleaned = cleaned_answer(answer, request)
-            records.append(CallRecord(purpose, round_no, cleaned, prompt_sha256=digest))
-            continue
-        if not isinstance(answer, LLMTransientError):
-            raise answer
-        records.append(
-            CallRecord(
-                purpose,
-                round_no,
-                None,
-                error_text(answer),
-                answer.latency_s,
-                digest,
-                failed_attempts=answer.failed_attempts,
-            )
-        )
-    return records
-
-
-def prompt_sha256(prompt: str) -> str:
-    """The same digest as ever for any valid text; a stray surrogate cannot make it raise."""
-    return hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-# --- the per-process ROUGE index cache ---------------------------------------------------------
-# Rebuilding a job's index means re-tokenising every seed and accepted instruction. A worker keeps
-# the index of the jobs it serves; when another worker has moved the job on, it adds only the
-# rounds it missed (with several workers, rounds alternate between them, and a full rebuild per
-# round at 40K instructions took most of a paper-scale job's time).
-
-
-@dataclass
-class _JobIndex:
-    rounds_completed: int
+    job_id: uuid.UUID
+    rows: list[tuple[uuid.UUID, CandidateDecision]]
     index: RougeLIndex
-    machine_texts: list[str]
-    verbs: Counter[str] | None  # accepted instructions per root verb, when the job caps them
-    text_rounds: list[int] = field(default_factory=list)  # the round of each machine text
-
-    def add(self, rows: Sequence[tuple[int, str]]) -> None:
-        self.machine_texts.extend(text for _, text in rows)
-        self.text_rounds.extend(round_no for round_no, _ in rows)
-
-    def pool_through(self, round_no: int) -> list[str]:
-        """The machine instructions accepted in rounds up to `round_no`, in pool order."""
-        return self.machine_texts[: bisect.bisect_right(self.text_rounds, round_no)]
-
-
-_indexes: dict[uuid.UUID, _JobIndex] = {}
-
-
-def _accepted_texts(
-    session: Session, job_id: uuid.UUID, after_round: int = 0
-) -> list[tuple[int, str]]:
-    """Accepted instructions (round, text) in pool order (round, then slot), from `after_round`
-    + 1 on."""
-    return list(
-        session.execute(  # rows unpack as (round, text)
-            select(Instruction.round, Instruction.text)
-            .where(
-                Instruction.job_id == job_id,
-                Instruction.accepted.is_(True),
-                Instruction.variant == 0,
-                Instruction.round > after_round,
-            )
-            .order_by(Instruction.round, Instruction.slot)
-        )
-    )  # type: ignore[arg-type]
-
-
-def _job_index(
-    session: Session, job: Job, seed_texts: Sequence[str], options: GenerationOptions
-) -> _JobIndex:
-    cached = _indexes.get(job.id)
-    if cached is not None and cached.rounds_completed == job.rounds_completed:
-        return cached  # a round's texts commit with its count: nothing was missed
-    if cached is not None and cached.rounds_completed < job.rounds_completed:
-        missed = _accepted_texts(session, job.id, after_round=cached.rounds_completed)
-        for _, text in missed:
-            cached.index.add(text)
-        cached.add(missed)
-        if cached.verbs is not None:
-            cached.verbs.update(count_verbs([text for _, text in missed]))
-        cached.rounds_completed = job.rounds_completed
-        return cached
-    rows = _accepted_texts(session, job.id)
-    machine = [text for _, text in rows]
-    tokenizer = TOKENIZERS[options.dedupe_tokenizer]
-    index = RougeLIndex([*seed_texts, *machine], tokenizer=tokenizer)
-    capped = options.balance is not None and options.balance.max_per_verb is not None
-    verbs = count_verbs(machine) if capped else None
-    cached = _JobIndex(job.rounds_completed, index, [], verbs)
-    cached.add(rows)
-    _indexes[job.id] = cached
-    return cached
-
-
-def forget_job_index(job_id: uuid.UUID) -> None:
-    _indexes.pop(job_id, None)
-
-
-# --- step 1: one instruction round ---------------------------------------------------------------
 
 
 def run_round(
@@ -334,7 +141,7 @@ class PlannedRound:
     options: GenerationOptions
     requests: list[LLMRequest]
     dedupe_s: float
-    job_id: uuid.UUID | None = None  # set: the round's answers are journaled until it is stored
+    job_id: uuid.UUID  # the round's answers are journaled under it until it is stored
 
 
 def prepare_round(job_id: uuid.UUID, round_no: int) -> PlannedRound | RoundResult:
@@ -351,7 +158,7 @@ def prepare_round(job_id: uuid.UUID, round_no: int) -> PlannedRound | RoundResul
         seeds = load_seed_tasks(session, job.seed_set_id)
         seed_texts = [s.instruction for s in seeds]
         dedupe_started = time.perf_counter()
-        state = _job_index(session, job, seed_texts, options)
+        state = load_job_index(session, job, seed_texts, options)
         dedupe_s = time.perf_counter() - dedupe_started
         rng = random.Random(f"{job.rng_seed}:{round_no}")
         if options.mode == "batched":
@@ -428,7 +235,7 @@ def send_round(llm_factory: LLMFactory, planned: PlannedRound) -> list[CallRecor
     taken instead of asking again (the same prompts: a round is planned the same whenever it
     is); each answer that comes back is journaled at once, until the round is stored, so a
     worker killed mid-round loses only the requests it still had out."""
-    kept = _journaled(planned)
+    kept = journal.journaled(planned.job_id, planned.round_no, planned.requests)
     if kept:
         log.info("round %d: %d answers taken from the journal", planned.round_no, len(kept))
     missing = [n for n in range(len(planned.requests)) if n not in kept]
@@ -452,114 +259,12 @@ async def _answer_and_journal(
             answer = exc
         (record,) = call_records([answer], [request], "instructions", planned.round_no)
         if record.response is not None:
-            await _journal_writer().put((planned, position, record))
+            await journal.keep(
+                journal.JournalEntry(planned.job_id, planned.round_no, position, record)
+            )
         return position, record
 
     return dict(await asyncio.gather(*(one(n) for n in positions)))
-
-
-_journal_writers: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, CoalescingWriter[tuple[PlannedRound, int, CallRecord]]
-] = weakref.WeakKeyDictionary()
-
-
-def _journal_writer() -> CoalescingWriter[tuple[PlannedRound, int, CallRecord]]:
-    """The running loop's journal writer (a forked child's loop gets its own): answers that
-    come back while a journal write runs go in the next one, together."""
-    loop = asyncio.get_running_loop()
-    writer = _journal_writers.get(loop)
-    if writer is None:
-        writer = _journal_writers[loop] = CoalescingWriter(_journal)
-    return writer
-
-
-def _journaled(planned: PlannedRound) -> dict[int, CallRecord]:
-    """The journaled answers of the round whose prompt is the one planned now, by position."""
-    if planned.job_id is None:
-        return {}
-    digests = [prompt_sha256(r.prompt) for r in planned.requests]
-    try:
-        with session_scope() as session:
-            rows = session.scalars(
-                select(LLMAnswer).where(
-                    LLMAnswer.job_id == planned.job_id, LLMAnswer.round == planned.round_no
-                )
-            ).all()
-            return {
-                row.position: CallRecord(
-                    "instructions",
-                    planned.round_no,
-                    LLMResponse(
-                        row.text,
-                        row.finish_reason,
-                        row.prompt_tokens,
-                        row.completion_tokens,
-                        row.latency_ms / 1000,
-                        _kinds(parse_attempt_errors(row.attempt_errors)),
-                        row.cached,
-                    ),
-                    prompt_sha256=row.prompt_sha256,
-                    recorded=row.recorded,
-                )
-                for row in rows
-                if row.position < len(digests) and row.prompt_sha256 == digests[row.position]
-            }
-    except Exception:  # a journal is an optimisation: without it the round is asked again
-        log.warning("round %d: journal not read", planned.round_no, exc_info=True)
-        return {}
-
-
-def _kinds(counts: Counter[str]) -> tuple[str, ...]:
-    """Failed attempts as a tuple of kinds again, from their stored counts."""
-    return tuple(kind for kind, n in sorted(counts.items()) for _ in range(n))
-
-
-def _journal(answers: Sequence[tuple[PlannedRound, int, CallRecord]]) -> None:
-    """Keep these answers (round, position, record) until their rounds are stored, in one
-    transaction (best effort, like `_journaled`)."""
-    kept = [
-        (planned, n, r)
-        for planned, n, r in answers
-        if planned.job_id is not None and r.response is not None and r.prompt_sha256
-    ]
-    if not kept:
-        return
-    positions: dict[tuple[uuid.UUID, int], list[int]] = {}
-    for planned, n, _ in kept:
-        positions.setdefault((planned.job_id, planned.round_no), []).append(n)  # type: ignore[arg-type]
-    try:
-        with session_scope() as session:
-            for (job_id, round_no), replaced in positions.items():
-                session.execute(
-                    delete(LLMAnswer).where(
-                        LLMAnswer.job_id == job_id,
-                        LLMAnswer.round == round_no,
-                        LLMAnswer.position.in_(replaced),
-                    )
-                )
-            session.add_all(_journal_row(planned, n, r) for planned, n, r in kept)
-    except Exception:
-        rounds = sorted({planned.round_no for planned, _, _ in kept})
-        log.warning("rounds %s: answers not journaled", rounds, exc_info=True)
-
-
-def _journal_row(planned: PlannedRound, position: int, record: CallRecord) -> LLMAnswer:
-    response = record.response
-    assert response is not None and planned.job_id is not None and record.prompt_sha256
-    return LLMAnswer(
-        job_id=planned.job_id,
-        round=planned.round_no,
-        position=position,
-        prompt_sha256=record.prompt_sha256,
-        text=response.text,
-        finish_reason=record.row(planned.job_id).finish_reason,
-        prompt_tokens=_count(response.prompt_tokens),
-        completion_tokens=_count(response.completion_tokens),
-        latency_ms=round(response.latency_s * 1000),
-        attempts=record.attempts,
-        attempt_errors=attempt_errors_text(record.attempt_kinds),
-        cached=response.cached,
-    )
 
 
 def finish_round(
@@ -568,9 +273,15 @@ def finish_round(
     records: list[CallRecord],
     llm_factory: LLMFactory,
     hold_next: leases.Hold | None = None,
+    *,
+    defer_scores: bool = False,
 ) -> RoundResult:
     """Judge, filter and store a round's answers against everything accepted before it.
-    `hold_next`: the task already sends the next round, so its claim passes to it at commit."""
+    `hold_next`: the task already sends the next round, so its claim passes to it at commit.
+
+    The round's decisions need only `RougeLIndex.exceeds`; each candidate's highest ROUGE-L and
+    nearest text, the slower search, are stored after the commit: before returning, or with
+    `defer_scores` by the caller (`result.scores`), so a stream stores its next round first."""
     round_no, options = planned.round_no, planned.options
     answered = [r for r in records if r.response is not None]
     if not answered:
@@ -582,7 +293,7 @@ def finish_round(
             return RoundResult(finished=True)
         seeds = load_seed_tasks(session, job.seed_set_id)
         dedupe_started = time.perf_counter()
-        state = _job_index(session, job, [s.instruction for s in seeds], options)
+        state = load_job_index(session, job, [s.instruction for s in seeds], options)
         remaining = job.num_instructions - len(state.machine_texts)
     dedupe_s = planned.dedupe_s + time.perf_counter() - dedupe_started
 
@@ -603,7 +314,7 @@ def finish_round(
     elif options.mode == "unnatural":
         outcome = accept_unnatural_round(completions, state.index, options, remaining=remaining)
     else:
-        outcome = accept_round(
+        outcome = decide_round(
             completions,
             state.index,
             options,
@@ -614,7 +325,7 @@ def finish_round(
     dedupe_s += time.perf_counter() - dedupe_started
     try:
         result = _commit_round(
-            job_id, round_no, outcome.decisions, records, options, dedupe_s, hold_next
+            job_id, round_no, outcome.decisions, records, options, dedupe_s, hold_next, state.index
         )
     except BaseException:
         forget_job_index(job_id)  # the index already holds this round's texts
@@ -627,7 +338,35 @@ def finish_round(
         len(answered),
         dedupe_s * 1000,
     )
+    if result.scores is not None and not defer_scores:
+        store_scores(result.scores)
+        result.scores = None
     return result
+
+
+def store_scores(pending: PendingScores) -> None:
+    """Store the highest ROUGE-L and nearest text of a stored round's candidates: rouge-score's
+    answers against the pool each was compared with. Best effort, like the journal: the
+    decisions are stored already, and a failure here only leaves these two columns empty."""
+    started = time.perf_counter()
+    scored = score_decisions([d for _, d in pending.rows], pending.index)
+    scoring_s = time.perf_counter() - started
+    try:
+        with session_scope() as session:
+            session.execute(
+                update(Instruction),
+                [
+                    {"id": row_id, "max_rouge": d.max_rouge, "nearest": d.nearest}
+                    for (row_id, _), d in zip(pending.rows, scored, strict=True)
+                ],
+            )
+            session.execute(
+                update(Job)
+                .where(Job.id == pending.job_id)
+                .values(dedupe_s=func.coalesce(Job.dedupe_s, 0.0) + scoring_s)
+            )
+    except Exception:
+        log.warning("job %s: ROUGE-L scores not stored", pending.job_id, exc_info=True)
 
 
 def start_round(job_id: uuid.UUID, round_no: int, hold: leases.Hold) -> bool:
@@ -688,18 +427,13 @@ def _judge_instructions(
     ]
     llm = llm_factory(judge_options(options, judge))
     concurrency = get_settings().llm_concurrency
-    records = _calls(llm, requests, "judge_instruction", round_no, concurrency)
+    records = send_calls(llm, requests, "judge_instruction", round_no, concurrency)
     verdicts = {
         text: parse_instruction_verdict(r.response.text)
         for text, r in zip(texts, records, strict=True)
         if r.response is not None
     }
     return verdicts, records
-
-
-def judge_request(prompt: str, step: JudgeStep) -> LLMRequest:
-    """Judges answer greedily on one line."""
-    return LLMRequest(prompt=prompt, max_tokens=step.max_tokens, temperature=0.0, stop=("\n",))
 
 
 def _commit_round(
@@ -709,7 +443,8 @@ def _commit_round(
     records: Sequence[CallRecord],
     options: GenerationOptions,
     dedupe_s: float,
-    hold_next: leases.Hold | None = None,
+    hold_next: leases.Hold | None,
+    index: RougeLIndex,
 ) -> RoundResult:
     with session_scope() as session:
         job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
@@ -750,9 +485,7 @@ def _commit_round(
             if d.instance is not None
         )
         session.add_all(r.row(job_id) for r in records if not r.recorded)
-        session.execute(
-            delete(LLMAnswer).where(LLMAnswer.job_id == job_id, LLMAnswer.round == round_no)
-        )
+        journal.discard(session, job_id, round_no)
         new_accepted = [row for row in rows if row.accepted]
         job.heartbeat_at = datetime.now(UTC)
         if any(r.response is not None for r in records):
@@ -764,7 +497,7 @@ def _commit_round(
         if accepted_total >= job.num_instructions:
             job.instructions_complete = True
         elif job.rounds_without_progress >= options.max_rounds_without_progress:
-            _fail(
+            mark_failed(
                 job,
                 f"no new instruction was accepted in {job.rounds_without_progress} rounds in a "
                 f"row ({accepted_total} of {job.num_instructions} accepted); the model may be "
@@ -775,31 +508,21 @@ def _commit_round(
         else:  # the same task holds the next round (already sent): nobody may send it again
             job.round_claimed_until = datetime.now(UTC) + leases.lease()
         session.flush()
-        cached = _indexes.get(job_id)
-        if cached is not None:  # run_round forgets it if this transaction fails to commit
-            cached.rounds_completed = round_no
-            cached.add([(round_no, r.text) for r in new_accepted])
+        note_stored_round(job_id, round_no, [r.text for r in new_accepted])
         result = _after_round(job, round_no)
         result.accepted_total, result.rounds_completed = accepted_total, round_no
         result.target = job.num_instructions
         result.next_round_after_instances = steers_on_instances(options.balance)
         pending = [r.id for r in new_accepted if r.instances_state == InstancesState.PENDING]
         result.instance_batches = instance_batches(pending)
+        unscored = [
+            (row.id, d)
+            for row, d in zip(rows, decisions, strict=True)
+            if d.pool_items is not None and d.max_rouge is None
+        ]
+        if unscored:
+            result.scores = PendingScores(job_id, unscored, index)
         return result
-
-
-def accepted_count(session: Session, job_id: uuid.UUID) -> int:
-    """The job's accepted instructions (reformulations of Unnatural mode not counted)."""
-    count = session.scalar(
-        select(func.count())
-        .select_from(Instruction)
-        .where(
-            Instruction.job_id == job_id,
-            Instruction.accepted.is_(True),
-            Instruction.variant == 0,
-        )
-    )
-    return int(count or 0)
 
 
 def _instances_state(decision: CandidateDecision) -> InstancesState | None:
@@ -821,88 +544,3 @@ def _after_round(job: Job, round_no: int) -> RoundResult:
     if job.instructions_complete:
         return RoundResult()
     return RoundResult(next_round=round_no + 1)
-
-
-def _fail(job: Job, message: str) -> None:
-    job.status = JobStatus.FAILED
-    job.error = clean_text(message)  # it may quote a server's answer
-    job.finished_at = datetime.now(UTC)
-
-
-def fail_job(job_id: uuid.UUID, message: str) -> None:
-    with session_scope() as session:
-        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-        if job is not None and not JobStatus(job.status).finished:
-            _fail(job, message)
-    forget_job_index(job_id)
-
-
-def record_calls(job_id: uuid.UUID, records: Sequence[CallRecord]) -> None:
-    with session_scope() as session:
-        if session.get(Job, job_id) is None:
-            return
-        session.add_all(r.row(job_id) for r in records if not r.recorded)
-        rounds = {r.round for r in records if r.round is not None}
-        if rounds:  # their journaled answers, if taken again, are not counted again
-            session.execute(
-                update(LLMAnswer)
-                .where(LLMAnswer.job_id == job_id, LLMAnswer.round.in_(rounds))
-                .values(recorded=True)
-            )
-
-
-# --- budgets and outages ---------------------------------------------------------------------
-
-
-def stop_for_budget(session: Session, job: Job, options: GenerationOptions) -> bool:
-    """Stop the job when a budget is used up: cleanly for tokens and requests (the job
-    succeeds with what it has), as a failure for the error budget."""
-    usage = job_usage(session, job.id)
-    if usage.errors >= options.max_llm_errors:
-        _fail(job, f"error budget used up: {usage.errors} failed LLM requests")
-        return True
-    reason = budget.used_up(usage, options)
-    if reason is None:
-        return False
-    budget.stop_job(job, reason)
-    return True
-
-
-def note_llm_outage(job_id: uuid.UUID, message: str) -> bool:
-    """Record that a step found the LLM unreachable; fail the job (and return True) once every
-    request has failed for longer than the configured time."""
-    timeout = get_settings().llm_unreachable_timeout_s
-    now = datetime.now(UTC)
-    with session_scope() as session:
-        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-        if job is None or JobStatus(job.status).finished:
-            return True
-        job.heartbeat_at = now
-        if job.llm_unavailable_since is None:
-            job.llm_unavailable_since = now
-            return False
-        if (now - job.llm_unavailable_since).total_seconds() < timeout:
-            return False
-        _fail(
-            job,
-            f"LLM backend unreachable for {timeout:.0f} s (every request failed); last error: "
-            f"{message}",
-        )
-    forget_job_index(job_id)
-    return True
-
-
-def finalize_if_complete(job_id: uuid.UUID) -> bool:
-    """Mark the job succeeded once it has all its instructions and every one has instances."""
-    with session_scope() as session:
-        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-        if job is None or job.status != JobStatus.RUNNING or not job.instructions_complete:
-            return False
-        if undecided_through(session, job_id, None):
-            return False
-        job.status = JobStatus.SUCCEEDED
-        job.finished_at = datetime.now(UTC)
-        # The journal keeps the answers of rounds dropped past the target: an extension of the
-        # job plans those rounds again and takes them (app/services/extend.py).
-    forget_job_index(job_id)
-    return True

@@ -32,7 +32,9 @@ from app.db import session_scope
 from app.models import Job
 from app.selfinstruct.options import GenerationOptions
 from app.services import budget, instances, leases, pipeline, response_cache
-from app.services.pipeline import CallRecord, LLMFactory, PlannedRound, RoundResult
+from app.services.calls import CallRecord, LLMFactory, record_calls
+from app.services.completion import accepted_count
+from app.services.pipeline import PendingScores, PlannedRound, RoundResult
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +74,13 @@ def run_rounds(
     pool = ThreadPoolExecutor(depth, thread_name_prefix=f"rounds-{str(job_id)[:8]}")
     in_flight: InFlight = deque()
     stored = _InstanceBuffer(send_batches)
+    unscored: deque[PendingScores] = deque()
     try:
-        return _stream(job_id, planned, depth, llm_factory, hold, stored, pool, in_flight)
+        return _stream(job_id, planned, depth, llm_factory, hold, stored, pool, in_flight, unscored)
     finally:
         stored.flush()
+        while unscored:
+            pipeline.store_scores(unscored.popleft())
         _drop(job_id, in_flight)
         pool.shutdown(wait=False)
 
@@ -117,7 +122,10 @@ def _stream(
     stored: _InstanceBuffer,
     pool: ThreadPoolExecutor,
     in_flight: InFlight,
+    unscored: deque[PendingScores],
 ) -> RoundResult:
+    """Stored rounds' ROUGE-L scores (`unscored`) are stored while the next round's answers
+    are still out: storing that round waits for no score."""
     deadline = time.monotonic() + ROUND_SLICE_S
     spent = _Spent()
 
@@ -143,11 +151,19 @@ def _stream(
             next_round += 1
         planned, answers = in_flight.popleft()
         try:
+            while unscored and not answers.done():
+                with spent("storing scores"):
+                    pipeline.store_scores(unscored.popleft())
             with spent("waiting for answers"):
                 records = answers.result()
             hold_next = hold if in_flight else None
             with spent("storing"):
-                result = pipeline.finish_round(job_id, planned, records, llm_factory, hold_next)
+                result = pipeline.finish_round(
+                    job_id, planned, records, llm_factory, hold_next, defer_scores=True
+                )
+            if result.scores is not None:
+                unscored.append(result.scores)
+                result.scores = None
         except Exception:
             if planned.round_no == first.round_no:
                 raise
@@ -225,7 +241,7 @@ def _worth_another(
         job = session.get(Job, job_id)
         if job is None or job.instructions_complete:
             return False
-        accepted = pipeline.accepted_count(session, job_id)
+        accepted = accepted_count(session, job_id)
         rounds_done, target = job.rounds_completed, job.num_instructions
         if budget.budgeted(options) and _over_budget(session, job, options, rounds_out, accepted):
             return False
@@ -260,7 +276,7 @@ def _budget_leaves_no_round(job_id: uuid.UUID, options: GenerationOptions) -> bo
         job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
         if job is None:
             return True
-        reason = _over_budget(session, job, options, 0, pipeline.accepted_count(session, job_id))
+        reason = _over_budget(session, job, options, 0, accepted_count(session, job_id))
         if reason is not None:
             budget.stop_job(job, reason)
             log.info("job %s: no room for another round in its %s", job_id, reason)
@@ -275,6 +291,6 @@ def _drop(job_id: uuid.UUID, in_flight: InFlight) -> None:
     while in_flight:
         _, answers = in_flight.popleft()
         try:
-            pipeline.record_calls(job_id, answers.result())
+            record_calls(job_id, answers.result())
         except Exception:  # a permanent error or a database outage: nothing more to record
             log.warning("job %s: calls of a dropped round not recorded", job_id, exc_info=True)

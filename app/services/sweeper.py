@@ -24,8 +24,9 @@ from sqlalchemy.orm import Session
 from app.config import get_settings
 from app.db import session_scope
 from app.models import InstancesState, Instruction, Job, JobStatus
+from app.services.completion import finalize_if_complete
 from app.services.leases import ACTIVE
-from app.services.pipeline import finalize_if_complete, instance_batches
+from app.services.pipeline import instance_batches
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from app.migrate import upgrade_database
 from app.models import InstancesState, Instruction
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.seeds import parse_seed_jsonl
-from app.services import instances, pipeline
+from app.services import completion, instances, pipeline
 from app.services.jobs import create_job
 from app.services.llm import llm_for, reset_llm_clients
 from app.services.seed_sets import create_seed_set
@@ -94,4 +94,4 @@ def run_to_end(job_id: uuid.UUID) -> None:
             instances.generate_instances(job_id, pending, llm_for)
         except instances.InstancesWaiting as waiting:
             instances.mark_instances_failed(job_id, waiting.instruction_ids)
-    pipeline.finalize_if_complete(job_id)
+    completion.finalize_if_complete(job_id)

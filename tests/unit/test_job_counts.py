@@ -15,7 +15,7 @@ from app.db import session_scope
 from app.models import Instance, InstancesState, Instruction, Job, LLMCall
 from app.schemas import Progress
 from app.selfinstruct.options import GenerationOptions
-from app.services import instances, pipeline
+from app.services import completion, instances, pipeline
 from app.services.balance import undecided_through
 from app.services.export import iter_rejected
 from app.services.jobs import job_progress
@@ -174,7 +174,7 @@ def test_a_job_succeeds_once_no_accepted_instruction_of_any_round_waits_for_inst
         first, every = (undecided_through(session, job_id, r) for r in (1, None))
         session.get(Job, job_id).instructions_complete = True  # type: ignore[union-attr]
     assert 0 < first < every
-    assert not pipeline.finalize_if_complete(job_id)  # round 2's instructions still wait
+    assert not completion.finalize_if_complete(job_id)  # round 2's instructions still wait
     with session_scope() as session:
         pending = session.scalars(
             select(Instruction.id).where(
@@ -183,6 +183,6 @@ def test_a_job_succeeds_once_no_accepted_instruction_of_any_round_waits_for_inst
             )
         ).all()
     instances.generate_instances(job_id, list(pending), llm_for)
-    assert pipeline.finalize_if_complete(job_id)
+    assert completion.finalize_if_complete(job_id)
     with session_scope() as session:
         assert undecided_through(session, job_id, None) == 0

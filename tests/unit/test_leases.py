@@ -18,7 +18,8 @@ from app.db import session_scope
 from app.llm import concurrency
 from app.models import InstancesState, Instruction, Job, LLMCall
 from app.selfinstruct.options import GenerationOptions
-from app.services import instances, leases, pipeline, sweeper
+from app.services import instances, job_index, leases, pipeline, sweeper
+from app.services.budget import job_usage
 from app.services.llm import llm_for, reset_llm_clients
 from tests.support.fake_llm import FakeLLMServer, prompt_kind
 from tests.support.sqlite_db import forget_settings, new_job, stored_seed_set, use_sqlite
@@ -37,7 +38,7 @@ def job_id(
     use_sqlite(tmp_path / "leases.db", monkeypatch, fake_llm.base_url)
     created = new_job(stored_seed_set(default_seeds), 1000, GenerationOptions(seed=3))
     yield created
-    pipeline.forget_job_index(created)
+    job_index.forget_job_index(created)
     forget_settings()
 
 
@@ -369,12 +370,12 @@ def test_an_instance_task_sends_only_what_the_token_budget_has_room_for(
     pipeline.run_round(job_id, 1, llm_for)
     pending = _pending(job_id)
     with session_scope() as session:
-        used_by_round = pipeline.job_usage(session, job_id).tokens
+        used_by_round = job_usage(session, job_id).tokens
     budget = used_by_round + 2500  # room for a couple of instructions, not for all of them
     _set_options(job_id, max_total_tokens=budget)
     assert instances.generate_instances(job_id, pending, llm_for)
     with session_scope() as session:
-        used = pipeline.job_usage(session, job_id).tokens
+        used = job_usage(session, job_id).tokens
         states = list(
             session.scalars(select(Instruction.instances_state).where(Instruction.id.in_(pending)))
         )
@@ -390,11 +391,11 @@ def test_an_instance_task_sends_only_what_the_request_budget_has_room_for(
 ) -> None:
     pipeline.run_round(job_id, 1, llm_for)
     with session_scope() as session:
-        used_by_round = pipeline.job_usage(session, job_id).requests
+        used_by_round = job_usage(session, job_id).requests
     _set_options(job_id, max_llm_requests=used_by_round + 5)  # two instructions and a half
     assert instances.generate_instances(job_id, _pending(job_id), llm_for)
     with session_scope() as session:
-        assert pipeline.job_usage(session, job_id).requests == used_by_round + 4
+        assert job_usage(session, job_id).requests == used_by_round + 4
     assert _job(job_id).stopped_reason == "request_budget"
 
 

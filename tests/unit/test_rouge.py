@@ -290,3 +290,42 @@ def test_texts_longer_than_the_packed_fields() -> None:
     pool = ["v1 v2 v3 zz", long_text, "v4 v5"]
     queries = ["v1 v2 v3", "v7 v8 v9 v10", "zz"]
     assert_matches_rouge_score(pool, queries)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pool=st.lists(sentences, max_size=40),
+    queries=st.lists(sentences, min_size=1, max_size=8),
+    within=st.integers(min_value=0, max_value=40),
+)
+def test_best_within_a_prefix_is_rouge_score_on_that_prefix(
+    pool: list[str], queries: list[str], within: int
+) -> None:
+    index = RougeLIndex(pool)
+    for query in queries:
+        match = index.best(query, within=within)
+        assert (match.score, match.item) == brute_force_best(pool[:within], query)
+
+
+def test_scores_found_after_the_pool_grew_are_those_of_the_pool_then() -> None:
+    """A text scored once 1,300 more were added (across key-order recounts) against the pool
+    as it stood when it came, near-duplicates of earlier texts included."""
+    rng = random.Random(23)
+    words = [f"w{i}" for i in range(40)] + ["the", "a", "of"] * 5
+    pool: list[str] = []
+    index = RougeLIndex()
+    asked: list[tuple[str, int]] = []
+    for step in range(1300):
+        if pool and rng.random() < 0.4:
+            base = rng.choice(pool).split()
+            base.insert(rng.randrange(len(base) + 1), rng.choice(words))
+            text = " ".join(base)
+        else:
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 15)))
+        if step % 23 == 0:
+            asked.append((text, len(index)))
+        pool.append(text)
+        index.add(text)
+    for text, size in asked:
+        match = index.best(text, within=size)
+        assert (match.score, match.item) == brute_force_best(pool[:size], text)

@@ -8,15 +8,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rouge_score import rouge_scorer
 from sqlalchemy import func, select
 
 from app.config import get_settings
 from app.db import session_scope
 from app.models import Instruction, Job, LLMAnswer, LLMCall
 from app.selfinstruct.options import GenerationOptions
-from app.services import leases, pipeline, round_driver
+from app.services import journal, leases, pipeline, round_driver
+from app.services.calls import CallRecord, record_calls
 from app.services.jobs import create_job
 from app.services.llm import llm_for, reset_llm_clients
+from app.services.seed_sets import load_seed_tasks
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
 from tests.support.sqlite_db import forget_settings, stored_seed_set, use_sqlite
 
@@ -111,6 +114,53 @@ def test_rounds_show_only_what_was_accepted_rounds_in_flight_earlier(
         assert job is not None and job.instructions_complete
 
 
+def test_stored_scores_are_rouge_scores_against_the_pool_each_candidate_met(
+    seed_set_id: uuid.UUID, llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rounds are stored before their candidates' highest ROUGE-L is searched for; what is
+    stored once the stream is over is rouge-score's against the seeds and every instruction
+    accepted before the candidate (its round's earlier ones included)."""
+    stored_later: list[int] = []
+    store_scores = pipeline.store_scores
+
+    def counted(pending: pipeline.PendingScores) -> None:
+        with session_scope() as session:  # the round is committed without its scores
+            stored_later.append(
+                session.scalar(
+                    select(func.count()).where(
+                        Instruction.id.in_([row_id for row_id, _ in pending.rows]),
+                        Instruction.max_rouge.is_(None),
+                    )
+                )
+                or 0
+            )
+        store_scores(pending)
+
+    monkeypatch.setattr(pipeline, "store_scores", counted)
+    job_id = new_job(seed_set_id, rounds_in_flight=3)
+    stream(job_id)
+    assert stored_later and all(stored_later)
+    compared = {None, "near_duplicate", "over_target", "judge_dropped", "verb_cap"}
+    with session_scope() as session:
+        pool = [s.instruction for s in load_seed_tasks(session, seed_set_id)]
+        rows = session.execute(
+            select(Instruction.text, Instruction.reason, Instruction.max_rouge, Instruction.nearest)
+            .where(Instruction.job_id == job_id, Instruction.variant == 0)
+            .order_by(Instruction.round, Instruction.slot)
+        ).all()
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    checked = 0
+    for text, reason, max_rouge, nearest in rows:
+        if reason in compared:
+            scores = [scorer.score(item, text)["rougeL"].fmeasure for item in pool]
+            top = max(scores)
+            assert (max_rouge, nearest) == (top, pool[scores.index(top)] if top else None)
+            checked += 1
+        if reason is None:
+            pool.append(text)
+    assert checked > TARGET
+
+
 def test_one_round_in_flight_is_the_papers_loop(seed_set_id: uuid.UUID, llm: FakeLLMServer) -> None:
     job_id = new_job(seed_set_id, rounds_in_flight=1)
     before = llm.max_in_flight
@@ -176,7 +226,7 @@ def test_answers_of_a_dropped_round_are_counted_once_when_taken_again(
     assert pipeline.start_round(job_id, 1, leases.Hold(job_id))  # the job is running
     planned = pipeline.prepare_round(job_id, 1)
     assert isinstance(planned, pipeline.PlannedRound)
-    pipeline.record_calls(job_id, pipeline.send_round(llm_for, planned))  # dropped unstored
+    record_calls(job_id, pipeline.send_round(llm_for, planned))  # dropped unstored
     records = pipeline.send_round(_no_llm, planned)  # type: ignore[arg-type]
     pipeline.finish_round(job_id, planned, records, llm_for)
     with session_scope() as session:
@@ -243,17 +293,17 @@ def test_answers_that_come_back_together_are_journaled_in_one_transaction(
     written: list[list[int]] = []
     lock = threading.Lock()
 
-    def slow_journal(answers: list[tuple[pipeline.PlannedRound, int, pipeline.CallRecord]]) -> None:
+    def slow_journal(answers: list[journal.JournalEntry]) -> None:
         time.sleep(0.05)  # a transaction under load
         with lock:
-            written.append([n for _, n, _ in answers])
+            written.append([entry.position for entry in answers])
 
-    monkeypatch.setattr(pipeline, "_journal", slow_journal)
-    planned = pipeline.PlannedRound(1, GenerationOptions(), [], 0.0, uuid.uuid4())
-    record = pipeline.CallRecord("instructions", 1, None)
+    monkeypatch.setattr(journal, "_journal", slow_journal)
+    job_id = uuid.uuid4()
+    record = CallRecord("instructions", 1, None)
 
     async def answer(n: int) -> bool:
-        await pipeline._journal_writer().put((planned, n, record))
+        await journal.keep(journal.JournalEntry(job_id, 1, n, record))
         with lock:
             return any(n in batch for batch in written)
 

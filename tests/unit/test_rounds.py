@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import random
 
+from rouge_score import rouge_scorer
+
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.prompts import CLASSIFICATION_INSTRUCTION_HEADER
 from app.selfinstruct.rouge import RougeLIndex
 from app.selfinstruct.rounds import (
     accept_round,
+    decide_round,
     judge_instances,
     plan_round,
     prompt_seed_instructions,
+    score_decisions,
 )
 from app.selfinstruct.types import (
     Completion,
@@ -169,3 +173,39 @@ def test_judge_instances_output_first_with_conflict_and_limit() -> None:
         options=GenerationOptions(max_instances_per_task=3),
     )
     assert [d.reason for d in decisions] == [None] * 3 + [InstanceReason.OVER_LIMIT]
+
+
+def test_scores_found_after_later_rounds_are_rouge_scores_against_the_pool_then() -> None:
+    """Decisions need no score, and are those of accept_round; the highest ROUGE-L and nearest
+    text found once later rounds grew the pool are rouge-score's against the seeds and what was
+    accepted before each candidate."""
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    options = GenerationOptions()
+    rounds = [
+        " Summarize the article in three sentences.\n10. Write a haiku about autumn rain.",
+        " Summarize the article in three short sentences.\n10. Explain topic number 4 to kids.",
+        " Write a haiku about the autumn rain at night.\n10. Convert miles to kilometres.",
+        " Translate the menu into Spanish for tourists.\n10. Summarize the story in a sentence.",
+    ]
+    index, scored_at_once = RougeLIndex(SEEDS), RougeLIndex(SEEDS)
+    decided, at_once = [], []
+    for text in rounds:
+        outcome = decide_round([Completion(text)], index, options, remaining=5)
+        assert all(d.max_rouge is None and d.nearest is None for d in outcome.decisions)
+        decided += outcome.decisions
+        at_once += accept_round([Completion(text)], scored_at_once, options, remaining=5).decisions
+    scored = score_decisions(decided, index)
+    assert [(d.reason, d.max_rouge, d.nearest) for d in scored] == [
+        (d.reason, d.max_rouge, d.nearest) for d in at_once
+    ]
+    pool = list(SEEDS)
+    for decision in scored:
+        scores = [scorer.score(item, decision.text)["rougeL"].fmeasure for item in pool]
+        top = max(scores)
+        assert decision.max_rouge == top
+        assert decision.nearest == (pool[scores.index(top)] if top > 0 else None)
+        if decision.accepted:
+            pool.append(decision.text)
+    reasons = {d.reason for d in scored}
+    assert InstructionReason.NEAR_DUPLICATE in reasons and None in reasons
+    assert len(index) == len(pool)
