@@ -101,7 +101,7 @@ def _from_cache(
     job_id: uuid.UUID, requests: Sequence[LLMRequest], options: GenerationOptions, model: str
 ) -> list[dict[str, object]]:
     """Each request's cached answer (encoded, marked cached), or _PENDING."""
-    digests = _digests(job_id, requests, options, model)
+    digests = _digests(_owner(job_id), requests, options, model)
     try:
         found = response_cache.read_entries([d for d in digests if d is not None])
     except Exception:  # the cache is an optimisation: unreadable means every request is sent
@@ -121,14 +121,15 @@ def _to_cache(
     options: GenerationOptions,
     model: str,
 ) -> None:
-    digests = _digests(job_id, requests, options, model)
+    owner = _owner(job_id)
+    digests = _digests(owner, requests, options, model)
     entries = []
     for request, answer, digest in zip(requests, answers, digests, strict=True):
         decoded = _decode(answer)
         if digest is None or answer.get("cached") or not isinstance(decoded, LLMResponse):
             continue
         if response_cache.storable(decoded, request):
-            entries.append(response_cache.entry(digest, _owner(job_id), decoded))
+            entries.append(response_cache.entry(digest, owner, decoded))
     if not entries:
         return
     try:
@@ -138,13 +139,16 @@ def _to_cache(
 
 
 def _digests(
-    job_id: uuid.UUID, requests: Sequence[LLMRequest], options: GenerationOptions, model: str
+    owner: uuid.UUID | None,
+    requests: Sequence[LLMRequest],
+    options: GenerationOptions,
+    model: str,
 ) -> list[str | None]:
     """The cache key of each request the job's policy caches (None for the others): the same
     key an online request gets, so online and batch jobs of one API key share answers."""
     if options.response_cache == "off":
         return [None] * len(requests)
-    owner, backend = _owner(job_id), options.backend or DEFAULT_BACKEND
+    backend = options.backend or DEFAULT_BACKEND
     return [
         response_cache.request_digest(owner, backend, model, options.endpoint, r)
         if response_cache.cacheable(options.response_cache, r)

@@ -85,13 +85,12 @@ def journaled(
         return {}
 
 
-def discard(session: Session, job_id: uuid.UUID, round_no: int | None = None) -> None:
-    """Drop the journaled answers of a round once it is stored (of every round: the job is
-    over, and rounds it dropped left theirs)."""
-    stale = delete(LLMAnswer).where(LLMAnswer.job_id == job_id)
-    if round_no is not None:
-        stale = stale.where(LLMAnswer.round == round_no)
-    session.execute(stale)
+def discard(session: Session, job_id: uuid.UUID, round_no: int) -> None:
+    """Drop the journaled answers of a round once it is stored. A succeeded job keeps those of
+    the rounds it dropped past its target: an extension takes them (app/services/extend.py)."""
+    session.execute(
+        delete(LLMAnswer).where(LLMAnswer.job_id == job_id, LLMAnswer.round == round_no)
+    )
 
 
 def _kinds(counts: Counter[str]) -> tuple[str, ...]:

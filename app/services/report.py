@@ -9,7 +9,6 @@ from functools import lru_cache
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.config import get_settings
 from app.models import Instance, Instruction, Job, JobStatus
 from app.schemas import Progress
 from app.selfinstruct.options import GenerationOptions
@@ -143,10 +142,9 @@ def _judge_scores(session: Session, job: Job, rejected: dict[str, int]) -> Judge
 
 
 def _prices(options: GenerationOptions) -> Prices | None:
-    backend = get_settings().backend(options.backend)
-    if backend is None or backend.prompt_price_per_mtok is None:
-        return None
-    return Prices(backend.prompt_price_per_mtok, backend.completion_price_per_mtok or 0.0)
+    """The backend's prices (`preview.prices`) in the report's own type."""
+    given = preview.prices(options)
+    return None if given is None else Prices(*given)
 
 
 @lru_cache(maxsize=1)
