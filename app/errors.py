@@ -143,7 +143,10 @@ def allowed_methods(request: Request) -> list[str]:
     """Every documented method at the request's path. Starlette's own `Allow` names only the first
     route whose path matched, so /v1/jobs (GET and POST, two routes) said just POST."""
     path = request.url.path
-    for template, operations in request.app.openapi().get("paths", {}).items():
+    paths = request.app.openapi().get("paths", {})
+    if path in paths:  # a literal path (/v1/jobs/preview) before a template that also matches it
+        return sorted(m.upper() for m in paths[path] if m.upper() in _METHODS)
+    for template, operations in paths.items():
         pattern = "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]+\}", template))
         if re.fullmatch(pattern, path):
             return sorted(m.upper() for m in operations if m.upper() in _METHODS)

@@ -125,9 +125,10 @@ def restrict_backends(document: dict[str, Any], settings: Settings) -> None:
     that has since been removed from the configuration."""
     schemas = document.get("components", {}).get("schemas", {})
     rule = backend_rule(settings)
-    job = schemas.get("JobCreate", {}).get("properties", {})
-    if "options" in job:
-        job["options"] = {"allOf": [job["options"], rule]}
+    for name in ("JobCreate", "JobPreviewCreate"):
+        job = schemas.get(name, {}).get("properties", {})
+        if "options" in job:
+            job["options"] = {"allOf": [job["options"], rule]}
     if "ApiRecipe" in schemas:
         template = {"properties": {"invert_writer": {"const": "template"}}}
         writer = {"anyOf": [template, {"properties": {"llm": rule}}]}

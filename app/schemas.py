@@ -76,8 +76,9 @@ _ONE_SEED_SOURCE = {
 MAX_INSTRUCTIONS = 1_000_000  # the most accepted instructions one job may aim for
 
 
-class JobCreate(JsonNumbers):
-    """Start a job from an uploaded seed set or from inline seed tasks (exactly one of them)."""
+class JobRecipe(JsonNumbers):
+    """A job's recipe: an uploaded seed set or inline seed tasks (exactly one of them), a
+    target and options. Both a job and a preview start from one."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_ONE_SEED_SOURCE)
 
@@ -94,17 +95,22 @@ class JobCreate(JsonNumbers):
         description="Target number of accepted machine instructions.",
     )
     options: GenerationOptions = Field(default_factory=GenerationOptions)
+
+    @model_validator(mode="after")
+    def _one_seed_source(self) -> JobRecipe:
+        if (self.seed_set_id is None) == (self.seed_tasks is None):
+            raise ValueError("give exactly one of seed_set_id or seed_tasks")
+        return self
+
+
+class JobCreate(JobRecipe):
+    """Start a Self-Instruct job."""
+
     from_preview: uuid.UUID | None = Field(
         None,
         description="The preview (POST /v1/jobs/preview) this job follows: its report then "
         "shows the preview's projection beside what the job used.",
     )
-
-    @model_validator(mode="after")
-    def _one_seed_source(self) -> JobCreate:
-        if (self.seed_set_id is None) == (self.seed_tasks is None):
-            raise ValueError("give exactly one of seed_set_id or seed_tasks")
-        return self
 
 
 class JobExtend(JsonNumbers):
@@ -123,7 +129,7 @@ class JobExtend(JsonNumbers):
 PREVIEW_INSTRUCTIONS_MAX = 200
 
 
-class JobPreviewCreate(JobCreate):
+class JobPreviewCreate(JobRecipe):
     """A job request to preview: the recipe runs for `preview_instructions` instructions, and
     its status projects the cost of `num_instructions`."""
 
@@ -133,12 +139,6 @@ class JobPreviewCreate(JobCreate):
         le=PREVIEW_INSTRUCTIONS_MAX,
         description="Accepted instructions the preview generates (at most num_instructions).",
     )
-
-    @model_validator(mode="after")
-    def _no_preview_of_a_preview(self) -> JobPreviewCreate:
-        if self.from_preview is not None:
-            raise ValueError("from_preview: a preview cannot follow another preview")
-        return self
 
 
 class ShareProgress(BaseModel):

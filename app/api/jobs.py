@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 
@@ -16,7 +16,15 @@ from app.api.seed_sets import seed_errors
 from app.deps import CallerDep, CredentialsDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidInput, ServiceUnavailable
 from app.models import Job
-from app.schemas import ItemPage, JobCreate, JobExtend, JobPage, JobPreviewCreate, JobRead
+from app.schemas import (
+    ItemPage,
+    JobCreate,
+    JobExtend,
+    JobPage,
+    JobPreviewCreate,
+    JobRead,
+    JobRecipe,
+)
 from app.selfinstruct.formats import ExportFormat
 from app.selfinstruct.report import QualityReport
 from app.selfinstruct.seeds import NO_NUL_PATTERN, SeedFileError, validate_seed_tasks
@@ -86,7 +94,14 @@ def preview_job(
     return _start(session, job, response)
 
 
-def _seed_set_id(session: Session, body: JobCreate, caller: Caller) -> uuid.UUID:
+@router.api_route("/preview", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+def preview_is_post_only() -> None:
+    """Without this, GET /v1/jobs/preview would reach GET /v1/jobs/{job_id} and be a 422 about
+    a malformed job id rather than a 405 naming the method."""
+    raise HTTPException(status.HTTP_405_METHOD_NOT_ALLOWED, "Method Not Allowed")
+
+
+def _seed_set_id(session: Session, body: JobRecipe, caller: Caller) -> uuid.UUID:
     """The request's seed set: the one it names, or its inline tasks stored as a new one."""
     if body.seed_tasks is None:
         assert body.seed_set_id is not None

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 from app.config import get_settings
-from app.errors import InvalidInput
+from app.errors import InvalidInput, NotFound
 from app.models import Job, JobStatus
 from app.schemas import Progress
 from app.selfinstruct.options import GenerationOptions
@@ -25,7 +25,7 @@ def prices(options: GenerationOptions) -> tuple[float, float] | None:
 def check_followed(followed: Job | None, preview_id: uuid.UUID, caller: Caller) -> None:
     """A job may follow only a preview of its own key."""
     if followed is None or not caller.owns(followed.owner_key_id):
-        raise InvalidInput(f"from_preview: no preview {preview_id}")
+        raise NotFound(f"from_preview: no preview {preview_id}")
     if followed.preview_target is None:
         raise InvalidInput(f"from_preview: job {preview_id} is not a preview")
 

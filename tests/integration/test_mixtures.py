@@ -170,7 +170,10 @@ def test_a_rebuilt_mixture_answers_its_inversions_from_the_response_cache(
         "llm": {"response_cache": "all"},
     }
     first, again = _build(api, recipe), _build(api, recipe)
-    assert first["manifest"]["llm_usage"]["cache_hits"] == 0
+    # The inversion prompt is built from the instruction alone, so two examples of one job
+    # instruction share an answer already within the first build.
+    assert first["manifest"]["llm_usage"]["requests"] == 6
+    assert first["manifest"]["llm_usage"]["cache_hits"] < 6
     assert (
         again["manifest"]["llm_usage"]["cache_hits"]
         == again["manifest"]["llm_usage"]["requests"]

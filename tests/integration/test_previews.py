@@ -139,15 +139,17 @@ def test_from_preview_must_name_a_preview_of_the_caller(
     seed_set = upload(api, default_seeds)
     recipe = {"seed_set_id": seed_set["id"], "num_instructions": 3}
     plain = _post(api, "/v1/jobs", recipe)
-    for preview_id, says in (
-        (plain["id"], "is not a preview"),
-        ("00000000-0000-4000-8000-000000000000", "no preview"),
+    for preview_id, code, says in (
+        (plain["id"], 422, "is not a preview"),
+        ("00000000-0000-4000-8000-000000000000", 404, "no preview"),
     ):
         response = api.post("/v1/jobs", json={**recipe, "from_preview": preview_id})
-        assert response.status_code == 422, response.text
+        assert response.status_code == code, response.text
         assert "from_preview" in response.text and says in response.text
     response = api.post("/v1/jobs/preview", json={**recipe, "from_preview": plain["id"]})
     assert response.status_code == 422 and "from_preview" in response.text
+    response = api.get("/v1/jobs/preview")
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
     preview = _post(api, "/v1/jobs/preview", recipe)
     with stack.client(stack.create_key("another tenant")) as other:
         theirs = upload(other, default_seeds)
@@ -159,5 +161,5 @@ def test_from_preview_must_name_a_preview_of_the_caller(
                 "from_preview": preview["id"],
             },
         )
-    assert response.status_code == 422, response.text  # another key's preview is not found
+    assert response.status_code == 404, response.text  # another key's preview is not found
     assert "no preview" in response.text
