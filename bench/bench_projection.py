@@ -59,6 +59,21 @@ def row(name: str, interval: dict[str, float] | None, actual: float) -> str:
             f"{error(expected, actual)} | {inside} |")  # fmt: skip
 
 
+def breakdown(name: str, progress: dict[str, Any]) -> str:
+    """Step-1 tokens per step-1 request, and the rest per accepted instruction: the two rates
+    the projection scales, so a miss shows which of them moved between preview and job."""
+    step1 = max(progress["step1_requests"], 1)
+    accepted = max(progress["instructions_accepted"], 1)
+    other = progress["llm_requests"] - progress["step1_requests"]
+    other_c = progress["completion_tokens"] - progress["step1_completion_tokens"]
+    other_p = progress["prompt_tokens"] - progress["step1_prompt_tokens"]
+    return (f"<!-- {name}: step 1 {progress['step1_requests']} requests, "
+            f"{progress['step1_prompt_tokens'] / step1:.0f} prompt and "
+            f"{progress['step1_completion_tokens'] / step1:.0f} completion tokens each; "
+            f"others {other / accepted:.2f} requests, {other_p / accepted:.0f} prompt and "
+            f"{other_c / accepted:.0f} completion tokens per accepted instruction -->")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", default="200,1000,5000")
@@ -90,6 +105,8 @@ def main() -> None:
         print(row("completion tokens", projection["completion_tokens"],
                   progress["completion_tokens"]))  # fmt: skip
         print(row("wall s", projection.get("wall_seconds"), result["job_wall"]))
+        print(breakdown("preview", preview["progress"]))
+        print(breakdown("job", progress))
         yields = projection["yield"]
         print(f"<!-- preview yield: {yields['accepted_per_step1_request']}; rejections "
               f"{yields['rejection_reasons']}; job rejections "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.responses import StreamingResponse
@@ -41,17 +41,19 @@ from app.services.seed_sets import create_seed_set
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-
-@router.post(
-    "",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=JobRead,
-    responses={
+# What every route that queues a new job (create, preview, rerun) declares.
+_STARTS_A_JOB: dict[str, Any] = {
+    "status_code": status.HTTP_202_ACCEPTED,
+    "response_model": JobRead,
+    "responses": {
         **ERROR_RESPONSES,
         429: {"description": "Too many active or recent jobs for this key"},
         503: {"description": "Task broker unavailable"},
     },
-)
+}
+
+
+@router.post("", **_STARTS_A_JOB)
 def create_job(
     body: JobCreate, session: SessionDep, caller: CallerDep, response: Response
 ) -> JobRead:
@@ -67,16 +69,7 @@ def create_job(
     return _start(session, job, response)
 
 
-@router.post(
-    "/preview",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=JobRead,
-    responses={
-        **ERROR_RESPONSES,
-        429: {"description": "Too many active or recent jobs for this key"},
-        503: {"description": "Task broker unavailable"},
-    },
-)
+@router.post("/preview", **_STARTS_A_JOB)
 def preview_job(
     body: JobPreviewCreate, session: SessionDep, caller: CallerDep, response: Response
 ) -> JobRead:
@@ -113,16 +106,7 @@ def _seed_set_id(session: Session, body: JobRecipe, caller: Caller) -> uuid.UUID
     return create_seed_set(session, name="inline", tasks=tasks, caller=caller).id
 
 
-@router.post(
-    "/{job_id}/rerun",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=JobRead,
-    responses={
-        **ERROR_RESPONSES,
-        429: {"description": "Too many active or recent jobs for this key"},
-        503: {"description": "Task broker unavailable"},
-    },
-)
+@router.post("/{job_id}/rerun", **_STARTS_A_JOB)
 def rerun_job(
     job_id: uuid.UUID, session: SessionDep, caller: CallerDep, response: Response
 ) -> JobRead:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -43,31 +44,47 @@ def broker_url() -> Iterator[str]:
     redis.Redis.from_url(url).flushdb()
 
 
+def stack_env(
+    pg_url: str, broker_url: str, llm: FakeLLMServer, tmp: Path, **extra: str
+) -> dict[str, str]:
+    """The environment of a module's stack: its database, broker and default backend, a data
+    directory under `tmp`, and whatever the module adds or overrides."""
+    return {
+        "DATABASE_URL": pg_url,
+        "CELERY_BROKER_URL": broker_url,
+        "OPENAI_BASE_URL": llm.base_url,
+        "OPENAI_API_KEY": "test-key",
+        "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
+        **extra,
+    }
+
+
+@contextmanager
+def started_stack(env: dict[str, str], tmp: Path, workers: int = 1) -> Iterator[ServiceStack]:
+    """The API and `workers` worker processes on `env`, stopped on exit."""
+    with ServiceStack(env, tmp / "logs") as running:
+        running.start_api()
+        for _ in range(workers):
+            running.start_worker()
+        yield running
+
+
 @pytest.fixture(scope="module")
 def stack(
     pg_url: str, broker_url: str, fake_llm: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceStack]:
     tmp = tmp_path_factory.mktemp("stack")
-    env = {
-        "DATABASE_URL": pg_url,
-        "CELERY_BROKER_URL": broker_url,
-        "OPENAI_BASE_URL": fake_llm.base_url,
-        "OPENAI_API_KEY": "test-key",
-        "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
-        "SELFINSTRUCT_BACKENDS": json.dumps(
-            {
-                "second": {
-                    "base_url": fake_llm.base_url,
-                    "api_key": SECOND_KEY,
-                    "models": ["fake-model"],
-                }
-            }
-        ),
-        "SELFINSTRUCT_LOG_FORMAT": "json",
-    }
-    with ServiceStack(env, tmp / "logs") as running:
-        running.start_api()
-        running.start_worker()
+    backends = {"second": {"base_url": fake_llm.base_url, "api_key": SECOND_KEY,
+                           "models": ["fake-model"]}}  # fmt: skip
+    env = stack_env(
+        pg_url,
+        broker_url,
+        fake_llm,
+        tmp,
+        SELFINSTRUCT_BACKENDS=json.dumps(backends),
+        SELFINSTRUCT_LOG_FORMAT="json",
+    )
+    with started_stack(env, tmp) as running:
         yield running
 
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from app.models import Instance, Instruction, LLMBatch, LLMCall
-from tests.integration.conftest import upload
+from tests.integration.conftest import stack_env, started_stack, upload
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
 from tests.support.stack import ServiceStack, wait_for_status
 
@@ -32,20 +32,19 @@ def batch_stack(
     pg_url: str, broker_url: str, batch_llm: FakeLLMServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceStack]:
     tmp = tmp_path_factory.mktemp("batch")
-    env = {
-        "DATABASE_URL": pg_url,
-        "CELERY_BROKER_URL": broker_url,
-        "OPENAI_BASE_URL": batch_llm.base_url,
-        "OPENAI_API_KEY": "test-key",
-        "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
-        # Batches complete in a second here, so polls come often; lease, heartbeat and sweeps
-        # are the production defaults (a poll inherits its step's claim, see leases.py).
-        "SELFINSTRUCT_BATCH_POLL_INTERVAL_S": "0.3",
-        "SELFINSTRUCT_TASK_RETRY_BACKOFF_S": "0.2",
-        "SELFINSTRUCT_INSTRUCTIONS_PER_INSTANCE_TASK": "20",
-    }
-    with ServiceStack(env, tmp / "logs") as running:
-        running.start_api()
+    # Batches complete in a second here, so polls come often; lease, heartbeat and sweeps are
+    # the production defaults (a poll inherits its step's claim, see leases.py). Rounds run in
+    # the test's own worker processes, so the stack starts none.
+    env = stack_env(
+        pg_url,
+        broker_url,
+        batch_llm,
+        tmp,
+        SELFINSTRUCT_BATCH_POLL_INTERVAL_S="0.3",
+        SELFINSTRUCT_TASK_RETRY_BACKOFF_S="0.2",
+        SELFINSTRUCT_INSTRUCTIONS_PER_INSTANCE_TASK="20",
+    )
+    with started_stack(env, tmp, workers=0) as running:
         yield running
 
 

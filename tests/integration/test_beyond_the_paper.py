@@ -18,7 +18,7 @@ from sqlalchemy import Row, Select, create_engine, select
 from app.models import Instance, Instruction, LLMCall
 from app.selfinstruct.balance import count_verbs
 from app.selfinstruct.rouge import TOKENIZERS, RougeLIndex
-from tests.integration.conftest import upload
+from tests.integration.conftest import stack_env, started_stack, upload
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
 from tests.support.stack import ServiceStack, wait_for_status
 
@@ -67,18 +67,16 @@ def stack(
     tmp = tmp_path_factory.mktemp("recipes")
     limited = {"base_url": limited_llm.base_url, "requests_per_minute": LIMITED_RPM}
     slow_steps = {"base_url": slow_steps_llm.base_url}
-    env = {
-        "DATABASE_URL": pg_url,
-        "CELERY_BROKER_URL": broker_url,
-        "OPENAI_BASE_URL": deterministic_llm.base_url,
-        "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
-        "SELFINSTRUCT_BACKENDS": json.dumps({"limited": limited, "slow_steps": slow_steps}),
-        "SELFINSTRUCT_INSTRUCTIONS_PER_INSTANCE_TASK": "2",  # instance tasks on both workers
-    }
-    with ServiceStack(env, tmp / "logs") as running:
-        running.start_api()
-        for _ in range(2):  # rounds and instance tasks spread over two worker processes
-            running.start_worker()
+    env = stack_env(
+        pg_url,
+        broker_url,
+        deterministic_llm,
+        tmp,
+        SELFINSTRUCT_BACKENDS=json.dumps({"limited": limited, "slow_steps": slow_steps}),
+        SELFINSTRUCT_INSTRUCTIONS_PER_INSTANCE_TASK="2",  # instance tasks on both workers
+    )
+    # Rounds and instance tasks spread over two worker processes.
+    with started_stack(env, tmp, workers=2) as running:
         yield running
 
 

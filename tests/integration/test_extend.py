@@ -17,7 +17,7 @@ from rouge_score import rouge_scorer
 from sqlalchemy import Engine, select
 
 from app.models import Instance, Instruction
-from tests.integration.conftest import upload
+from tests.integration.conftest import stack_env, started_stack, upload
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer, prompt_kind
 from tests.support.stack import ServiceStack, wait_for_status
 
@@ -50,18 +50,9 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServiceStack]:
     tmp = tmp_path_factory.mktemp("extend")
-    env = {
-        "DATABASE_URL": pg_url,
-        "CELERY_BROKER_URL": broker_url,
-        "OPENAI_BASE_URL": fake_llm.base_url,
-        "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
-        "SELFINSTRUCT_BACKENDS": json.dumps(
-            {"deterministic": {"base_url": deterministic_llm.base_url}}
-        ),
-    }
-    with ServiceStack(env, tmp / "logs") as running:
-        running.start_api()
-        running.start_worker()
+    backends = {"deterministic": {"base_url": deterministic_llm.base_url}}
+    env = stack_env(pg_url, broker_url, fake_llm, tmp, SELFINSTRUCT_BACKENDS=json.dumps(backends))
+    with started_stack(env, tmp) as running:
         yield running
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import upload
+from tests.integration.conftest import stack_env, started_stack, upload
 from tests.support.fake_llm import FakeLLMServer
 from tests.support.stack import ServiceStack, wait_for_status
 
@@ -25,19 +25,16 @@ def stack(
 ) -> Iterator[ServiceStack]:
     """The suite's stack, with prices on the default backend so that cost is not null."""
     tmp = tmp_path_factory.mktemp("stack")
-    env = {
-        "DATABASE_URL": pg_url,
-        "CELERY_BROKER_URL": broker_url,
-        "OPENAI_BASE_URL": fake_llm.base_url,
-        "OPENAI_API_KEY": "test-key",
-        "SELFINSTRUCT_DATA_DIR": str(tmp / "data"),
-        "SELFINSTRUCT_PROMPT_PRICE_PER_MTOK": str(PRICES["prompt"]),
-        "SELFINSTRUCT_COMPLETION_PRICE_PER_MTOK": str(PRICES["completion"]),
-        "SELFINSTRUCT_LOG_FORMAT": "json",
-    }
-    with ServiceStack(env, tmp / "logs") as running:
-        running.start_api()
-        running.start_worker()
+    env = stack_env(
+        pg_url,
+        broker_url,
+        fake_llm,
+        tmp,
+        SELFINSTRUCT_PROMPT_PRICE_PER_MTOK=str(PRICES["prompt"]),
+        SELFINSTRUCT_COMPLETION_PRICE_PER_MTOK=str(PRICES["completion"]),
+        SELFINSTRUCT_LOG_FORMAT="json",
+    )
+    with started_stack(env, tmp) as running:
         yield running
 
 
