@@ -6,7 +6,7 @@
 For each target N, on the real stack (PostgreSQL, Redis, the API, two `selfinstruct worker`
 processes with their default pool) against the slot server of bench_utilisation.py (C slots,
 lognormal latencies of median L, the larger vocabulary of bench_throughput.py so that thousands
-of distinct instructions exist): a preview of the default 20 instructions with default settings,
+of distinct instructions exist): a preview of the default 20 instructions (`--preview`) with default settings,
 then the full job of N that names it (`from_preview`). The table sets the preview's projected
 requests, tokens and wall time (expected, and the 95 % range) beside what the job used, as the
 job's status reports them; "error" is (projected - actual) / actual.
@@ -24,7 +24,7 @@ from bench_utilisation import SlotServer
 from harness import fresh_services, running_stack
 
 
-def run_pair(server: SlotServer, target: int, seed: int) -> dict[str, Any]:
+def run_pair(server: SlotServer, target: int, seed: int, preview_n: int) -> dict[str, Any]:
     """A preview, then the job of `target` that follows it; their status bodies and walls."""
     from tests.support.stack import wait_for_status
 
@@ -33,7 +33,7 @@ def run_pair(server: SlotServer, target: int, seed: int) -> dict[str, Any]:
         running_stack(env, 2) as (_stack, api, seed_set_id),  # the CLI's default pool
     ):
         body = {"seed_set_id": seed_set_id, "num_instructions": target, "options": {"seed": seed}}
-        response = api.post("/v1/jobs/preview", json=body)
+        response = api.post("/v1/jobs/preview", json={**body, "preview_instructions": preview_n})
         response.raise_for_status()
         started = time.monotonic()
         preview = wait_for_status(api, response.json()["id"], timeout_s=600)
@@ -80,13 +80,14 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=32)
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--preview", type=int, default=20, help="preview_instructions")
     args = parser.parse_args()
     print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs; C = {args.slots}, "
-          f"L = {args.latency:g} s; previews of 20 with default settings")  # fmt: skip
+          f"L = {args.latency:g} s; previews of {args.preview} with default settings")  # fmt: skip
     for target in (int(t) for t in args.targets.split(",")):
         server = SlotServer(args.slots, args.latency, diverse=True)
         try:
-            result = run_pair(server, target, args.seed)
+            result = run_pair(server, target, args.seed, args.preview)
         finally:
             server.stop()
         preview, job = result["preview"], result["job"]

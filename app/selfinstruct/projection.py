@@ -12,7 +12,8 @@ tokens follow from the tokens per request of each kind.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +28,20 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenSpread:
+    """How far one purpose's tokens per request vary in the sample (standard deviations): the
+    projection scales by their mean, which a sample of a few dozen requests knows only so well
+    (an instance request brings one short output or five examples)."""
+
+    requests: int
+    prompt_sd: float
+    completion_sd: float
+
+
+STEP1 = "instructions"  # the purpose of step-1 requests, as the service records calls
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
     """A measured run: its step-1 usage, the usage of everything else, and what it yielded."""
 
@@ -37,6 +52,9 @@ class Sample:
     settled: int  # accepted instructions whose other requests are all in `other`
     rejected: dict[str, int]
     wall_seconds: float | None = None
+    spreads: Mapping[str, TokenSpread] = field(default_factory=dict)  # by purpose (STEP1 too)
+    latency_s: float | None = None  # the mean latency of the sample's requests
+    concurrency: int | None = None  # requests the backend serves at once, as measured now
 
 
 class Interval(BaseModel):
@@ -65,7 +83,10 @@ class Projection(BaseModel):
     completion_tokens: Interval
     cost: Interval | None = Field(None, description="From the backend's prices; null without.")
     wall_seconds: Interval | None = Field(
-        None, description="At the sample's measured throughput (requests per second)."
+        None,
+        description="The sample's own wall time, plus the further requests at the backend's "
+        "measured throughput (its concurrency limit over the sample's mean latency): `low` "
+        "keeps every slot busy, `expected` and `high` three quarters and half of them.",
     )
     yield_: Yield = Field(alias="yield")
 
@@ -95,10 +116,11 @@ def project(
     """Scale `sample` to a job of `target` accepted instructions; None if it accepted nothing.
 
     The range is the 95 % Wilson interval of the acceptance rate (candidates are treated as
-    independent trials), carried through the step-1 requests it implies: it covers the sampling
-    variation of a sample this size, not drift over a longer run (the ROUGE-L filter rejects more
-    as the pool of accepted instructions grows, so a long job tends towards `high`). `prices` are
-    per million prompt and completion tokens.
+    independent trials), carried through the step-1 requests it implies, and for tokens also the
+    95 % interval of each purpose's mean tokens per request (`sample.spreads`): it covers the
+    sampling variation of a sample this size, not drift over a longer run (the ROUGE-L filter
+    rejects more as the pool of accepted instructions grows, so a long job tends towards
+    `high`). `prices` are per million prompt and completion tokens.
     """
     if sample.accepted <= 0 or sample.step1.requests <= 0 or sample.candidates <= 0:
         return None
@@ -115,16 +137,19 @@ def project(
     expected, low, high = step1(rate), step1(rate_high), step1(rate_low)
     other_requests = target * others
 
-    def interval(step1_each: float, other_each: float) -> Interval:
+    def interval(step1_each: float, other_each: float, half: float = 0.0) -> Interval:
         return Interval(
             expected=expected * step1_each + other_requests * other_each,
-            low=low * step1_each + other_requests * other_each,
-            high=high * step1_each + other_requests * other_each,
+            low=max(low * step1_each + other_requests * other_each - half, 0.0),
+            high=high * step1_each + other_requests * other_each + half,
         )
 
+    def half(kind: str) -> float:
+        return _mean_half_width(sample.spreads, kind, expected, target / settled)
+
     requests = interval(1.0, 1.0)
-    prompt = interval(_each(sample.step1, "p"), _each(sample.other, "p"))
-    completion = interval(_each(sample.step1, "c"), _each(sample.other, "c"))
+    prompt = interval(_each(sample.step1, "p"), _each(sample.other, "p"), half("p"))
+    completion = interval(_each(sample.step1, "c"), _each(sample.other, "c"), half("c"))
     return Projection(
         target=target,
         sample_instructions=sample.accepted,
@@ -159,6 +184,23 @@ def _each(usage: Usage, kind: str) -> float:
     return tokens / usage.requests
 
 
+def _mean_half_width(
+    spreads: Mapping[str, TokenSpread], kind: str, step1_requests: float, per_settled: float
+) -> float:
+    """The 95 % half-width of the projected tokens that comes from each purpose's mean tokens
+    per request being estimated from the sample: the purposes' errors are independent, so their
+    variances add. A purpose's projected requests are step 1's, or its sample's count scaled
+    from the settled instructions to the target."""
+    variance = 0.0
+    for purpose, spread in spreads.items():
+        if spread.requests <= 1:
+            continue
+        sd = spread.prompt_sd if kind == "p" else spread.completion_sd
+        projected = step1_requests if purpose == STEP1 else spread.requests * per_settled
+        variance += (projected * sd) ** 2 / spread.requests
+    return Z_95 * math.sqrt(variance)
+
+
 def _rounded(value: Interval) -> Interval:
     return Interval(
         expected=round(value.expected), low=math.floor(value.low), high=math.ceil(value.high)
@@ -178,14 +220,30 @@ def _cost(prompt: Interval, completion: Interval, prices: tuple[float, float]) -
 
 
 def _wall(sample: Sample, requests: Interval) -> Interval | None:
+    """The sample's wall time (start-up, and the chain of steps every instruction waits on)
+    plus the further requests at the backend's throughput. Without a measured latency and
+    concurrency, at the sample's own pace, which a small sample that never filled the backend
+    makes pessimistic."""
     total = sample.step1.requests + sample.other.requests
     if not sample.wall_seconds or sample.wall_seconds <= 0 or total <= 0:
         return None
-    per_request_s = sample.wall_seconds / total
+    if not sample.latency_s or not sample.concurrency:
+        per_request_s = sample.wall_seconds / total
+        return Interval(
+            expected=round(requests.expected * per_request_s, 1),
+            low=round(requests.low * per_request_s, 1),
+            high=round(requests.high * per_request_s, 1),
+        )
+    full_slot_s = sample.latency_s / sample.concurrency  # one request with every slot busy
+
+    def at(requests_n: float, busy_share: float) -> float:
+        further = max(requests_n - total, 0.0)
+        return round(sample.wall_seconds + further * full_slot_s / busy_share, 1)  # type: ignore[operator]
+
     return Interval(
-        expected=round(requests.expected * per_request_s, 1),
-        low=round(requests.low * per_request_s, 1),
-        high=round(requests.high * per_request_s, 1),
+        expected=at(requests.expected, 0.75),
+        low=at(requests.low, 1.0),
+        high=at(requests.high, 0.5),
     )
 
 

@@ -89,7 +89,7 @@ def job_report(session: Session, job: Job, *, sample_size: int = 2000) -> Qualit
         report.judges = _judge_scores(session, job, progress.instructions_rejected)
     if options.mode == "unnatural":
         report.reformulations = progress.reformulations_accepted
-    report.projection = preview.preview_projection(job, progress, options)
+    report.projection = preview.preview_projection(session, job, progress, options)
     report.preview = _preview_comparison(session, job, progress, options)
     return report
 
@@ -109,6 +109,7 @@ def _preview_comparison(
         finished=True,
         wall_s=preview.wall_seconds(followed),
     )
+    sample = preview.with_calls(session, sample, followed, followed_options)
     price = preview.prices(options)
     actual = Actual(
         requests=progress.llm_requests,

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import random
+import statistics
+from dataclasses import replace
 
 import pytest
 
-from app.selfinstruct.projection import Sample, Usage, billed_cost, project, wilson
+from app.selfinstruct.projection import (
+    STEP1,
+    Sample,
+    TokenSpread,
+    Usage,
+    billed_cost,
+    project,
+    wilson,
+)
 
 
 def _sample(
@@ -79,3 +89,66 @@ def test_wilson_interval_covers_the_true_rate_about_95_percent_of_the_time() -> 
 def test_cache_hits_are_not_billed() -> None:
     assert billed_cost(1_000_000, 1_000_000, (500_000, 0), (2.0, 4.0)) == 5.0
     assert billed_cost(10, 10, (0, 0), None) is None
+
+
+def test_with_a_latency_and_a_concurrency_the_further_requests_go_at_the_backends_pace() -> None:
+    sample = replace(_sample(), latency_s=0.5, concurrency=10)  # 45 requests in 10 s
+    projection = project(sample, 100)
+    assert projection is not None and projection.wall_seconds is not None
+    # 225 requests, 180 more than the sample's, 0.05 s each with all 10 slots busy; expected
+    # with three quarters of them busy, the range from all (and fewest requests) to half.
+    requests, wall = projection.requests, projection.wall_seconds
+    assert wall.expected == pytest.approx(10 + 180 * 0.05 / 0.75, abs=0.1)
+    assert wall.low == pytest.approx(10 + (requests.low - 45) * 0.05, abs=0.1)
+    assert wall.high == pytest.approx(10 + (requests.high - 45) * 0.05 / 0.5, abs=0.1)
+
+
+def test_token_spreads_widen_the_token_ranges_and_not_the_requests() -> None:
+    plain = project(_sample(), 1000)
+    spreads = {STEP1: TokenSpread(5, 100.0, 20.0), "instances": TokenSpread(20, 50.0, 40.0)}
+    spread = project(replace(_sample(), spreads=spreads), 1000)
+    assert plain is not None and spread is not None
+    assert spread.requests == plain.requests
+    for kind in ("prompt_tokens", "completion_tokens"):
+        wide, narrow = getattr(spread, kind), getattr(plain, kind)
+        assert wide.expected == narrow.expected
+        assert wide.low < narrow.low and wide.high > narrow.high
+
+
+def _instance_tokens(rng: random.Random) -> int:
+    """An instance answer as the fake backend gives them: mostly one short output, now and then
+    up to five examples, so its tokens per request are far from normal."""
+    if rng.random() < 0.7:
+        return rng.randint(8, 14)
+    return sum(rng.randint(12, 18) for _ in range(rng.randint(1, 5)))
+
+
+def _sampled(rng: random.Random, instructions: int) -> Sample:
+    """A sample of `instructions`, one instance request each; step 1 brings no completion
+    tokens, so the instance tokens are all the completion range has to cover."""
+    tokens = [_instance_tokens(rng) for _ in range(instructions)]
+    return Sample(
+        step1=Usage(5, 5000, 0),
+        other=Usage(instructions, instructions * 300, sum(tokens)),
+        candidates=40,
+        accepted=instructions,
+        settled=instructions,
+        rejected={},
+        spreads={"instances": TokenSpread(instructions, 0.0, statistics.stdev(tokens))},
+    )
+
+
+def test_the_token_range_covers_a_long_jobs_tokens_about_95_percent_of_the_time() -> None:
+    rng = random.Random(5)
+    population = statistics.mean(_instance_tokens(rng) for _ in range(200_000))
+    target, trials = 5000, 400
+    covered = without_spread = 0
+    for _ in range(trials):
+        sample = _sampled(rng, 20)
+        actual = target * population  # a long job's mean tokens per request is the population's
+        band = project(sample, target).completion_tokens  # type: ignore[union-attr]
+        covered += band.low <= actual <= band.high
+        band = project(replace(sample, spreads={}), target).completion_tokens  # type: ignore[union-attr]
+        without_spread += band.low <= actual <= band.high
+    assert 0.88 <= covered / trials <= 0.99
+    assert without_spread / trials < 0.2  # the acceptance range alone says nothing of tokens
