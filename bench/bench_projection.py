@@ -2,6 +2,7 @@
 
     eval "$(bash scripts/test-services.sh)"
     python bench/bench_projection.py --targets 200,1000,5000
+    python bench/bench_projection.py --targets 40 --preview 10 --local-model
 
 For each target N, on the real stack (PostgreSQL, Redis, the API, two `selfinstruct worker`
 processes with their default pool) against the slot server of bench_utilisation.py (C slots,
@@ -17,14 +18,32 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from bench_utilisation import SlotServer
 from harness import fresh_services, running_stack
 
 
-def run_pair(server: SlotServer, target: int, seed: int, preview_n: int) -> dict[str, Any]:
+class LocalModel:
+    """The bundled model served by llama.cpp, started as `selfinstruct run` starts it."""
+
+    def __init__(self) -> None:
+        from app.localmodel import LocalModelServer
+
+        self._server = LocalModelServer(Path(tempfile.mkdtemp()))
+        self._server.start()
+        self.base_url = self._server.base_url
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+def run_pair(
+    server: SlotServer | LocalModel, target: int, seed: int, preview_n: int
+) -> dict[str, Any]:
     """A preview, then the job of `target` that follows it; their status bodies and walls."""
     from tests.support.stack import wait_for_status
 
@@ -81,11 +100,15 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--preview", type=int, default=20, help="preview_instructions")
+    parser.add_argument("--local-model", action="store_true",
+                        help="the bundled local model instead of the slot server")  # fmt: skip
     args = parser.parse_args()
-    print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs; C = {args.slots}, "
-          f"L = {args.latency:g} s; previews of {args.preview} with default settings")  # fmt: skip
+    backend = "the local model" if args.local_model else f"C = {args.slots}, L = {args.latency:g} s"
+    print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs; {backend}; "
+          f"previews of {args.preview} with default settings")  # fmt: skip
     for target in (int(t) for t in args.targets.split(",")):
-        server = SlotServer(args.slots, args.latency, diverse=True)
+        server = LocalModel() if args.local_model else SlotServer(args.slots, args.latency,
+                                                                   diverse=True)  # fmt: skip
         try:
             result = run_pair(server, target, args.seed, args.preview)
         finally:

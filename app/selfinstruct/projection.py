@@ -85,8 +85,8 @@ class Projection(BaseModel):
     wall_seconds: Interval | None = Field(
         None,
         description="The sample's own wall time, plus the further requests at the backend's "
-        "measured throughput (its concurrency limit over the sample's mean latency): `low` "
-        "keeps every slot busy, `expected` and `high` three quarters and half of them.",
+        "measured throughput (its concurrency limit over the sample's mean latency), every slot "
+        "busy; `high` keeps half of them busy.",
     )
     yield_: Yield = Field(alias="yield")
 
@@ -241,7 +241,7 @@ def _wall(sample: Sample, requests: Interval) -> Interval | None:
         return round(sample.wall_seconds + further * full_slot_s / busy_share, 1)  # type: ignore[operator]
 
     return Interval(
-        expected=at(requests.expected, 0.75),
+        expected=at(requests.expected, 1.0),
         low=at(requests.low, 1.0),
         high=at(requests.high, 0.5),
     )
