@@ -22,6 +22,7 @@ from sqlalchemy import (
     Uuid,
     false,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -193,6 +194,14 @@ class Instruction(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "round", "slot", "variant"),
         Index("ix_instructions_job_accepted", "job_id", "accepted"),
+        # Candidates whose highest ROUGE-L is still to be stored (the worker died between the
+        # round's commit and its score write): few rows, found without a scan of the job.
+        Index(
+            "ix_instructions_unscored",
+            "job_id",
+            postgresql_where=sql_text("pool_items IS NOT NULL AND max_rouge IS NULL"),
+            sqlite_where=sql_text("pool_items IS NOT NULL AND max_rouge IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -204,6 +213,9 @@ class Instruction(Base):
     reason: Mapped[str | None] = mapped_column(String(64))
     max_rouge: Mapped[float | None] = mapped_column(Float)
     nearest: Mapped[str | None] = mapped_column(Text)
+    # The size of the ROUGE-L pool (seeds first, then accepted instructions in pool order) the
+    # candidate was compared with: its score is searched in that prefix, after the commit.
+    pool_items: Mapped[int | None] = mapped_column(Integer)
     judge_note: Mapped[str | None] = mapped_column(Text)  # the instruction judge's reason
     variant: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     core_id: Mapped[uuid.UUID | None] = mapped_column(

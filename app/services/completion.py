@@ -18,6 +18,7 @@ from app.selfinstruct.sanitize import clean_text
 from app.services import budget
 from app.services.balance import undecided_through
 from app.services.job_index import forget_job_index
+from app.services.scores import store_missed_scores
 
 
 def accepted_count(session: Session, job_id: uuid.UUID) -> int:
@@ -88,7 +89,13 @@ def note_llm_outage(job_id: uuid.UUID, message: str) -> bool:
 
 
 def finalize_if_complete(job_id: uuid.UUID) -> bool:
-    """Mark the job succeeded once it has all its instructions and every one has instances."""
+    """Mark the job succeeded once it has all its instructions and every one has instances
+    (and every candidate its ROUGE-L score, which a dead worker may have left unstored)."""
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        ready = job is not None and job.status == JobStatus.RUNNING and job.instructions_complete
+    if ready:
+        store_missed_scores(job_id)
     with session_scope() as session:
         job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
         if job is None or job.status != JobStatus.RUNNING or not job.instructions_complete:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -47,7 +47,6 @@ from app.selfinstruct.rounds import (
     judgeable,
     plan_round,
     prompt_seeds,
-    score_decisions,
 )
 from app.selfinstruct.types import (
     CandidateDecision,
@@ -71,6 +70,7 @@ from app.services.calls import (
 )
 from app.services.completion import accepted_count, mark_failed, stop_for_budget
 from app.services.job_index import forget_job_index, load_job_index, note_stored_round
+from app.services.scores import PendingScores, store_scores
 from app.services.seed_sets import load_seed_tasks
 
 log = logging.getLogger(__name__)
@@ -93,16 +93,6 @@ class RoundResult:
     # Stored candidates whose highest ROUGE-L is still to be found (`finish_round`'s
     # `defer_scores`): the caller passes them to `store_scores`.
     scores: PendingScores | None = None
-
-
-@dataclass
-class PendingScores:
-    """A stored round's candidates (by row id) without their highest ROUGE-L and nearest text
-    yet, and the index that decided them (it only grows, so their pool is its prefix)."""
-
-    job_id: uuid.UUID
-    rows: list[tuple[uuid.UUID, CandidateDecision]]
-    index: RougeLIndex
 
 
 def run_round(
@@ -344,31 +334,6 @@ def finish_round(
     return result
 
 
-def store_scores(pending: PendingScores) -> None:
-    """Store the highest ROUGE-L and nearest text of a stored round's candidates: rouge-score's
-    answers against the pool each was compared with. Best effort, like the journal: the
-    decisions are stored already, and a failure here only leaves these two columns empty."""
-    started = time.perf_counter()
-    scored = score_decisions([d for _, d in pending.rows], pending.index)
-    scoring_s = time.perf_counter() - started
-    try:
-        with session_scope() as session:
-            session.execute(
-                update(Instruction),
-                [
-                    {"id": row_id, "max_rouge": d.max_rouge, "nearest": d.nearest}
-                    for (row_id, _), d in zip(pending.rows, scored, strict=True)
-                ],
-            )
-            session.execute(
-                update(Job)
-                .where(Job.id == pending.job_id)
-                .values(dedupe_s=func.coalesce(Job.dedupe_s, 0.0) + scoring_s)
-            )
-    except Exception:
-        log.warning("job %s: ROUGE-L scores not stored", pending.job_id, exc_info=True)
-
-
 def start_round(job_id: uuid.UUID, round_no: int, hold: leases.Hold) -> bool:
     """Claim the round for this task, in a transaction of its own (the job row stays free for
     the job's other tasks while the round is planned); False when there is nothing to do."""
@@ -461,6 +426,7 @@ def _commit_round(
                 reason=None if d.reason is None else str(d.reason),
                 max_rouge=d.max_rouge,
                 nearest=d.nearest,
+                pool_items=d.pool_items,
                 judge_note=d.judge_note,
                 extra=None
                 if d.core is None

@@ -31,10 +31,11 @@ from app.config import get_settings
 from app.db import session_scope
 from app.models import Job
 from app.selfinstruct.options import GenerationOptions
-from app.services import budget, instances, leases, pipeline, response_cache
+from app.services import budget, instances, leases, pipeline, response_cache, scores
 from app.services.calls import CallRecord, LLMFactory, record_calls
 from app.services.completion import accepted_count
-from app.services.pipeline import PendingScores, PlannedRound, RoundResult
+from app.services.pipeline import PlannedRound, RoundResult
+from app.services.scores import PendingScores
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def run_rounds(
     llm_factory = response_cache.for_job(job_id, llm_factory)
     if not pipeline.start_round(job_id, first, hold):
         return RoundResult()
+    scores.store_missed_scores(job_id)  # a task before this one may have died before its write
     planned = pipeline.prepare_round(job_id, first)
     if isinstance(planned, RoundResult):
         return planned

@@ -15,7 +15,7 @@ from app.config import get_settings
 from app.db import session_scope
 from app.models import Instruction, Job, LLMAnswer, LLMCall
 from app.selfinstruct.options import GenerationOptions
-from app.services import journal, leases, pipeline, round_driver
+from app.services import completion, journal, leases, pipeline, round_driver, scores
 from app.services.calls import CallRecord, record_calls
 from app.services.jobs import create_job
 from app.services.llm import llm_for, reset_llm_clients
@@ -140,6 +140,13 @@ def test_stored_scores_are_rouge_scores_against_the_pool_each_candidate_met(
     job_id = new_job(seed_set_id, rounds_in_flight=3)
     stream(job_id)
     assert stored_later and all(stored_later)
+    assert scores_checked(job_id, seed_set_id) > TARGET
+
+
+def scores_checked(job_id: uuid.UUID, seed_set_id: uuid.UUID) -> int:
+    """Assert that every candidate compared with the pool has rouge-score's highest ROUGE-L
+    against the seeds and every instruction accepted before it (its round's earlier ones
+    included), and the nearest text; the number of candidates checked."""
     compared = {None, "near_duplicate", "over_target", "judge_dropped", "verb_cap"}
     with session_scope() as session:
         pool = [s.instruction for s in load_seed_tasks(session, seed_set_id)]
@@ -158,7 +165,65 @@ def test_stored_scores_are_rouge_scores_against_the_pool_each_candidate_met(
             checked += 1
         if reason is None:
             pool.append(text)
-    assert checked > TARGET
+    return checked
+
+
+def unscored(job_id: uuid.UUID) -> int:
+    with session_scope() as session:
+        return (
+            session.scalar(
+                select(func.count()).where(
+                    Instruction.job_id == job_id,
+                    Instruction.pool_items.is_not(None),
+                    Instruction.max_rouge.is_(None),
+                )
+            )
+            or 0
+        )
+
+
+def lose_score_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the worker died after each round's commit, before its scores were written."""
+    monkeypatch.setattr(pipeline, "store_scores", lambda pending: None)
+
+
+def test_scores_a_dead_worker_never_wrote_are_stored_before_the_job_completes(
+    seed_set_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = new_job(seed_set_id, rounds_in_flight=3)
+    with monkeypatch.context() as patch:
+        lose_score_writes(patch)
+        stream(job_id)
+    assert unscored(job_id) > 0  # the last task's (each task stores what those before it left)
+    # Steps 2-3 never ran here, so the job does not succeed, but its completion check has
+    # stored every missing score, searched in the pool each candidate met.
+    assert not completion.finalize_if_complete(job_id)
+    assert unscored(job_id) == 0
+    assert scores_checked(job_id, seed_set_id) > TARGET
+
+
+def test_the_next_round_task_stores_the_scores_its_dead_predecessor_left(
+    seed_set_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = new_job(seed_set_id, target=30, rounds_in_flight=3)
+    with monkeypatch.context() as patch:
+        lose_score_writes(patch)
+        stream(job_id)
+    left = unscored(job_id)
+    assert left > 0
+    with session_scope() as session:  # more instructions wanted: the job goes on
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.num_instructions, job.instructions_complete = TARGET, False
+        next_round = job.rounds_completed + 1
+    stored: list[int] = []
+    store_missed = scores.store_missed_scores
+    monkeypatch.setattr(scores, "store_missed_scores", lambda j: stored.append(store_missed(j)))
+    with leases.holding(job_id) as hold:
+        round_driver.run_rounds(job_id, next_round, llm_for, hold, lambda _: None)
+    assert stored[0] == left
+    assert unscored(job_id) == 0
+    assert scores_checked(job_id, seed_set_id) > TARGET
 
 
 def test_one_round_in_flight_is_the_papers_loop(seed_set_id: uuid.UUID, llm: FakeLLMServer) -> None:
