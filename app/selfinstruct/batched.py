@@ -160,7 +160,7 @@ def _judge(
         reason = InstructionReason.INVALID_INSTANCE
     if reason is not None:
         return CandidateDecision(task.instruction, prompt_index, reason, instance=instance)
-    reason, score, nearest = pool_decision(task.instruction, index, options, remaining)
+    reason, pool_items = pool_decision(task.instruction, index, options, remaining)
     return CandidateDecision(
-        task.instruction, prompt_index, reason, max_rouge=score, nearest=nearest, instance=instance
+        task.instruction, prompt_index, reason, instance=instance, pool_items=pool_items
     )

@@ -170,10 +170,9 @@ def _judge(
     reason = filter_instruction(text, options)
     if reason is not None:
         return CandidateDecision(text, prompt_index, reason)
-    near = index.exceeds(text, options.rouge_threshold)
-    reason = _pool_reason(near, remaining, verdict)
+    reason, pool_items = pool_decision(text, index, options, remaining, verdict)
     note = verdict.note if verdict is not None else None
-    return CandidateDecision(text, prompt_index, reason, judge_note=note, pool_items=len(index))
+    return CandidateDecision(text, prompt_index, reason, judge_note=note, pool_items=pool_items)
 
 
 def filter_instruction(text: str, options: GenerationOptions) -> InstructionReason | None:
@@ -194,13 +193,11 @@ def pool_decision(
     options: GenerationOptions,
     remaining: int,
     verdict: InstructionVerdict | None = None,
-) -> tuple[InstructionReason | None, float, str | None]:
+) -> tuple[InstructionReason | None, int]:
     """For a text that passed the filters: near-duplicate of the pool, dropped by the judge, or
-    over the job's target (None: accepted), with its highest ROUGE-L and nearest pool text."""
-    match = index.best(text)
-    nearest = index.text(match.item) if match.item is not None else None
-    reason = _pool_reason(match.score > options.rouge_threshold, remaining, verdict)
-    return reason, match.score, nearest
+    over the job's target (None: accepted), and the pool's size then, for `score_decisions`."""
+    near = index.exceeds(text, options.rouge_threshold)
+    return _pool_reason(near, remaining, verdict), len(index)
 
 
 def _pool_reason(

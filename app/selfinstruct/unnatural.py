@@ -184,9 +184,9 @@ def _judge_core(
     reason = filter_instruction(core.instruction, options)
     if reason is not None:
         return CandidateDecision(core.instruction, prompt_index, reason, core=core)
-    reason, score, nearest = pool_decision(core.instruction, index, options, remaining)
+    reason, pool_items = pool_decision(core.instruction, index, options, remaining)
     return CandidateDecision(
-        core.instruction, prompt_index, reason, max_rouge=score, nearest=nearest, core=core
+        core.instruction, prompt_index, reason, core=core, pool_items=pool_items
     )
 
 

@@ -168,6 +168,18 @@ def scores_checked(job_id: uuid.UUID, seed_set_id: uuid.UUID) -> int:
     return checked
 
 
+@pytest.mark.parametrize("mode", ["batched", "unnatural"])
+def test_batched_and_unnatural_rounds_are_decided_first_and_scored_exactly_after(
+    seed_set_id: uuid.UUID, mode: str
+) -> None:
+    """These modes decide with the threshold test alone, as paper mode does; the highest
+    ROUGE-L and nearest text of every candidate are still rouge-score's once stored."""
+    job_id = new_job(seed_set_id, target=30, mode=mode)
+    stream(job_id)
+    assert unscored(job_id) == 0
+    assert scores_checked(job_id, seed_set_id) >= 30
+
+
 def unscored(job_id: uuid.UUID) -> int:
     with session_scope() as session:
         return (
