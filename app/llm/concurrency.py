@@ -70,6 +70,7 @@ class BackendLoad:
     in_flight: int
     limit: int
     waiting: int
+    baseline_s: float = 0.0  # the backend's no-load latency as the limit learnt it; 0: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +155,7 @@ class LocalConcurrencyGate:
 
     async def snapshot(self) -> BackendLoad:
         waiting = sum(len(q) for q in self._waiting.values())
-        return BackendLoad(in_flight=self._in_flight, limit=self.limit, waiting=waiting)
+        return BackendLoad(self._in_flight, self.limit, waiting, self._state.baseline_s)
 
     def _eligible(self, job: str) -> bool:
         limit = self.limit
@@ -310,7 +311,7 @@ return 1
 """
 
 # KEYS: slots, waiters, waiter counts, state. ARGV: default limit, waiting window.
-# Returns {in flight, limit, waiting}.
+# Returns {in flight, limit, waiting, baseline latency (a string: Lua numbers become integers)}.
 _LOAD = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -320,7 +321,7 @@ local waiting = 0
 for _, waiter in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - tonumber(ARGV[2]), '+inf')) do
   waiting = waiting + tonumber(redis.call('HGET', KEYS[3], waiter) or '0')
 end
-return {in_flight, limit, waiting}
+return {in_flight, limit, waiting, redis.call('HGET', KEYS[4], 'baseline_s') or '0'}
 """
 
 
@@ -638,8 +639,10 @@ class RedisConcurrencyGate:
 
 
 async def _read_load(load: AsyncScript, keys: list[str], default_limit: int) -> BackendLoad:
-    in_flight, limit, waiting = await load(keys=keys, args=[default_limit, _WAITING_SEEN_S])
-    return BackendLoad(in_flight=int(in_flight), limit=int(limit), waiting=int(waiting))
+    in_flight, limit, waiting, baseline = await load(
+        keys=keys, args=[default_limit, _WAITING_SEEN_S]
+    )
+    return BackendLoad(int(in_flight), int(limit), int(waiting), float(baseline))
 
 
 _gates: dict[tuple[str, int | None, str | None, int, float], ConcurrencyGate] = {}

@@ -55,6 +55,7 @@ class Sample:
     spreads: Mapping[str, TokenSpread] = field(default_factory=dict)  # by purpose (STEP1 too)
     latency_s: float | None = None  # the mean latency of the sample's requests
     concurrency: int | None = None  # requests the backend serves at once, as measured now
+    baseline_s: float | None = None  # the backend's no-load latency, as measured now
 
 
 class Interval(BaseModel):
@@ -219,15 +220,28 @@ def _cost(prompt: Interval, completion: Interval, prices: tuple[float, float]) -
     )
 
 
+QUEUED_LATENCY = 1.5  # mean latency over the no-load latency that says requests queued
+
+
+def _queued(sample: Sample) -> bool:
+    """Whether the sample's requests waited at the backend: a mean latency well above the
+    no-load latency the concurrency limit measured (the limit's own test for queueing)."""
+    baseline, latency = sample.baseline_s, sample.latency_s
+    return bool(baseline and latency and latency > QUEUED_LATENCY * baseline)
+
+
 def _wall(sample: Sample, requests: Interval) -> Interval | None:
     """The sample's wall time (start-up, and the chain of steps every instruction waits on)
-    plus the further requests at the backend's throughput. Without a measured latency and
-    concurrency, at the sample's own pace, which a small sample that never filled the backend
-    makes pessimistic."""
+    plus the further requests at the backend's throughput: its concurrency limit over the
+    sample's mean latency (Little's law with every slot busy). Without a measured latency and
+    concurrency, or when the sample's requests already queued at the backend, at the sample's
+    own pace: a backend that queues is full at the sample's concurrency (a local server that
+    serves one request at a time), while a sample that never filled a large backend makes that
+    pace pessimistic."""
     total = sample.step1.requests + sample.other.requests
     if not sample.wall_seconds or sample.wall_seconds <= 0 or total <= 0:
         return None
-    if not sample.latency_s or not sample.concurrency:
+    if not sample.latency_s or not sample.concurrency or _queued(sample):
         per_request_s = sample.wall_seconds / total
         return Interval(
             expected=round(requests.expected * per_request_s, 1),

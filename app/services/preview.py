@@ -78,7 +78,7 @@ def sample_of(progress: Progress, *, finished: bool, wall_s: float | None = None
 def with_calls(session: Session, sample: Sample, job: Job, options: GenerationOptions) -> Sample:
     """The sample with what the job's call records add: each purpose's spread of tokens per
     request, the mean latency of the requests the backend answered, and the backend's
-    concurrency limit as its workers measure it now."""
+    concurrency limit and no-load latency as its workers measure them now."""
     sums = (
         func.count(),
         func.sum(cast(LLMCall.prompt_tokens, Float)),
@@ -107,6 +107,7 @@ def with_calls(session: Session, sample: Sample, job: Job, options: GenerationOp
         spreads=spreads,
         latency_s=latency_ms / answered / 1000 if answered else None,
         concurrency=load.limit if load is not None else None,
+        baseline_s=load.baseline_s if load is not None and load.baseline_s else None,
     )
 
 

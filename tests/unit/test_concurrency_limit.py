@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import redis
@@ -351,7 +351,8 @@ def test_local_gate_holds_the_limit_and_shares_it_between_jobs() -> None:
 
         waiters = [asyncio.create_task(wait(j)) for j in ("A", "A", "B", "B")]
         await asyncio.sleep(0.01)
-        assert await gate.snapshot() == BackendLoad(in_flight=4, limit=4, waiting=4)
+        load = await gate.snapshot()
+        assert replace(load, baseline_s=0.0) == BackendLoad(in_flight=4, limit=4, waiting=4)
         for slot in slots:
             await gate.release(slot, 0.1, "error")
             await asyncio.sleep(0)
@@ -515,9 +516,15 @@ def test_backend_loads_read_without_taking_part(redis_url: str, backend: str) ->
             await gate.release(slot, 0.1, "ok")
         return during, await backend_loads(redis_url, [backend])
 
+    async def measured() -> BackendLoad:
+        for _ in range(16):  # one window of answers: the limit learns the no-load latency
+            await gate.release(await gate.acquire("J"), 0.25, "ok")
+        return (await backend_loads(redis_url, [backend]))[backend]
+
     during, after = asyncio.run(run())
     assert during == {backend: BackendLoad(3, 8, 0), idle: BackendLoad(0, 16, 0)}
     assert after[backend].in_flight == 0
+    assert asyncio.run(measured()).baseline_s == pytest.approx(0.25)
     assert asyncio.run(backend_loads("redis://127.0.0.1:1/0", [backend])) == {}
 
 

@@ -103,6 +103,20 @@ def test_with_a_latency_and_a_concurrency_the_further_requests_go_at_the_backend
     assert wall.high == pytest.approx(10 + (requests.high - 45) * 0.05 / 0.5, abs=0.1)
 
 
+def test_a_sample_whose_requests_queued_projects_at_its_own_pace() -> None:
+    """A server that serves one request at a time (a local model) queues a sample's requests
+    however high the limit is: their mean latency is well above the no-load latency, and the
+    server was already full, so the further requests go at the sample's pace, not at limit /
+    latency. Without queueing, the limit is what the further requests can use."""
+    unqueued = replace(_sample(), latency_s=0.5, concurrency=10, baseline_s=0.45)
+    queued = replace(unqueued, latency_s=1.0)  # 2.2 times the no-load latency
+    fast, slow = project(unqueued, 100), project(queued, 100)
+    assert fast is not None and fast.wall_seconds is not None
+    assert slow is not None and slow.wall_seconds is not None
+    assert fast.wall_seconds.expected == pytest.approx(10 + 180 * 0.05, abs=0.1)
+    assert slow.wall_seconds.expected == pytest.approx(225 * 10 / 45, abs=0.1)
+
+
 def test_token_spreads_widen_the_token_ranges_and_not_the_requests() -> None:
     plain = project(_sample(), 1000)
     spreads = {STEP1: TokenSpread(5, 100.0, 20.0), "instances": TokenSpread(20, 50.0, 40.0)}
