@@ -180,6 +180,8 @@ class JobSummary(Base):
         ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
     )
     progress: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The job's LLM calls per purpose (app/services/call_totals.py), for the live projection.
+    calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     computed_at: Mapped[datetime] = mapped_column()
 
 

@@ -6,9 +6,10 @@ import secrets
 import uuid
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
@@ -27,12 +28,14 @@ from app.models import (
 from app.schemas import BackendLoadRead, JobRead, Progress
 from app.selfinstruct.judges import Outcomes, judge_warnings
 from app.selfinstruct.options import GenerationOptions, judge_options
+from app.selfinstruct.projection import STEP1
 from app.selfinstruct.report import per_accepted
 from app.selfinstruct.reproducibility import template_version
 from app.selfinstruct.types import SURPLUS_REASONS
 from app.services import preview
 from app.services.backend_load import current_loads
 from app.services.balance import balance_progress, mix_so_far
+from app.services.call_totals import PurposeCalls, calls_by_purpose, total
 from app.services.keys import ANYONE, Caller
 from app.services.seed_sets import get_seed_set, load_seed_tasks
 
@@ -214,8 +217,15 @@ SUMMARY_SETTLE_S = 150.0
 
 
 def job_progress(session: Session, job: Job, options: GenerationOptions | None = None) -> Progress:
-    """The job's counters from its summary row when fresh; otherwise one request recomputes it
-    (the others keep serving the previous one meanwhile rather than queue behind the scan)."""
+    return job_usage(session, job, options)[0]
+
+
+def job_usage(
+    session: Session, job: Job, options: GenerationOptions | None = None
+) -> tuple[Progress, list[PurposeCalls]]:
+    """The job's counters and its LLM calls per purpose, from its summary row when fresh;
+    otherwise one request recomputes it (the others keep serving the previous one meanwhile
+    rather than queue behind the scan)."""
     now = datetime.now(UTC)
     summary = session.get(JobSummary, job.id)
     if summary is None or not _summary_fresh(summary, job, now):
@@ -224,7 +234,9 @@ def job_progress(session: Session, job: Job, options: GenerationOptions | None =
     # Kept on the job row by the pipeline: always current, and free to read.
     progress.rounds_completed = job.rounds_completed
     progress.dedupe_seconds = round(job.dedupe_s or 0.0, 3)
-    return progress
+    if summary.calls is None:  # a summary stored before it kept the calls
+        return progress, calls_by_purpose(session, job.id)
+    return progress, [PurposeCalls(**c) for c in summary.calls]
 
 
 def _summary_fresh(summary: JobSummary, job: Job, now: datetime) -> bool:
@@ -253,15 +265,12 @@ def _refresh_summary(
         )
         if locked is None:
             return summary
-    progress = count_progress(session, job, options).model_dump(mode="json")
-    values = {"job_id": job.id, "progress": progress, "computed_at": now}
-    upsert = _dialect_insert(session)(JobSummary).values(**values)
-    session.execute(
-        upsert.on_conflict_do_update(
-            index_elements=[JobSummary.job_id],
-            set_={"progress": progress, "computed_at": now},
-        )
-    )
+    calls = calls_by_purpose(session, job.id)
+    progress = count_progress(session, job, options, calls).model_dump(mode="json")
+    stored_calls = [asdict(c) for c in calls]
+    values = {"progress": progress, "calls": stored_calls, "computed_at": now}
+    upsert = _dialect_insert(session)(JobSummary).values(job_id=job.id, **values)
+    session.execute(upsert.on_conflict_do_update(index_elements=[JobSummary.job_id], set_=values))
     stored = session.get(JobSummary, job.id, populate_existing=True)
     assert stored is not None
     return stored
@@ -275,7 +284,10 @@ def _dialect_insert(session: Session):  # type: ignore[no-untyped-def]
 
 
 def count_progress(
-    session: Session, job: Job, options: GenerationOptions | None = None
+    session: Session,
+    job: Job,
+    options: GenerationOptions | None = None,
+    calls: list[PurposeCalls] | None = None,
 ) -> Progress:
     """Counters aggregated from the stored rows: exact, and as costly as the job is large."""
     counted = session.execute(
@@ -301,19 +313,8 @@ def count_progress(
             Instruction.variant == 0,
         )
     )
-    calls = session.execute(
-        select(
-            func.count(),
-            func.coalesce(func.sum(case((LLMCall.ok.is_(False), 1), else_=0)), 0),
-            func.coalesce(func.sum(LLMCall.prompt_tokens), 0),
-            func.coalesce(func.sum(LLMCall.completion_tokens), 0),
-            func.coalesce(func.sum(LLMCall.attempts), 0),
-            func.coalesce(func.sum(case((LLMCall.cached.is_(True), 1), else_=0)), 0),
-            *_partial_sums(LLMCall.cached.is_(True)),
-            func.coalesce(func.sum(case((_STEP1, 1), else_=0)), 0),
-            *_partial_sums(_STEP1),
-        ).where(LLMCall.job_id == job.id)
-    ).one()
+    calls = calls_by_purpose(session, job.id) if calls is None else calls
+    every, step1 = total(calls), total(calls, STEP1)
     failed_attempts: Counter[str] = Counter()
     for text, n in session.execute(
         select(LLMCall.attempt_errors, func.count())
@@ -323,7 +324,7 @@ def count_progress(
         for kind, count in parse_attempt_errors(text).items():
             failed_attempts[kind] += count * n
     accepted = sum(n for ok, _, n in instr if ok)
-    tokens = int(calls[2]) + int(calls[3])
+    tokens = every.prompt_tokens + every.completion_tokens
     rejected = {str(r): n for ok, r, n in instr if not ok and r not in SURPLUS_REASONS}
     over_target = sum(n for ok, r, n in instr if not ok and r in SURPLUS_REASONS)
     instances_accepted = sum(n for ok, _, n in inst if ok)
@@ -346,19 +347,19 @@ def count_progress(
         instructions_with_instances=with_instances or 0,
         instances_accepted=instances_accepted,
         instances_rejected=instances_rejected,
-        llm_requests=calls[0],
-        llm_errors=int(calls[1]),
-        llm_attempts=int(calls[4]),
-        llm_retries=int(calls[4]) - (int(calls[0]) - int(calls[5])),
-        cache_hits=int(calls[5]),
+        llm_requests=every.requests,
+        llm_errors=every.errors,
+        llm_attempts=every.attempts,
+        llm_retries=every.attempts - (every.requests - every.cache_hits),
+        cache_hits=every.cache_hits,
         llm_failed_attempts=dict(sorted(failed_attempts.items())),
-        prompt_tokens=int(calls[2]),
-        completion_tokens=int(calls[3]),
-        cached_prompt_tokens=int(calls[6]),
-        cached_completion_tokens=int(calls[7]),
-        step1_requests=int(calls[8]),
-        step1_prompt_tokens=int(calls[9]),
-        step1_completion_tokens=int(calls[10]),
+        prompt_tokens=every.prompt_tokens,
+        completion_tokens=every.completion_tokens,
+        cached_prompt_tokens=every.cached_prompt_tokens,
+        cached_completion_tokens=every.cached_completion_tokens,
+        step1_requests=step1.requests,
+        step1_prompt_tokens=step1.prompt_tokens,
+        step1_completion_tokens=step1.completion_tokens,
         tokens_per_accepted_instruction=per_accepted(tokens, accepted),
         tokens_per_accepted_example=per_accepted(tokens, instances_accepted),
         dedupe_seconds=round(job.dedupe_s or 0.0, 3),
@@ -368,17 +369,6 @@ def count_progress(
             Outcomes(instances_accepted, instances_rejected),
             finished=JobStatus(job.status).finished,
         ),
-    )
-
-
-_STEP1 = LLMCall.purpose == "instructions"
-
-
-def _partial_sums(condition: ColumnElement[bool]) -> tuple[ColumnElement[int], ...]:
-    """Prompt and completion tokens of the calls matching `condition`."""
-    return tuple(
-        func.coalesce(func.sum(case((condition, column), else_=0)), 0)
-        for column in (LLMCall.prompt_tokens, LLMCall.completion_tokens)
     )
 
 
@@ -407,7 +397,7 @@ def _backend_load(job: Job, options: GenerationOptions) -> BackendLoadRead | Non
 
 def job_read(session: Session, job: Job) -> JobRead:
     options = GenerationOptions.model_validate(job.options)
-    progress = job_progress(session, job, options)
+    progress, calls = job_usage(session, job, options)
     return JobRead(
         id=job.id,
         status=job.status,  # type: ignore[arg-type]
@@ -423,8 +413,8 @@ def job_read(session: Session, job: Job) -> JobRead:
         preview_target=job.preview_target,
         from_preview=job.from_preview_id,
         progress=progress,
-        cost=preview.live_cost(session, job, progress, options),
-        projection=preview.preview_projection(session, job, progress, options),
+        cost=preview.live_cost(job, progress, calls, options),
+        projection=preview.preview_projection(job, progress, calls, options),
         backend_load=_backend_load(job, options),
         error=job.error,
         stopped_reason=job.stopped_reason,

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from sqlalchemy import Float, case, cast, func, select
-from sqlalchemy.orm import Session
-
 from app.config import DEFAULT_BACKEND, get_settings
 from app.errors import InvalidInput, NotFound
-from app.models import Job, JobStatus, LLMCall
+from app.models import Job, JobStatus
 from app.schemas import Progress
 from app.selfinstruct.options import GenerationOptions
 from app.selfinstruct.projection import (
@@ -25,6 +23,7 @@ from app.selfinstruct.projection import (
     project,
 )
 from app.services.backend_load import current_loads
+from app.services.call_totals import PurposeCalls, total
 from app.services.keys import Caller
 
 
@@ -75,37 +74,24 @@ def sample_of(progress: Progress, *, finished: bool, wall_s: float | None = None
     )
 
 
-def with_calls(session: Session, sample: Sample, job: Job, options: GenerationOptions) -> Sample:
-    """The sample with what the job's call records add: each purpose's spread of tokens per
-    request, the mean latency of the requests the backend answered, and the backend's
+def with_calls(sample: Sample, calls: Sequence[PurposeCalls], options: GenerationOptions) -> Sample:
+    """The sample with what the job's calls per purpose add: each purpose's spread of tokens
+    per request, the mean latency of the requests the backend answered, and the backend's
     concurrency limit and no-load latency as its workers measure them now."""
-    sums = (
-        func.count(),
-        func.sum(cast(LLMCall.prompt_tokens, Float)),
-        func.sum(cast(LLMCall.prompt_tokens, Float) * cast(LLMCall.prompt_tokens, Float)),
-        func.sum(cast(LLMCall.completion_tokens, Float)),
-        func.sum(cast(LLMCall.completion_tokens, Float) * cast(LLMCall.completion_tokens, Float)),
-    )
-    sent = LLMCall.ok.is_(True) & LLMCall.cached.is_(False)
-    latency = (
-        func.sum(case((sent, LLMCall.latency_ms), else_=0)),
-        func.sum(case((sent, 1), else_=0)),
-    )
-    spreads: dict[str, TokenSpread] = {}
-    latency_ms, answered = 0.0, 0
-    rows = session.execute(
-        select(LLMCall.purpose, *sums, *latency)
-        .where(LLMCall.job_id == job.id)
-        .group_by(LLMCall.purpose)
-    )
-    for purpose, n, p, pp, c, cc, ms, answered_n in rows:
-        spreads[purpose] = TokenSpread(n, _sd(n, p or 0.0, pp or 0.0), _sd(n, c or 0.0, cc or 0.0))
-        latency_ms, answered = latency_ms + float(ms or 0), answered + int(answered_n or 0)
+    spreads = {
+        c.purpose: TokenSpread(
+            c.requests,
+            _sd(c.requests, c.prompt_tokens, c.prompt_squares),
+            _sd(c.requests, c.completion_tokens, c.completion_squares),
+        )
+        for c in calls
+    }
+    every = total(calls)
     load = None if options.batch_api else current_loads().get(options.backend or DEFAULT_BACKEND)
     return replace(
         sample,
         spreads=spreads,
-        latency_s=latency_ms / answered / 1000 if answered else None,
+        latency_s=every.answered_latency_ms / every.answered / 1000 if every.answered else None,
         concurrency=load.limit if load is not None else None,
         baseline_s=load.baseline_s if load is not None and load.baseline_s else None,
     )
@@ -119,18 +105,18 @@ def _sd(n: int, total: float, squares: float) -> float:
 
 
 def preview_projection(
-    session: Session, job: Job, progress: Progress, options: GenerationOptions
+    job: Job, progress: Progress, calls: Sequence[PurposeCalls], options: GenerationOptions
 ) -> Projection | None:
     """A preview's projection for its full target, once it has succeeded."""
     if job.preview_target is None or job.status != JobStatus.SUCCEEDED:
         return None
     sample = sample_of(progress, finished=True, wall_s=wall_seconds(job))
-    sample = with_calls(session, sample, job, options)
+    sample = with_calls(sample, calls, options)
     return project(sample, job.preview_target, prices=prices(options))
 
 
 def live_cost(
-    session: Session, job: Job, progress: Progress, options: GenerationOptions
+    job: Job, progress: Progress, calls: Sequence[PurposeCalls], options: GenerationOptions
 ) -> LiveCost:
     """Tokens and cost so far; while the job runs, its projected total (from its own yield)."""
     price = prices(options)
@@ -140,7 +126,7 @@ def live_cost(
         if job.started_at is not None:
             running_s = (datetime.now(UTC) - job.started_at).total_seconds()
         sample = sample_of(progress, finished=False, wall_s=running_s)
-        sample = with_calls(session, sample, job, options)
+        sample = with_calls(sample, calls, options)
         projected = project(sample, job.num_instructions, prices=price)
     return LiveCost(
         prompt_tokens=progress.prompt_tokens,

@@ -26,7 +26,7 @@ from app.selfinstruct.report import (
 from app.selfinstruct.rouge import TOKENIZERS
 from app.selfinstruct.verbs import verb_objects
 from app.services import preview
-from app.services.jobs import job_progress
+from app.services.jobs import job_usage
 from app.services.seed_sets import load_seed_tasks
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def job_report(session: Session, job: Job, *, sample_size: int = 2000) -> Qualit
     ]
     seeds = [task.instruction for task in load_seed_tasks(session, job.seed_set_id)]
     options = GenerationOptions.model_validate(job.options)
-    progress = job_progress(session, job, options)
+    progress, calls = job_usage(session, job, options)
     report = build_report(
         instructions,
         instances,
@@ -89,7 +89,7 @@ def job_report(session: Session, job: Job, *, sample_size: int = 2000) -> Qualit
         report.judges = _judge_scores(session, job, progress.instructions_rejected)
     if options.mode == "unnatural":
         report.reformulations = progress.reformulations_accepted
-    report.projection = preview.preview_projection(session, job, progress, options)
+    report.projection = preview.preview_projection(job, progress, calls, options)
     report.preview = _preview_comparison(session, job, progress, options)
     return report
 
@@ -104,12 +104,11 @@ def _preview_comparison(
     if followed is None:
         return None
     followed_options = GenerationOptions.model_validate(followed.options)
+    followed_progress, followed_calls = job_usage(session, followed, followed_options)
     sample = preview.sample_of(
-        job_progress(session, followed, followed_options),
-        finished=True,
-        wall_s=preview.wall_seconds(followed),
+        followed_progress, finished=True, wall_s=preview.wall_seconds(followed)
     )
-    sample = preview.with_calls(session, sample, followed, followed_options)
+    sample = preview.with_calls(sample, followed_calls, followed_options)
     price = preview.prices(options)
     actual = Actual(
         requests=progress.llm_requests,

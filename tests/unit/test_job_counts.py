@@ -12,13 +12,14 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db import session_scope
-from app.models import Instance, InstancesState, Instruction, Job, LLMCall
+from app.models import Instance, InstancesState, Instruction, Job, JobSummary, LLMCall
 from app.schemas import Progress
 from app.selfinstruct.options import GenerationOptions
 from app.services import completion, instances, pipeline
 from app.services.balance import undecided_through
+from app.services.call_totals import total
 from app.services.export import iter_rejected
-from app.services.jobs import job_progress
+from app.services.jobs import job_progress, job_usage
 from app.services.llm import llm_for
 from app.services.report import job_report
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
@@ -186,3 +187,43 @@ def test_a_job_succeeds_once_no_accepted_instruction_of_any_round_waits_for_inst
     assert completion.finalize_if_complete(job_id)
     with session_scope() as session:
         assert undecided_through(session, job_id, None) == 0
+
+
+def test_calls_per_purpose_add_up_to_the_rows_and_are_kept_with_the_summary(
+    seed_set_id: uuid.UUID,
+) -> None:
+    """A status read takes progress and the live projection's per-purpose calls from one
+    summary row: the same figures as summing the job's llm_calls rows directly."""
+    job_id = new_job(seed_set_id, 12, GenerationOptions(seed=4))
+    run_to_end(job_id)
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        progress, calls = job_usage(session, job)
+        direct = session.execute(
+            select(
+                LLMCall.purpose,
+                func.count(),
+                func.sum(LLMCall.prompt_tokens),
+                func.sum(LLMCall.completion_tokens),
+                func.sum(LLMCall.latency_ms),
+            )
+            .where(LLMCall.job_id == job_id)
+            .group_by(LLMCall.purpose)
+        ).all()
+        stored = session.get(JobSummary, job_id)
+        assert stored is not None and stored.calls is not None
+        assert job_usage(session, job)[1] == calls  # read back from the summary row
+    by_purpose = {c.purpose: c for c in calls}
+    assert {"instructions", "classify"} <= set(by_purpose)
+    for purpose, n, prompt, completion_tokens, latency_ms in direct:
+        kept = by_purpose[purpose]
+        assert (kept.requests, kept.prompt_tokens, kept.completion_tokens) == (
+            n,
+            prompt,
+            completion_tokens,
+        )
+        assert kept.answered_latency_ms <= latency_ms
+    every = total(calls)
+    assert (every.requests, every.prompt_tokens) == (progress.llm_requests, progress.prompt_tokens)
+    assert total(calls, "instructions").requests == progress.step1_requests
