@@ -1,4 +1,5 @@
-"""Benchmarks for the exact ROUGE-L index: exactness against rouge-score, speed, greedy run, memory.
+"""Benchmarks for the exact ROUGE-L index: exactness against rouge-score, speed, greedy run, memory,
+and `selfinstruct dedupe` on a 1,000,000-line file (`--sections large`).
 
     python bench/bench_rouge.py --seeds PATH/TO/self_instruct_seed_tasks.jsonl [--quick]
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import math
 import multiprocessing
@@ -487,6 +489,56 @@ def run_memory(size: int) -> dict[str, float]:
     }
 
 
+def _tree_rss_kb(root: int) -> tuple[int, int]:
+    """Resident memory of `root` and its descendants, summed and of the largest, from /proc."""
+    total = largest = 0
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            with open(f"/proc/{pid}/statm") as fh:
+                rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as fh:
+                    pending += [int(child) for child in fh.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it ended meanwhile
+        total, largest = total + rss, max(largest, rss)
+    return total, largest
+
+
+def run_large_file(seeds: Sequence[str], count: int, workers: int) -> dict[str, Any]:
+    """`selfinstruct dedupe` as a user runs it on a file of `count` JSONL lines (with the seeds
+    as --against): wall time, kept lines, and the peak resident memory of the command's process
+    tree (sampled every 0.2 s) and of its largest process."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, against, out = Path(tmp, "in.jsonl"), Path(tmp, "seeds.jsonl"), Path(tmp, "kept")
+        with source.open("w", encoding="utf-8") as fh:
+            for text in itertools.islice(InstructionLikeTexts(seed=51), count):
+                fh.write(json.dumps({"instruction": text}) + "\n")
+        against.write_text("".join(json.dumps({"instruction": t}) + "\n" for t in seeds))
+        command = [sys.executable, "-m", "app", "dedupe", str(source), "--against",
+                   str(against), "-o", str(out), "--workers", str(workers), "--no-progress"]  # fmt: skip
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        peak_total = peak_largest = 0
+        while process.poll() is None:
+            total, largest = _tree_rss_kb(process.pid)
+            peak_total, peak_largest = max(peak_total, total), max(peak_largest, largest)
+            time.sleep(0.2)
+        wall_s = time.perf_counter() - started
+        _, errors = process.communicate()
+        if process.returncode:
+            sys.exit(f"dedupe failed: {errors}")
+        with out.open(encoding="utf-8") as fh:
+            kept = sum(1 for _ in fh)
+        return {"lines": count, "workers": workers, "kept": kept, "wall_s": wall_s,
+                "input_mb": source.stat().st_size / 2**20, "peak_tree_mb": peak_total / 1024,
+                "peak_process_mb": peak_largest / 1024}  # fmt: skip
+
+
 # --- report -----------------------------------------------------------------------------------------
 
 
@@ -503,12 +555,18 @@ def main() -> None:
     parser.add_argument("--seeds")
     parser.add_argument("--quick", action="store_true", help="Small sizes, for a smoke run.")
     parser.add_argument(
-        "--sections", default="exactness,speed,greedy,memory", help="Comma-separated."
+        "--sections",
+        default="exactness,speed,greedy,memory",
+        help="Comma-separated; also `large` (the 1,000,000-line file).",
     )
     parser.add_argument(
         "--greedy-workers",
         default="1,2",
         help="Comma-separated process counts for the greedy run (dedupe --workers).",
+    )
+    parser.add_argument("--large-lines", type=int, default=1_000_000)
+    parser.add_argument(
+        "--large-workers", default="2", help="Comma-separated dedupe --workers for `large`."
     )
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -564,6 +622,17 @@ def main() -> None:
         for row in greedy_rows:
             print(f"| {row['path']} | {row['workers']} | {row['texts']:,} | {row['kept']:,} "
                   f"| {row['median_s']:.1f} | {first_s / row['median_s']:.2f}x |")  # fmt: skip
+        print()
+    if "large" in sections:
+        print("### `selfinstruct dedupe` on a large file (against the 175 seeds)\n")
+        print("| lines | input MB | workers | kept | wall s | lines/s | peak RSS, all processes "
+              "(MB) | peak RSS, largest process (MB) |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
+        for n in [int(w) for w in args.large_workers.split(",")]:
+            r = run_large_file(seeds, args.large_lines // (100 if quick else 1), n)
+            print(f"| {r['lines']:,} | {r['input_mb']:.0f} | {r['workers']} | {r['kept']:,} "
+                  f"| {r['wall_s']:.0f} | {r['lines'] / r['wall_s']:,.0f} "
+                  f"| {r['peak_tree_mb']:.0f} | {r['peak_process_mb']:.0f} |", flush=True)  # fmt: skip
         print()
     if "memory" in sections:
         result = run_memory(10_000 if quick else 100_000)
