@@ -24,7 +24,16 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from app.config import get_settings
 from app.llm.base import LLMPermanentError, LLMTransientError
 from app.logs import current_job_id
-from app.services import completion, instances, leases, mixtures, pipeline, round_driver, sweeper
+from app.services import (
+    batches,
+    completion,
+    instances,
+    leases,
+    mixtures,
+    pipeline,
+    round_driver,
+    sweeper,
+)
 from app.services.batches import BatchPending
 from app.services.llm import llm_for
 from app.services.queue import enqueue_instances, enqueue_round
@@ -171,7 +180,8 @@ def _leave_job(**_: object) -> None:
 
 
 def sweep_once() -> int:
-    """Send again the next step of every stalled job; returns how many jobs were re-sent."""
+    """Send again the next step of every stalled job, and cancel the Batch API batches of jobs
+    that have finished; returns how many jobs were re-sent."""
     resends = sweeper.stalled_jobs()
     for resend in resends:
         log.warning(
@@ -184,6 +194,7 @@ def sweep_once() -> int:
             enqueue_instances(resend.job_id, batch)
         if resend.round_no is not None:
             enqueue_round(resend.job_id, resend.round_no)
+    batches.cancel_abandoned()
     return len(resends)
 
 

@@ -136,6 +136,26 @@ class OpenAIBatchClient:
             raise self._translate(exc) from exc
         return BatchState(batch.status, answers=answers)
 
+    def cancel(self, batch_id: str) -> str:
+        """Ask the server to stop a batch nobody will read; returns the state it is in now
+        (`cancelling`, or the end it had already reached, or `gone` if the server forgot it)."""
+        try:
+            return self._client.batches.cancel(batch_id).status
+        except openai.NotFoundError:
+            return "gone"
+        except (openai.BadRequestError, openai.ConflictError):  # it ended before the cancel came
+            return self._status(batch_id)
+        except openai.OpenAIError as exc:
+            raise self._translate(exc) from exc
+
+    def _status(self, batch_id: str) -> str:
+        try:
+            return self._client.batches.retrieve(batch_id).status
+        except openai.NotFoundError:
+            return "gone"
+        except openai.OpenAIError as exc:
+            raise self._translate(exc) from exc
+
     def _read_answers(self, text: str, answers: list[LLMResponse | LLMError]) -> None:
         for line in text.splitlines():
             if not line.strip():

@@ -29,7 +29,8 @@ from app.llm.base import (
     LLMResponse,
     LLMTransientError,
 )
-from app.models import Job, LLMBatch
+from app.llm.batch_api import RUNNING_STATES
+from app.models import Job, JobStatus, LLMBatch
 from app.selfinstruct.options import GenerationOptions
 from app.services import response_cache
 from app.services.llm import batch_client_for
@@ -95,6 +96,47 @@ def collect(
 
 
 _PENDING: dict[str, object] = {"pending": True}  # a position the batch answers
+
+# Finished jobs, whose running batches nobody will read: a cancelled or failed job, or one that
+# reached its target while a batch of surplus work still ran.
+_FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+_ABANDONABLE = sorted(RUNNING_STATES - {"cancelling"})
+CANCEL_PER_SWEEP = 50  # remote calls one sweep makes at most; the rest wait for the next
+
+
+def cancel_abandoned() -> int:
+    """Cancel at the server every batch still running for a job that has finished, so that
+    nobody pays for answers no step will read; returns how many were cancelled.
+
+    Run by each worker's sweeper. Two sweepers may ask to cancel the same batch at once, which
+    the Batch API answers harmlessly, so nothing is claimed first: a sweeper that dies before it
+    records the new state leaves the row as it was, for the next sweep. A backend that cannot be
+    reached leaves its rows for the next sweep too."""
+    query = (
+        select(LLMBatch.id, LLMBatch.remote_id, Job.id, Job.options)
+        .join(Job, Job.id == LLMBatch.job_id)
+        .where(
+            Job.status.in_(_FINISHED),
+            LLMBatch.remote_id.is_not(None),
+            LLMBatch.status.in_(_ABANDONABLE),
+        )
+        .order_by(LLMBatch.submitted_at)
+        .limit(CANCEL_PER_SWEEP)
+    )
+    with session_scope() as session:
+        rows = session.execute(query).all()
+    cancelled = 0
+    for row_id, remote_id, job_id, stored_options in rows:
+        try:
+            client = batch_client_for(GenerationOptions.model_validate(stored_options))
+            status = client.cancel(remote_id)
+        except LLMError as exc:
+            log.warning("job %s: batch %s not cancelled yet: %s", job_id, remote_id, exc)
+            continue
+        log.info("job %s has finished: cancelled its batch %s (%s)", job_id, remote_id, status)
+        _update(row_id, status=status[:32])
+        cancelled += 1
+    return cancelled
 
 
 def _from_cache(

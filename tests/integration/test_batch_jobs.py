@@ -95,6 +95,11 @@ def stored(pg_url: str, job_id: str) -> dict[str, object]:
             "cached_calls": cached}  # fmt: skip
 
 
+def status_of(pg_url: str, job_id: str, remote_id: str) -> str | None:
+    rows = stored(pg_url, job_id)["batches"]
+    return next((b.status for b in rows if b.remote_id == remote_id), None)  # type: ignore[attr-defined]
+
+
 def remote_keys(server: FakeLLMServer, remote_ids: set[str]) -> list[str]:
     return [b["metadata"]["selfinstruct_key"] for i, b in server.batches.items() if i in remote_ids]
 
@@ -120,8 +125,10 @@ def test_a_job_through_the_batch_api(
     data = stored(pg_url, job_id)
     assert len(set(data["accepted"])) == 30  # type: ignore[arg-type]
     batches = data["batches"]
-    # A round dropped past the target may leave its batch running; the cache answers some steps.
-    assert {b.status for b in batches} <= {"completed", "cached", "in_progress", "validating"}  # type: ignore[attr-defined]
+    # A round dropped past the target may leave its batch running until the sweeper cancels it;
+    # the cache answers some steps.
+    finished_or_running = {"completed", "cached", "in_progress", "validating", "cancelling", "cancelled"}  # fmt: skip
+    assert {b.status for b in batches} <= finished_or_running  # type: ignore[attr-defined]
     assert "completed" in {b.status for b in batches}  # type: ignore[attr-defined]
     assert {b.key.split(":")[0] for b in batches} >= {"round 1", "classify", "instances"}  # type: ignore[attr-defined]
     # Every request went out in a batch: one batch per row, and no online completions.
@@ -169,6 +176,94 @@ def test_killed_worker_resumes_its_batches_without_paying_twice(
     # temperature 0) submitted nothing.
     submitted = [b for b in data["batches"] if b.status != "cached"]  # type: ignore[attr-defined]
     assert len(job_batches) == len(submitted)
+
+
+def test_a_cancelled_job_cancels_the_batches_it_left_running(
+    client: httpx.Client,
+    batch_stack: ServiceStack,
+    batch_llm: FakeLLMServer,
+    pg_url: str,
+    default_seeds: Path,
+) -> None:
+    """Batches here would run for an hour, so only a cancel at the server ends them; each
+    worker's sweeper sends it, at the production sweep interval (5 s)."""
+    batch_llm.config.batch_delay_s = 3600.0
+    worker = batch_stack.start_worker()
+    try:
+        created = batch_llm.counts["batches_created"]
+        cancels = batch_llm.counts["batches_cancelled"]
+        job_id = start_job(client, default_seeds, 30, seed=5)
+        deadline = time.monotonic() + 60
+        while not any(b.remote_id for b in stored(pg_url, job_id)["batches"]):  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, batch_stack.logs()
+            time.sleep(0.1)
+        assert batch_llm.counts["batches_created"] > created
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+        cancelled_at = time.monotonic()
+
+        def still_running() -> list[str]:
+            ids = {b.remote_id for b in stored(pg_url, job_id)["batches"]} - {None}  # type: ignore[attr-defined]
+            assert ids
+            return [
+                i for i in ids if batch_llm.batches[i]["status"] in ("validating", "in_progress")
+            ]
+
+        while still_running():
+            assert time.monotonic() - cancelled_at < 30, batch_stack.logs()
+            time.sleep(0.2)
+        # Within two sweeps of the cancel (5 s each, a margin for a loaded machine).
+        assert time.monotonic() - cancelled_at < 15
+        rows = stored(pg_url, job_id)["batches"]
+        submitted = [b for b in rows if b.remote_id is not None]  # type: ignore[attr-defined]
+        assert {b.status for b in submitted} <= {"cancelling", "cancelled"}, rows  # type: ignore[attr-defined]
+        assert batch_llm.counts["batches_cancelled"] - cancels == len(submitted)
+        time.sleep(6)  # another sweep: nothing is cancelled twice, nothing new is submitted
+        assert batch_llm.counts["batches_cancelled"] - cancels == len(submitted)
+        assert len(stored(pg_url, job_id)["batches"]) == len(rows)  # type: ignore[arg-type]
+    finally:
+        batch_llm.config.batch_delay_s = 1.0
+        batch_stack.kill_worker(worker, sig=15)
+
+
+@pytest.mark.slow
+def test_a_step_waits_the_production_poll_interval_without_being_sent_again(
+    client: httpx.Client,
+    batch_stack: ServiceStack,
+    batch_llm: FakeLLMServer,
+    pg_url: str,
+    default_seeds: Path,
+) -> None:
+    """The production poll interval (60 s) is twice the production job lease (30 s): between
+    two polls the step's claim must stay alive, or the sweeper would take the job for stalled
+    and send the step again. About 70 s: one full interval, then the job is cancelled."""
+    worker = batch_stack.start_worker(env={"SELFINSTRUCT_BATCH_POLL_INTERVAL_S": "60"})
+    job_id = None
+    try:
+        before = set(batch_llm.batches)
+        job_id = start_job(client, default_seeds, 30, seed=6)
+        deadline = time.monotonic() + 60
+        while not set(batch_llm.batches) - before:
+            assert time.monotonic() < deadline, batch_stack.logs()
+            time.sleep(0.1)
+        first_at = time.monotonic()
+        first = next(iter(set(batch_llm.batches) - before))
+        # The batch is done after 1 s, but nothing reads it before the next poll, 60 s on.
+        while status_of(pg_url, job_id, first) != "completed":
+            assert time.monotonic() - first_at < 90, batch_stack.logs()
+            time.sleep(0.5)
+        polled_after = time.monotonic() - first_at
+        assert 55 <= polled_after <= 90, polled_after
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        assert job["status"] == "running"
+        assert f"job {job_id} stalled" not in batch_stack.logs()
+        rows = stored(pg_url, job_id)["batches"]
+        assert [b.remote_id for b in rows if b.key.startswith("round 1:")] == [first]  # type: ignore[attr-defined]
+        keys = remote_keys(batch_llm, set(batch_llm.batches) - before)
+        assert len(keys) == len(set(keys))  # no step was submitted twice
+    finally:
+        if job_id is not None:
+            client.post(f"/v1/jobs/{job_id}/cancel")
+        batch_stack.kill_worker(worker, sig=15)
 
 
 def test_a_rerun_of_a_batch_job_answers_from_the_response_cache(

@@ -980,6 +980,24 @@ class FakeLLMServer:
             self._advance(batch)
             return batch
 
+        @app.post("/v1/batches/{batch_id}/cancel")
+        def cancel_batch(batch_id: str, request: Request) -> Any:
+            """As OpenAI: `cancelling` at once, `cancelled` at the next read; a batch that has
+            already ended cannot be cancelled (HTTP 400)."""
+            if not self._authorised(request):
+                return _unauthorised(request)
+            with self._lock:
+                batch = self.batches.get(batch_id)
+                if batch is None:
+                    return _error(404, f"No batch with id {batch_id}")
+                if batch["status"] not in ("validating", "in_progress", "cancelling"):
+                    return _error(400, f"Cannot cancel a batch with status {batch['status']}.")
+                if batch["status"] != "cancelling":
+                    batch["status"] = "cancelling"
+                    batch["cancelling_at"] = int(time.time())
+                    self.counts["batches_cancelled"] += 1
+                return batch
+
         @app.get("/v1/files/{file_id}/content")
         def file_content(file_id: str, request: Request) -> Any:
             if not self._authorised(request):
@@ -990,6 +1008,10 @@ class FakeLLMServer:
 
     def _advance(self, batch: dict[str, Any]) -> None:
         with self._lock:  # polls run in a thread pool: one of them answers the batch
+            if batch["status"] == "cancelling":  # cancelled before any request was answered
+                batch["status"] = "cancelled"
+                batch["cancelled_at"] = int(time.time())
+                return
             if batch["status"] not in ("validating", "in_progress"):
                 return
             if self.config.batch_refuse:

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from app.db import session_scope
 from app.llm.base import LLMPermanentError, LLMRequest, LLMResponse, LLMTransientError
 from app.llm.batch_api import OpenAIBatchClient
 from app.llm.openai_compat import OpenAICompatClient
+from app.models import Job, JobStatus
 from app.selfinstruct.options import CLASSIFY_STOP, GenerationOptions
 from app.selfinstruct.prompts import build_classification_prompt
 from app.services import batches
@@ -167,3 +169,34 @@ def test_a_batch_whose_answers_all_failed_is_submitted_again_not_found_again(
     answers = collect_when_done(job_on_sqlite, one)
     assert [type(a) for a in answers] == [LLMResponse]
     assert server.counts["batches_created"] == 2
+
+
+def test_cancel_stops_a_running_batch_and_reports_the_end_of_one_already_over(
+    server: FakeLLMServer,
+) -> None:
+    client = client_for(server)
+    running = client.submit(requests(), "round 1:aaa")
+    assert client.cancel(running) == "cancelling"
+    state = wait_done(client, running, 6)
+    assert state.status == "cancelled"
+    assert all(isinstance(a, LLMTransientError) for a in state.answers or [None])
+    done = client.submit(requests()[:2], "round 2:bbb")
+    wait_done(client, done, 2)
+    assert client.cancel(done) == "completed"  # HTTP 400 from the server: read its state
+    assert client.cancel("batch_that_never_was") == "gone"
+
+
+def test_the_sweep_cancels_the_running_batches_of_finished_jobs_only(
+    server: FakeLLMServer, job_on_sqlite: uuid.UUID
+) -> None:
+    server.config.batch_delay_s = 3600.0
+    with pytest.raises(batches.BatchPending):
+        batches.collect(job_on_sqlite, "classify", requests(), OPTIONS)
+    assert batches.cancel_abandoned() == 0  # the job still runs: its batch will be read
+    with session_scope() as session:
+        session.get(Job, job_on_sqlite).status = JobStatus.CANCELLED  # type: ignore[union-attr]
+    assert batches.cancel_abandoned() == 1
+    (remote,) = server.batches.values()
+    assert remote["status"] == "cancelling"
+    assert batches.cancel_abandoned() == 0  # recorded: not asked again at the next sweep
+    assert server.counts["batches_cancelled"] == 1
