@@ -68,7 +68,11 @@ class JobStatus(StrEnum):
 
     @property
     def finished(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+        return self in FINISHED_STATUSES
+
+
+# The statuses a job never leaves; also what SQL filters on finished jobs select.
+FINISHED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 class InstancesState(StrEnum):

@@ -30,7 +30,7 @@ from app.llm.base import (
     LLMTransientError,
 )
 from app.llm.batch_api import RUNNING_STATES
-from app.models import Job, JobStatus, LLMBatch
+from app.models import FINISHED_STATUSES, Job, LLMBatch
 from app.selfinstruct.options import GenerationOptions
 from app.services import response_cache
 from app.services.llm import batch_client_for
@@ -97,9 +97,6 @@ def collect(
 
 _PENDING: dict[str, object] = {"pending": True}  # a position the batch answers
 
-# Finished jobs, whose running batches nobody will read: a cancelled or failed job, or one that
-# reached its target while a batch of surplus work still ran.
-_FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 _ABANDONABLE = sorted(RUNNING_STATES - {"cancelling"})
 CANCEL_PER_SWEEP = 50  # remote calls one sweep makes at most; the rest wait for the next
 
@@ -116,7 +113,8 @@ def cancel_abandoned() -> int:
         select(LLMBatch.id, LLMBatch.remote_id, Job.id, Job.options)
         .join(Job, Job.id == LLMBatch.job_id)
         .where(
-            Job.status.in_(_FINISHED),
+            # cancelled, failed, or at its target while a batch of surplus work still ran
+            Job.status.in_(sorted(FINISHED_STATUSES)),
             LLMBatch.remote_id.is_not(None),
             LLMBatch.status.in_(_ABANDONABLE),
         )

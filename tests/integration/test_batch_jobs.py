@@ -7,11 +7,13 @@ import collections
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, func, select
 
+from app.config import Settings
 from app.models import Instance, Instruction, LLMBatch, LLMCall
 from tests.integration.conftest import stack_env, started_stack, upload
 from tests.support.fake_llm import FakeLLMConfig, FakeLLMServer
@@ -104,6 +106,11 @@ def remote_keys(server: FakeLLMServer, remote_ids: set[str]) -> list[str]:
     return [b["metadata"]["selfinstruct_key"] for i, b in server.batches.items() if i in remote_ids]
 
 
+def submitted_batches(pg_url: str, job_id: str) -> list[Any]:
+    """The job's batch rows that reached the server (the cache answered the rest)."""
+    return [b for b in stored(pg_url, job_id)["batches"] if b.remote_id is not None]  # type: ignore[attr-defined]
+
+
 def test_a_job_through_the_batch_api(
     client: httpx.Client,
     batch_stack: ServiceStack,
@@ -111,12 +118,11 @@ def test_a_job_through_the_batch_api(
     pg_url: str,
     default_seeds: Path,
 ) -> None:
-    worker = batch_stack.start_worker()
     online_before = len(batch_llm.requests)
     batches_before = batch_llm.counts["batches_created"]
-    job_id = start_job(client, default_seeds, 30, seed=3)
-    job = wait_for_status(client, job_id, timeout_s=180)
-    batch_stack.kill_worker(worker, sig=15)
+    with batch_stack.worker():
+        job_id = start_job(client, default_seeds, 30, seed=3)
+        job = wait_for_status(client, job_id, timeout_s=180)
 
     assert job["status"] == "succeeded", batch_stack.logs()
     assert job["options"]["batch_api"] is True
@@ -132,7 +138,7 @@ def test_a_job_through_the_batch_api(
     assert "completed" in {b.status for b in batches}  # type: ignore[attr-defined]
     assert {b.key.split(":")[0] for b in batches} >= {"round 1", "classify", "instances"}  # type: ignore[attr-defined]
     # Every request went out in a batch: one batch per row, and no online completions.
-    submitted = [b for b in batches if b.remote_id is not None]  # type: ignore[attr-defined]
+    submitted = submitted_batches(pg_url, job_id)
     assert batch_llm.counts["batches_created"] - batches_before == len(submitted)
     answered_in_batches = len(batch_llm.requests) - online_before
     assert answered_in_batches == sum(b.request_count for b in submitted)
@@ -150,11 +156,11 @@ def test_killed_worker_resumes_its_batches_without_paying_twice(
     worker = batch_stack.start_worker()
     job_id = start_job(client, default_seeds, 30, seed=4)
     created = batch_llm.counts["batches_created"]
-    deadline = time.monotonic() + 60
+    started = time.monotonic()
     for strike in (1, 3):  # kill while the first and then a later batch runs
-        while batch_llm.counts["batches_created"] < created + strike:
-            assert time.monotonic() < deadline, batch_stack.logs()
-            time.sleep(0.05)
+        wanted = created + strike
+        left = 60 - (time.monotonic() - started)
+        batch_stack.wait_until(lambda: batch_llm.counts["batches_created"] >= wanted, left, 0.05)  # noqa: B023
         batch_stack.kill_worker(worker)
         time.sleep(0.5)
         worker = batch_stack.start_worker()
@@ -186,43 +192,37 @@ def test_a_cancelled_job_cancels_the_batches_it_left_running(
     default_seeds: Path,
 ) -> None:
     """Batches here would run for an hour, so only a cancel at the server ends them; each
-    worker's sweeper sends it, at the production sweep interval (5 s)."""
+    worker's sweeper sends it, at the production sweep interval (the stack does not set it)."""
+    sweep_s = Settings.model_fields["sweep_interval_s"].default
     batch_llm.config.batch_delay_s = 3600.0
-    worker = batch_stack.start_worker()
     try:
-        created = batch_llm.counts["batches_created"]
-        cancels = batch_llm.counts["batches_cancelled"]
-        job_id = start_job(client, default_seeds, 30, seed=5)
-        deadline = time.monotonic() + 60
-        while not any(b.remote_id for b in stored(pg_url, job_id)["batches"]):  # type: ignore[attr-defined]
-            assert time.monotonic() < deadline, batch_stack.logs()
-            time.sleep(0.1)
-        assert batch_llm.counts["batches_created"] > created
-        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
-        cancelled_at = time.monotonic()
+        with batch_stack.worker():
+            created = batch_llm.counts["batches_created"]
+            cancels = batch_llm.counts["batches_cancelled"]
+            job_id = start_job(client, default_seeds, 30, seed=5)
+            batch_stack.wait_until(lambda: submitted_batches(pg_url, job_id), 60)
+            assert batch_llm.counts["batches_created"] > created
+            assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
 
-        def still_running() -> list[str]:
-            ids = {b.remote_id for b in stored(pg_url, job_id)["batches"]} - {None}  # type: ignore[attr-defined]
-            assert ids
-            return [
-                i for i in ids if batch_llm.batches[i]["status"] in ("validating", "in_progress")
-            ]
+            def still_running() -> list[str]:
+                ids = {b.remote_id for b in submitted_batches(pg_url, job_id)}
+                return [
+                    i
+                    for i in ids
+                    if batch_llm.batches[i]["status"] in ("validating", "in_progress")
+                ]
 
-        while still_running():
-            assert time.monotonic() - cancelled_at < 30, batch_stack.logs()
-            time.sleep(0.2)
-        # Within two sweeps of the cancel (5 s each, a margin for a loaded machine).
-        assert time.monotonic() - cancelled_at < 15
-        rows = stored(pg_url, job_id)["batches"]
-        submitted = [b for b in rows if b.remote_id is not None]  # type: ignore[attr-defined]
-        assert {b.status for b in submitted} <= {"cancelling", "cancelled"}, rows  # type: ignore[attr-defined]
-        assert batch_llm.counts["batches_cancelled"] - cancels == len(submitted)
-        time.sleep(6)  # another sweep: nothing is cancelled twice, nothing new is submitted
-        assert batch_llm.counts["batches_cancelled"] - cancels == len(submitted)
-        assert len(stored(pg_url, job_id)["batches"]) == len(rows)  # type: ignore[arg-type]
+            # Within two sweeps of the cancel, and a margin for a loaded machine.
+            batch_stack.wait_until(lambda: not still_running(), 3 * sweep_s, every_s=0.2)
+            rows = stored(pg_url, job_id)["batches"]
+            submitted = submitted_batches(pg_url, job_id)
+            assert {b.status for b in submitted} <= {"cancelling", "cancelled"}, rows
+            assert batch_llm.counts["batches_cancelled"] - cancels == len(submitted)
+            time.sleep(sweep_s + 1)  # another sweep: nothing cancelled twice, nothing new submitted
+            assert batch_llm.counts["batches_cancelled"] - cancels == len(submitted)
+            assert len(stored(pg_url, job_id)["batches"]) == len(rows)  # type: ignore[arg-type]
     finally:
         batch_llm.config.batch_delay_s = 1.0
-        batch_stack.kill_worker(worker, sig=15)
 
 
 @pytest.mark.slow
@@ -235,35 +235,32 @@ def test_a_step_waits_the_production_poll_interval_without_being_sent_again(
 ) -> None:
     """The production poll interval (60 s) is twice the production job lease (30 s): between
     two polls the step's claim must stay alive, or the sweeper would take the job for stalled
-    and send the step again. About 70 s: one full interval, then the job is cancelled."""
-    worker = batch_stack.start_worker(env={"SELFINSTRUCT_BATCH_POLL_INTERVAL_S": "60"})
+    and send the step again. This worker restores the default interval over the module's
+    shortened one. About 70 s: one full interval, then the job is cancelled."""
+    poll_s = Settings.model_fields["batch_poll_interval_s"].default
+    assert poll_s > Settings.model_fields["job_lease_s"].default  # what this test is about
+    before = set(batch_llm.batches)
     job_id = None
-    try:
-        before = set(batch_llm.batches)
-        job_id = start_job(client, default_seeds, 30, seed=6)
-        deadline = time.monotonic() + 60
-        while not set(batch_llm.batches) - before:
-            assert time.monotonic() < deadline, batch_stack.logs()
-            time.sleep(0.1)
-        first_at = time.monotonic()
-        first = next(iter(set(batch_llm.batches) - before))
-        # The batch is done after 1 s, but nothing reads it before the next poll, 60 s on.
-        while status_of(pg_url, job_id, first) != "completed":
-            assert time.monotonic() - first_at < 90, batch_stack.logs()
-            time.sleep(0.5)
-        polled_after = time.monotonic() - first_at
-        assert 55 <= polled_after <= 90, polled_after
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        assert job["status"] == "running"
-        assert f"job {job_id} stalled" not in batch_stack.logs()
-        rows = stored(pg_url, job_id)["batches"]
-        assert [b.remote_id for b in rows if b.key.startswith("round 1:")] == [first]  # type: ignore[attr-defined]
-        keys = remote_keys(batch_llm, set(batch_llm.batches) - before)
-        assert len(keys) == len(set(keys))  # no step was submitted twice
-    finally:
-        if job_id is not None:
-            client.post(f"/v1/jobs/{job_id}/cancel")
-        batch_stack.kill_worker(worker, sig=15)
+    with batch_stack.worker(env={"SELFINSTRUCT_BATCH_POLL_INTERVAL_S": str(poll_s)}):
+        try:
+            job_id = start_job(client, default_seeds, 30, seed=6)
+            batch_stack.wait_until(lambda: set(batch_llm.batches) - before, 60)
+            first = next(iter(set(batch_llm.batches) - before))
+            # The batch is done after 1 s, but nothing reads it before the next poll.
+            polled_after = batch_stack.wait_until(
+                lambda: status_of(pg_url, job_id, first) == "completed", 1.5 * poll_s, every_s=0.5
+            )
+            assert poll_s - 5 <= polled_after, polled_after
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            assert job["status"] == "running"
+            assert f"job {job_id} stalled" not in batch_stack.logs()
+            rows = stored(pg_url, job_id)["batches"]
+            assert [b.remote_id for b in rows if b.key.startswith("round 1:")] == [first]  # type: ignore[attr-defined]
+            keys = remote_keys(batch_llm, set(batch_llm.batches) - before)
+            assert len(keys) == len(set(keys))  # no step was submitted twice
+        finally:
+            if job_id is not None:
+                client.post(f"/v1/jobs/{job_id}/cancel")
 
 
 def test_a_rerun_of_a_batch_job_answers_from_the_response_cache(
@@ -275,19 +272,18 @@ def test_a_rerun_of_a_batch_job_answers_from_the_response_cache(
 ) -> None:
     """A finished Batch API job's rerun submits no batch for what was answered: its steps'
     requests are answered by the cache, and the examples are the same."""
-    worker = batch_stack.start_worker()
     batch_llm.config.error_rate_5xx = 0.0  # a failed answer would be asked again, and differ
     try:
-        job_id = start_job(client, default_seeds, 12, seed=8, response_cache="all")
-        first = wait_for_status(client, job_id, timeout_s=180)
-        assert first["status"] == "succeeded", batch_stack.logs()
-        sent, created = len(batch_llm.requests), batch_llm.counts["batches_created"]
-        response = client.post(f"/v1/jobs/{job_id}/rerun")
-        assert response.status_code == 202, response.text
-        again = wait_for_status(client, response.json()["id"], timeout_s=180)
+        with batch_stack.worker():
+            job_id = start_job(client, default_seeds, 12, seed=8, response_cache="all")
+            first = wait_for_status(client, job_id, timeout_s=180)
+            assert first["status"] == "succeeded", batch_stack.logs()
+            sent, created = len(batch_llm.requests), batch_llm.counts["batches_created"]
+            response = client.post(f"/v1/jobs/{job_id}/rerun")
+            assert response.status_code == 202, response.text
+            again = wait_for_status(client, response.json()["id"], timeout_s=180)
     finally:
         batch_llm.config.error_rate_5xx = 0.03
-        batch_stack.kill_worker(worker, sig=15)
     assert again["status"] == "succeeded", batch_stack.logs()
     before, after = stored(pg_url, job_id), stored(pg_url, again["id"])
     assert before["examples"] == after["examples"] and before["examples"]
@@ -307,15 +303,14 @@ def test_instances_the_backend_always_fails_are_given_up_after_the_task_retries(
     """Each retry of a step on the Batch API submits a new batch and polls it; the polls must
     not reset the retry count, or a request the backend always fails is paid for forever."""
     # Two retries instead of the default eight keep this test short; the bound is the same code.
-    worker = batch_stack.start_worker(env={"SELFINSTRUCT_TASK_MAX_RETRIES": "2"})
     batch_llm.config.failing_kinds = ("instances_input_first", "instances_output_first")
     created = batch_llm.counts["batches_created"]
     try:
-        job_id = start_job(client, default_seeds, 8, seed=6)
-        job = wait_for_status(client, job_id, timeout_s=120)
+        with batch_stack.worker(env={"SELFINSTRUCT_TASK_MAX_RETRIES": "2"}):
+            job_id = start_job(client, default_seeds, 8, seed=6)
+            job = wait_for_status(client, job_id, timeout_s=120)
     finally:
         batch_llm.config.failing_kinds = ()
-        batch_stack.kill_worker(worker, sig=15)
     assert job["status"] in ("succeeded", "failed"), batch_stack.logs()
     assert job["progress"]["instances_accepted"] == 0  # every instance request failed
     instance_batches = [

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -92,6 +92,29 @@ class ServiceStack:
         )
         self.workers.append(proc)
         return proc
+
+    @contextlib.contextmanager
+    def worker(
+        self, concurrency: int = 2, env: dict[str, str] | None = None
+    ) -> Iterator[subprocess.Popen[bytes]]:
+        """A worker for the length of a `with` block, stopped with SIGTERM (a warm shutdown)
+        when it ends, whatever the test asserted."""
+        proc = self.start_worker(concurrency, env)
+        try:
+            yield proc
+        finally:
+            self.kill_worker(proc, sig=signal.SIGTERM)
+
+    def wait_until(
+        self, condition: Callable[[], object], timeout_s: float, every_s: float = 0.1
+    ) -> float:
+        """Seconds until `condition()` is true; fails with the stack's logs after `timeout_s`."""
+        started = time.monotonic()
+        while not condition():
+            waited = time.monotonic() - started
+            assert waited < timeout_s, f"still false after {timeout_s} s\n{self.logs()}"
+            time.sleep(every_s)
+        return time.monotonic() - started
 
     def create_key(self, name: str) -> str:
         """A new API key through the CLI, as an operator would make one."""
