@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +106,13 @@ def remote_keys(server: FakeLLMServer, remote_ids: set[str]) -> list[str]:
     return [b["metadata"]["selfinstruct_key"] for i, b in server.batches.items() if i in remote_ids]
 
 
+def on_server(rows: Iterable[Any]) -> list[Any]:
+    """The batch rows (of `stored()`) that reached the server: the cache answered the rest."""
+    return [b for b in rows if b.remote_id is not None]
+
+
 def submitted_batches(pg_url: str, job_id: str) -> list[Any]:
-    """The job's batch rows that reached the server (the cache answered the rest)."""
-    return [b for b in stored(pg_url, job_id)["batches"] if b.remote_id is not None]  # type: ignore[attr-defined]
+    return on_server(stored(pg_url, job_id)["batches"])
 
 
 def test_a_job_through_the_batch_api(
@@ -138,7 +142,7 @@ def test_a_job_through_the_batch_api(
     assert "completed" in {b.status for b in batches}  # type: ignore[attr-defined]
     assert {b.key.split(":")[0] for b in batches} >= {"round 1", "classify", "instances"}  # type: ignore[attr-defined]
     # Every request went out in a batch: one batch per row, and no online completions.
-    submitted = submitted_batches(pg_url, job_id)
+    submitted = on_server(batches)
     assert batch_llm.counts["batches_created"] - batches_before == len(submitted)
     answered_in_batches = len(batch_llm.requests) - online_before
     assert answered_in_batches == sum(b.request_count for b in submitted)
@@ -215,7 +219,7 @@ def test_a_cancelled_job_cancels_the_batches_it_left_running(
             # Within two sweeps of the cancel, and a margin for a loaded machine.
             batch_stack.wait_until(lambda: not still_running(), 3 * sweep_s, every_s=0.2)
             rows = stored(pg_url, job_id)["batches"]
-            submitted = submitted_batches(pg_url, job_id)
+            submitted = on_server(rows)
             assert {b.status for b in submitted} <= {"cancelling", "cancelled"}, rows
             assert batch_llm.counts["batches_cancelled"] - cancels == len(submitted)
             time.sleep(sweep_s + 1)  # another sweep: nothing cancelled twice, nothing new submitted
