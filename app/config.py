@@ -153,9 +153,10 @@ class Settings(BaseSettings):
         64,
         ge=1,
         le=1024,
-        description="Accepted instructions one instance-generation task works on at once: it "
-        "starts with its message's batch and takes more of its job's pending instructions as "
-        "its own finish, for up to 30 s (each sends two requests or more, one at a time).",
+        description="Accepted instructions an instance-generation task starts with: it takes "
+        "more of its job's pending instructions as its own finish, for up to 30 s, and grows "
+        "past this many while the backend has free slots (up to llm_concurrency). Each "
+        "instruction sends two requests or more, one at a time.",
     )
     db_pool_size: int = Field(
         10, ge=1, le=200, description="Pooled database connections per process."

@@ -1,10 +1,11 @@
 """Steps 2 and 3 of the bootstrap loop: classify each accepted instruction, then generate its
 instances (input-first, or output-first for classification tasks), judge and store them.
 
-An instance task keeps `instructions_per_instance_task` instructions in work and, in paper mode,
-takes the job's pending instructions nobody holds as its own finish (for INSTANCE_SLICE_S), so a
-pool process keeps a full window of requests out instead of waiting for its batch's slowest. Each
-instruction is stored as soon as it is complete; a retry carries every unfinished instruction.
+An instance task keeps a window of instructions in work (`instance_window`: at least
+`instructions_per_instance_task`, more while the backend has free slots) and takes the job's
+pending instructions nobody holds as its own finish (for INSTANCE_SLICE_S), so a pool process
+keeps a full window of requests out instead of waiting for its batch's slowest. Each instruction
+is stored as soon as it is complete; a retry carries every unfinished instruction.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ from app.services.calls import (
 )
 from app.services.coalesce import CoalescingWriter
 from app.services.completion import stop_for_budget
+from app.services.instance_window import Headroom, InstanceWindow, backend_headroom
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +437,7 @@ async def _outputs_and_reformulations(
             await store(result)
         return result
 
-    return await _streamed(cores, one, more)
+    return await _streamed(cores, one, more, headroom=backend_headroom(llm))
 
 
 async def _store_done(job_id: uuid.UUID, result: _InstanceResult) -> None:
@@ -552,7 +554,7 @@ async def _classify_and_generate_async(
         return result
 
     admission = None if limit is None else (limit, partial(_cost_of, options, graders))
-    return await _streamed(pending, one, more, admission)
+    return await _streamed(pending, one, more, admission, backend_headroom(llm))
 
 
 def instruction_cost(
@@ -601,24 +603,24 @@ async def _streamed(
     one: Callable[[uuid.UUID, Any], Awaitable[_InstanceResult]],
     more: MoreWork | None,
     admission: Admission | None = None,
+    headroom: Headroom | None = None,
 ) -> list[_InstanceResult]:
     """`one` for each of `first`, and, with `more`, for what `more` hands out as they finish:
-    the task keeps `instructions_per_instance_task` instructions in work. It asks again once a
-    quarter of that is free (one transaction per few instructions, not per instruction), and
-    after an empty answer not before TAKE_AGAIN_S. With `admission`, an instruction waits for
-    its cost to fit the budget; what never fits comes back unsent. A permanent LLM error
-    raises at once."""
-    window = get_settings().instructions_per_instance_task
+    the task keeps its window (`InstanceWindow`, grown from `headroom`, the backend's free
+    slots) of instructions in work. After an empty answer it asks again not before
+    TAKE_AGAIN_S. With `admission`, an instruction waits for its cost to fit the budget; what
+    never fits comes back unsent. A permanent LLM error raises at once."""
+    window = InstanceWindow(headroom)
     results: list[_InstanceResult] = []
     order: dict[uuid.UUID, int] = {}  # results in the order the task took the instructions
     waiting: deque[tuple[uuid.UUID, Any]] = deque()  # taken, not yet admitted by the budget
     running, taking, dry_until = 0, False, 0.0
 
-    async def take_more(group: asyncio.TaskGroup) -> None:
+    async def take_more(group: asyncio.TaskGroup, room: int) -> None:
         nonlocal taking, dry_until, more
         taking = True
         try:
-            items = await asyncio.to_thread(more, window - running)  # type: ignore[arg-type]
+            items = await asyncio.to_thread(more, room)  # type: ignore[arg-type]
         except Exception:  # a database outage: finish what is in work, take no more
             log.warning("instance task: could not take more instructions", exc_info=True)
             items, more = [], None
@@ -665,17 +667,17 @@ async def _streamed(
         await maybe_take(group)
 
     async def maybe_take(group: asyncio.TaskGroup) -> None:
-        room = window - running - len(waiting)
-        wanted = room >= max(1, window // 4) or running == 0
+        nonlocal taking
         spent = admission is not None and admission[0].exhausted is not None
-        if (
-            more is not None
-            and wanted
-            and not taking
-            and not spent
-            and (time.monotonic() >= dry_until)
-        ):
-            await take_more(group)
+        if more is None or taking or spent or time.monotonic() < dry_until:
+            return
+        taking = True  # while the window reads the backend's load, no second take starts
+        try:
+            room = await window.room(running + len(waiting), idle=running == 0)
+        finally:
+            taking = False
+        if room and more is not None:
+            await take_more(group, room)
 
     try:
         async with asyncio.TaskGroup() as group:
@@ -683,6 +685,8 @@ async def _streamed(
             await maybe_take(group)
     except* LLMError as failed:  # a permanent error: the job cannot go on
         raise failed.exceptions[0] from None
+    if window.size > window.base:
+        log.info("instance task: window grew from %d to %d", window.base, window.size)
     results += [_InstanceResult(i, None, [], [], complete=False, unsent=True) for i, _ in waiting]
     return sorted(results, key=lambda r: order[r.instruction_id])
 
