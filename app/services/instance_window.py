@@ -45,8 +45,8 @@ def gate_of(client: object) -> ConcurrencyGate | None:
 
 
 def backend_headroom(client: object) -> Headroom | None:
-    """Free slots of the client's backend, or None for a client without a gate (a test double,
-    a Batch API client): its task keeps the fixed window."""
+    """Free slots of the client's backend, or None for a client without a gate (a test
+    double): its task keeps the starting window."""
     gate = gate_of(client)
     if gate is None:
         return None
