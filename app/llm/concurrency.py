@@ -476,12 +476,10 @@ class RedisConcurrencyGate:
             self._wake()
 
     async def snapshot(self) -> BackendLoad:
+        """Raises when Redis cannot be asked. A read is advice (instance windows, status): its
+        failure must not switch the gate to going without Redis; requests find out themselves."""
         _, scripts = self._redis()
-        try:
-            return await _read_load(scripts["load"], self._load_keys, self._config.start)
-        except Exception as exc:  # as above
-            self._unavailable(exc)
-            return BackendLoad(in_flight=self._local, limit=self._config.start, waiting=0)
+        return await _read_load(scripts["load"], self._load_keys, self._config.start)
 
     # --- internals -------------------------------------------------------------------------------
 

@@ -616,19 +616,16 @@ async def _streamed(
     waiting: deque[tuple[uuid.UUID, Any]] = deque()  # taken, not yet admitted by the budget
     running, taking, dry_until = 0, False, 0.0
 
-    async def take_more(group: asyncio.TaskGroup, room: int) -> None:
-        nonlocal taking, dry_until, more
-        taking = True
+    async def take(room: int) -> Sequence[tuple[uuid.UUID, Any]]:
+        nonlocal dry_until, more
         try:
             items = await asyncio.to_thread(more, room)  # type: ignore[arg-type]
         except Exception:  # a database outage: finish what is in work, take no more
             log.warning("instance task: could not take more instructions", exc_info=True)
             items, more = [], None
-        finally:
-            taking = False
         if not items:
             dry_until = time.monotonic() + TAKE_AGAIN_S
-        await start(group, items)
+        return items
 
     async def start(group: asyncio.TaskGroup, items: Sequence[tuple[uuid.UUID, Any]]) -> None:
         nonlocal running
@@ -671,13 +668,13 @@ async def _streamed(
         spent = admission is not None and admission[0].exhausted is not None
         if more is None or taking or spent or time.monotonic() < dry_until:
             return
-        taking = True  # while the window reads the backend's load, no second take starts
+        taking = True  # one at a time: reading the backend's load and taking from the job
         try:
             room = await window.room(running + len(waiting), idle=running == 0)
+            items = await take(room) if room else []
         finally:
             taking = False
-        if room and more is not None:
-            await take_more(group, room)
+        await start(group, items)
 
     try:
         async with asyncio.TaskGroup() as group:

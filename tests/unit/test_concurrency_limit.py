@@ -690,6 +690,15 @@ def test_client_through_the_redis_gate(
     assert run_sync(gate.snapshot()).in_flight == 0
 
 
+def test_a_failed_load_read_leaves_the_gate_as_it_was(caplog: pytest.LogCaptureFixture) -> None:
+    """Instance windows read the load about once a second as advice: a failed read raises to
+    the reader and does not switch the gate to going without Redis (which logs its warning)."""
+    gate = RedisConcurrencyGate("redis://127.0.0.1:1/0", "down", AdaptiveConfig(cap=1), 30)
+    with caplog.at_level(logging.WARNING), pytest.raises(redis.RedisError):
+        asyncio.run(gate.snapshot())
+    assert "concurrency limit not applied" not in caplog.text
+
+
 def test_client_goes_ahead_when_redis_is_down(queueing_server: QueueingServer) -> None:
     gate = RedisConcurrencyGate("redis://127.0.0.1:1/0", "down", AdaptiveConfig(cap=1), 30)
     client = OpenAICompatClient(

@@ -14,9 +14,11 @@ import pytest
 from app.config import get_settings
 from app.llm.adaptive import AdaptiveConfig
 from app.llm.concurrency import BackendLoad, LocalConcurrencyGate
+from app.selfinstruct.options import GenerationOptions
 from app.services import instance_window
-from app.services.instance_window import InstanceWindow, backend_headroom, gate_of
+from app.services.instance_window import InstanceWindow, backend_headroom
 from app.services.instances import _InstanceResult, _streamed
+from app.services.response_cache import CachingClient
 
 BASE = get_settings().instructions_per_instance_task
 CAP = get_settings().llm_concurrency
@@ -87,12 +89,10 @@ def test_the_load_is_read_at_most_once_a_second(monkeypatch: pytest.MonkeyPatch)
     assert load.reads == 1
 
 
-def test_the_gate_is_found_through_a_wrapping_client() -> None:
+def test_the_gate_is_found_through_the_response_cache() -> None:
     gate = LocalConcurrencyGate(AdaptiveConfig(initial=32, cap=512))
-    client = SimpleNamespace(gate=gate)
-    wrapped = SimpleNamespace(inner=SimpleNamespace(inner=client))
-    assert gate_of(wrapped) is gate
-    assert gate_of(SimpleNamespace()) is None
+    cached = CachingClient(SimpleNamespace(gate=gate), GenerationOptions(), None)  # type: ignore[arg-type]
+    assert cached.gate is gate and backend_headroom(cached) is not None
     assert backend_headroom(object()) is None
 
 
