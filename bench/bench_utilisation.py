@@ -201,6 +201,13 @@ def held_by_kind(busy: list[list[Any]], start: float, end: float) -> dict[str, f
     return {k: round(v / (end - start), 1) for k, v in sorted(held.items())} if end > start else {}
 
 
+def held_timeline(busy: list[list[Any]], start: float, end: float) -> list[dict[str, float]]:
+    """Mean slots held by kind in each tenth of [start, end]: where in the job a kind falls
+    short (the ramp, the middle, the tail)."""
+    tenth = (end - start) / 10
+    return [held_by_kind(busy, start + n * tenth, start + (n + 1) * tenth) for n in range(10)]
+
+
 class LimitSampler(threading.Thread):
     """The backend's concurrency limit and requests in flight, as /v1/backends shows them, twice a
     second: what the workers learnt, seen from the outside. Times are time.monotonic(), the
@@ -303,6 +310,7 @@ def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
         "middle": utilisation(stats["busy"], server.slots, *middle),
         "middle_by_kind": held_by_kind(stats["busy"], *middle),
         "middle_by_job": share_by_model(stats["busy"], server.slots, *middle),
+        "held_timeline": held_timeline(stats["busy"], start, end),
         "cpu": cpu_used,
         "requests": stats["requests"],
         "refused": stats["refused"],
@@ -371,6 +379,9 @@ def main() -> None:
                 )
             print(f"<!-- limit: median {result['limit_middle']} in the middle 60 %; at tenths of "
                   f"the job {result['limit_timeline']} -->", flush=True)  # fmt: skip
+            tenths = [{k[:12]: round(v) for k, v in held.items()}
+                      for held in result["held_timeline"]]  # fmt: skip
+            print(f"<!-- slots held by kind in each tenth of the job: {tenths} -->", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ model's answers only, never on which answer came back first, and a rerun against
 deterministic backend repeats it. Each stored round's instructions go to steps 2 and 3 at once.
 
 Near the target no new round goes out while the rounds in flight are expected (at the job's
-acceptance rate so far) to bring enough. The task stops sending after `ROUND_SLICE_S`, stores
-what is in flight and hands the next round to a new message, so that other jobs' rounds get a
-worker too; a round's claim passes from one stored round to the next inside the task, so a
+acceptance rate so far) to bring enough. The task stops sending after `ROUND_SLICE_S` (longer
+while no other job is active: `slices`), stores what is in flight and hands the next round to a
+new message, so that other jobs' rounds get a worker too; a round's claim passes from one stored round to the next inside the task, so a
 sweeper never sends a round this task is already waiting for.
 """
 
@@ -36,6 +36,7 @@ from app.services.calls import CallRecord, LLMFactory, record_calls
 from app.services.completion import accepted_count
 from app.services.pipeline import PlannedRound, RoundResult
 from app.services.scores import PendingScores
+from app.services.slices import Slice
 
 log = logging.getLogger(__name__)
 
@@ -128,20 +129,20 @@ def _stream(
 ) -> RoundResult:
     """Stored rounds' ROUGE-L scores (`unscored`) are stored while the next round's answers
     are still out: storing that round waits for no score."""
-    deadline = time.monotonic() + ROUND_SLICE_S
+    round_slice = Slice(job_id, ROUND_SLICE_S)
     spent = _Spent()
 
     def send(planned: PlannedRound) -> None:
         context = contextvars.copy_context()  # the job id, for the backend's fair shares
-        in_flight.append(
-            (planned, pool.submit(context.run, pipeline.send_round, llm_factory, planned))
-        )
+        answers = pool.submit(context.run, pipeline.send_round, llm_factory, planned)
+        spent.sent(answers)
+        in_flight.append((planned, answers))
 
     send(first)
     next_round, planning = first.round_no + 1, True
     result = RoundResult(next_round=first.round_no)
     while in_flight:
-        while planning and len(in_flight) < depth and time.monotonic() < deadline:
+        while planning and len(in_flight) < depth and not round_slice.over():
             with spent("planning"):
                 if not _worth_another(job_id, len(in_flight), first.options, result):
                     break
@@ -176,7 +177,7 @@ def _stream(
                 exc_info=True,
             )
             return RoundResult(next_round=planned.round_no)
-        spent.rounds += 1
+        spent.stored(answers)
         with spent("sending instance tasks"):
             stored.add(result.instance_batches)
         result.instance_batches = []
@@ -195,6 +196,21 @@ class _Spent:
         self.rounds = 0
         self.seconds: dict[str, float] = {}
         self._phase = ""
+        # A round's time out: answering (sent until its last answer) and waiting for the
+        # rounds before it to be stored (in order), summed over stored rounds.
+        self._answering = self._in_order = 0.0
+        self._times: dict[int, list[float]] = {}
+
+    def sent(self, answers: Future[list[CallRecord]]) -> None:
+        times = self._times[id(answers)] = [time.monotonic()]
+        answers.add_done_callback(lambda _: times.append(time.monotonic()))
+
+    def stored(self, answers: Future[list[CallRecord]]) -> None:
+        self.rounds += 1
+        sent_at, *answered = self._times.pop(id(answers), [0.0])
+        done_at = answered[0] if answered else time.monotonic()
+        self._answering += done_at - sent_at
+        self._in_order += time.monotonic() - done_at
 
     def __call__(self, phase: str) -> _Spent:
         self._phase = phase
@@ -210,7 +226,12 @@ class _Spent:
     def __str__(self) -> str:
         wall = time.monotonic() - self.started
         parts = ", ".join(f"{phase} {s:.1f} s" for phase, s in self.seconds.items())
-        return f"{self.rounds} rounds stored in {wall:.1f} s ({parts})"
+        per_round = max(1, self.rounds)
+        return (
+            f"{self.rounds} rounds stored in {wall:.1f} s ({parts}); a round's mean time out: "
+            f"answering {self._answering / per_round:.1f} s, then until stored "
+            f"{self._in_order / per_round:.1f} s"
+        )
 
 
 def _first_guess(options: GenerationOptions) -> float:
