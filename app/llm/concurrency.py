@@ -476,8 +476,9 @@ class RedisConcurrencyGate:
             self._wake()
 
     async def snapshot(self) -> BackendLoad:
-        """Raises when Redis cannot be asked. A read is advice (instance windows, status): its
-        failure must not switch the gate to going without Redis; requests find out themselves."""
+        """Raises when Redis cannot be asked. A read is advice (instance windows size themselves
+        by it): its failure must not switch the gate to going without Redis; requests find out
+        themselves."""
         _, scripts = self._redis()
         return await _read_load(scripts["load"], self._load_keys, self._config.start)
 

@@ -34,7 +34,6 @@ from app.config import DEFAULT_BACKEND
 from app.db import session_scope
 from app.llm.aio import run_sync
 from app.llm.base import LLMClient, LLMError, LLMRequest, LLMResponse, complete_each
-from app.llm.concurrency import ConcurrencyGate
 from app.llm.openai_compat import Endpoint, request_body
 from app.models import Job, ResponseCacheEntry
 from app.selfinstruct.options import GenerationOptions
@@ -109,11 +108,6 @@ class CachingClient:
         self.backend = options.backend or DEFAULT_BACKEND
         self.endpoint: Endpoint = options.endpoint
         self._model = options.model
-
-    @property
-    def gate(self) -> ConcurrencyGate | None:
-        """The backend's gate, for callers that size their work by its free slots."""
-        return getattr(self.inner, "gate", None)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

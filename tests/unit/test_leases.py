@@ -247,9 +247,8 @@ def test_an_instance_task_takes_nothing_more_after_its_slice_while_another_job_w
     """After INSTANCE_SLICE_S (shortened here to none at all) a task does only what it has, so
     that another job's tasks get the pool process."""
     monkeypatch.setattr(instances, "INSTANCE_SLICE_S", 0.0)
-    new_job(
-        _job(job_id).seed_set_id, 10, GenerationOptions(seed=4)
-    )  # queued: it waits for a process
+    # Queued: it waits for a process.
+    new_job(_job(job_id).seed_set_id, 10, GenerationOptions(seed=4))
     pipeline.run_round(job_id, 1, llm_for)
     pending = _pending(job_id)
     assert instances.generate_instances(job_id, pending[:1], llm_for)
