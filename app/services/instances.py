@@ -3,7 +3,7 @@ instances (input-first, or output-first for classification tasks), judge and sto
 
 An instance task keeps a window of instructions in work (`instance_window`: at least
 `instructions_per_instance_task`, more while the backend has free slots) and takes the job's
-pending instructions nobody holds as its own finish (for its slice: `slices`), so a pool process
+pending instructions nobody holds as its own finish (for INSTANCE_SLICE_S), so a pool process
 keeps a full window of requests out instead of waiting for its batch's slowest. Each instruction
 is stored as soon as it is complete; a retry carries every unfinished instruction.
 """
@@ -78,7 +78,6 @@ from app.services.calls import (
 from app.services.coalesce import CoalescingWriter
 from app.services.completion import stop_for_budget
 from app.services.instance_window import Headroom, InstanceWindow, backend_headroom
-from app.services.slices import Slice
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +231,8 @@ TAKE_AGAIN_S = 0.5  # after finding nothing to take: new instructions come with 
 class _TakeMore:
     """More of the job's pending instructions for a running instance task: the oldest that no
     live task holds (their own messages are still queued, or their task died), claimed under
-    the task's hold. After its slice (INSTANCE_SLICE_S, longer while no other job is active:
-    `slices`) it takes no more, so that other jobs' tasks get the pool process too; a job that is
-    finished, cancelled or over a budget gives none."""
+    the task's hold. After INSTANCE_SLICE_S it takes no more, so that other jobs' tasks get the
+    pool process too; a job that is finished, cancelled or over a budget gives none."""
 
     def __init__(
         self,
@@ -248,10 +246,10 @@ class _TakeMore:
         Unnatural core)."""
         self.job_id, self.hold, self.options = job_id, hold, options
         self.verdicts, self.payload = verdicts, payload
-        self.slice = Slice(job_id, INSTANCE_SLICE_S)
+        self.until = time.monotonic() + INSTANCE_SLICE_S
 
     def __call__(self, limit: int) -> list[tuple[uuid.UUID, Any]]:
-        if limit < 1 or self.slice.over():
+        if limit < 1 or time.monotonic() >= self.until:
             return []
         with session_scope() as session:
             job = session.get(Job, self.job_id)

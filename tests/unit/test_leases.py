@@ -18,7 +18,7 @@ from app.db import session_scope
 from app.llm import concurrency
 from app.models import InstancesState, Instruction, Job, LLMCall
 from app.selfinstruct.options import GenerationOptions
-from app.services import instances, job_index, leases, pipeline, slices, sweeper
+from app.services import instances, job_index, leases, pipeline, sweeper
 from app.services.budget import job_usage
 from app.services.llm import llm_for, reset_llm_clients
 from tests.support.fake_llm import FakeLLMServer, prompt_kind
@@ -241,31 +241,16 @@ def test_an_unnatural_instance_task_takes_the_jobs_pending_cores_nobody_holds(
     assert kinds.count("unnatural_output") == len(pending) - 1
 
 
-def test_an_instance_task_takes_nothing_more_after_its_slice_while_another_job_waits(
+def test_an_instance_task_takes_nothing_more_after_its_slice(
     job_id: uuid.UUID, fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After INSTANCE_SLICE_S (shortened here to none at all) a task does only what it has, so
-    that another job's tasks get the pool process."""
+    that other jobs' tasks get the pool process."""
     monkeypatch.setattr(instances, "INSTANCE_SLICE_S", 0.0)
-    # Queued: it waits for a process.
-    new_job(_job(job_id).seed_set_id, 10, GenerationOptions(seed=4))
     pipeline.run_round(job_id, 1, llm_for)
     pending = _pending(job_id)
     assert instances.generate_instances(job_id, pending[:1], llm_for)
     assert set(_pending(job_id)) == set(pending[1:])
-
-
-def test_an_instance_task_of_a_job_alone_keeps_taking_past_its_slice(
-    job_id: uuid.UUID, fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Nobody waits for the process, so the slice (shortened to none, as above) is extended:
-    a task does not drain its share of the backend for nothing."""
-    monkeypatch.setattr(instances, "INSTANCE_SLICE_S", 0.0)
-    pipeline.run_round(job_id, 1, llm_for)
-    pending = _pending(job_id)
-    assert len(pending) > 1
-    assert instances.generate_instances(job_id, pending[:1], llm_for)
-    assert _pending(job_id) == []
 
 
 def test_a_task_that_took_more_hands_all_its_unfinished_instructions_to_its_retry(
@@ -445,20 +430,3 @@ def test_a_retry_does_not_ask_again_for_the_classifications_it_has(
         )
     assert classified == len(pending)  # each answered and recorded once
     assert not _pending(job_id)
-
-
-def test_a_slice_is_extended_while_its_job_runs_alone_up_to_the_longest(
-    job_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Slices of 0.1 s and a longest of 0.3 s (production: 30 s and 300 s) to stay fast."""
-    monkeypatch.setattr(slices, "LONGEST_S", 0.3)
-    alone = slices.Slice(job_id, 0.1)
-    time.sleep(0.15)
-    assert not alone.over()  # past its slice, but no other job: extended
-    time.sleep(0.2)
-    assert alone.over() and alone.over()  # the longest reached; it stays over
-    new_job(_job(job_id).seed_set_id, 10, GenerationOptions(seed=4))
-    shared = slices.Slice(job_id, 0.1)
-    assert not shared.over()
-    time.sleep(0.15)
-    assert shared.over()  # another job is queued: the slice ends on time
