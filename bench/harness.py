@@ -88,6 +88,9 @@ def fresh_services(
         services.drop_database(admin, name)
 
 
+WORKER_POOL = 4  # `selfinstruct worker`'s default pool, the one docker-compose.yml runs
+
+
 @contextmanager
 def running_stack(
     env: dict[str, str], workers: int, **worker_options: Any
@@ -99,7 +102,7 @@ def running_stack(
     with ServiceStack(env, Path(tempfile.mkdtemp()) / "logs") as stack:
         stack.start_api()
         for _ in range(workers):
-            stack.start_worker(**worker_options)
+            stack.start_worker(**{"concurrency": WORKER_POOL, **worker_options})
         time.sleep(3)  # workers connect to the broker
         with stack.client(None) as api:
             with SEEDS.open("rb") as fh:

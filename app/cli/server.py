@@ -82,7 +82,13 @@ def serve(
 
 @cli.command()
 def worker(
-    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            help="Worker processes (as in docker-compose.yml). A task holds its process while "
+            "its last requests come back, so more processes than cores keep the backend fed."
+        ),
+    ] = 4,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
     hostname: Annotated[
         str | None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections import deque
@@ -224,15 +225,20 @@ def _pending_rows(session: Session, ids: Sequence[uuid.UUID]) -> list[PendingRow
     )  # type: ignore[arg-type]
 
 
-INSTANCE_SLICE_S = 30.0  # how long one instance task keeps taking more of its job's work
+INSTANCE_SLICE_S = 30.0  # how long an instance task keeps taking its job's work, on average
+# Each task's slice is drawn from INSTANCE_SLICE_S x [1 - SLICE_SPREAD, 1 + SLICE_SPREAD]: a job's
+# instance tasks start together when its first rounds are stored, and with equal slices they
+# would all stop taking work, and drain, at once, emptying the job's share of the backend; spread
+# out, the tasks still taking work grow their windows into the slots the draining ones free.
+SLICE_SPREAD = 0.5
 TAKE_AGAIN_S = 0.5  # after finding nothing to take: new instructions come with stored rounds
 
 
 class _TakeMore:
     """More of the job's pending instructions for a running instance task: the oldest that no
     live task holds (their own messages are still queued, or their task died), claimed under
-    the task's hold. After INSTANCE_SLICE_S it takes no more, so that other jobs' tasks get the
-    pool process too; a job that is finished, cancelled or over a budget gives none."""
+    the task's hold. After its slice (about INSTANCE_SLICE_S) it takes no more, so that other
+    jobs' tasks get the pool process too; a job that is finished, cancelled or over a budget gives none."""
 
     def __init__(
         self,
@@ -246,7 +252,8 @@ class _TakeMore:
         Unnatural core)."""
         self.job_id, self.hold, self.options = job_id, hold, options
         self.verdicts, self.payload = verdicts, payload
-        self.until = time.monotonic() + INSTANCE_SLICE_S
+        spread = random.uniform(1 - SLICE_SPREAD, 1 + SLICE_SPREAD)
+        self.until = time.monotonic() + INSTANCE_SLICE_S * spread
 
     def __call__(self, limit: int) -> list[tuple[uuid.UUID, Any]]:
         if limit < 1 or time.monotonic() >= self.until:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -41,6 +42,14 @@ def test_workers_read_the_round_queue_first(monkeypatch: pytest.MonkeyPatch) -> 
     assert args[args.index("-Q") + 1] == f"{ROUND_QUEUE},{QUEUE}"
     assert WORKER_QUEUES == (ROUND_QUEUE, QUEUE)
     assert "--concurrency=3" in args
+
+
+def test_the_default_pool_is_the_one_docker_compose_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    argv: list[list[str]] = []
+    monkeypatch.setattr(celery_app, "worker_main", argv.append)
+    assert CliRunner().invoke(cli, ["worker"]).exit_code == 0
+    compose = (Path(__file__).parents[2] / "docker-compose.yml").read_text()
+    assert '"worker", "--concurrency", "4"' in compose and "--concurrency=4" in argv[0]
 
 
 @pytest.mark.parametrize(("behind_bulk", "queue"), [(False, ROUND_QUEUE), (True, QUEUE)])
