@@ -30,8 +30,7 @@ Windows use medians because generation lengths differ: single latencies are long
 holds the answers to requests sent after it started (so it measures the current limit, not the
 previous one) and closes after max(`min_samples`, the sender's own peak in flight) of them, about
 one round of the sender's requests: fewer would measure the fastest of a round, more would react
-slowly. In slow start a window takes every answer and closes after half as many (`new_window`).
-16 at least, because the median of fewer long-tailed samples is too noisy (about +-15%
+slowly. 16 at least, because the median of fewer long-tailed samples is too noisy (about +-15%
 for 16 lognormal samples of sigma 0.5) to tell a doubled latency from chance. With little
 traffic a window closes after `max_window_s` (or `TIMED_BASELINES` baselines, if longer) with
 at least `MIN_TIMED_SAMPLES`.
@@ -149,7 +148,6 @@ class Window:
     )  # sent before it: at, level
     answers: int = 0  # every answer in the window, whenever its request went out
     overload_in_flight: int = 0  # the level refusals point at; 0: none (yet)
-    any_age: bool = False  # latencies of requests sent before the window count too
 
     def note_sent(self, sent_at: float, in_flight: int) -> None:
         if sent_at >= self.started_at:
@@ -170,7 +168,7 @@ class Window:
         self.answers += 1
         fresh = sent_at >= self.started_at
         if outcome == "ok":
-            if fresh or self.any_age:
+            if fresh:
                 self.latencies.append((sent_at, latency_s, in_flight))
                 self.local_peak = max(self.local_peak, local_in_flight)
         elif fresh:
@@ -221,18 +219,6 @@ def _refusals_point_at(level: int, refused: Counter[int], sent: Counter[int]) ->
     return refusals >= MIN_REFUSALS and refusals >= REFUSED_SHARE * sends
 
 
-def new_window(state: LimitState, now: float) -> Window:
-    """The window that starts now. In slow start it takes the latencies of every answer, not
-    only of requests sent after it started, and closes after half the sender's peak in flight:
-    a window of fresh requests closes about two rounds after it starts (one to send them, one
-    to answer them), so the limit doubled about every two rounds; now about every round, and a
-    large server is reached in half the time (16 to 512 in the simulated 5 s server: 9.1
-    median latencies before, 4.8 now). The price is seeing queueing one window later, so slow
-    start may overshoot by one doubling more; past slow start, windows measure only requests
-    sent at the limit in force."""
-    return Window(started_at=now, any_age=state.slow_start)
-
-
 def initial_state(config: AdaptiveConfig) -> LimitState:
     return LimitState(limit=float(config.start))
 
@@ -252,12 +238,9 @@ def apply_window(
         if not state.last_cut_at or now - state.last_cut_at >= _cut_interval(state):
             return _after_overload(state, refused_at, config, now)
         return state
-    samples = window.latencies
-    if window.any_age and not state.slow_start:  # another sender ended slow start meanwhile
-        samples = [sample for sample in samples if sample[0] >= window.started_at]
-    if len(samples) < MIN_TIMED_SAMPLES:
+    if len(window.latencies) < MIN_TIMED_SAMPLES:
         return state
-    median = _median([latency for _, latency, _ in samples])
+    median = _median([latency for _, latency, _ in window.latencies])
     if state.probe_level:
         return _probe_step(state, median, config, now)
 
@@ -293,7 +276,9 @@ def apply_window(
         if state.rising:
             return replace(new, slow_start=False, rising=False, next_probe_at=now)
         return replace(new, rising=True)
-    used = max(in_flight for _, _, in_flight in samples) >= 0.5 * effective_limit(state, config)
+    used = max(in_flight for _, _, in_flight in window.latencies) >= 0.5 * effective_limit(
+        state, config
+    )
     if not used:
         return new
     new = replace(new, cuts_in_row=0)

@@ -47,7 +47,6 @@ from app.llm.adaptive import (
     apply_window,
     effective_limit,
     initial_state,
-    new_window,
 )
 
 log = logging.getLogger(__name__)
@@ -112,7 +111,7 @@ class LocalConcurrencyGate:
         self._reset()
 
     def _reset(self) -> None:
-        self._window = new_window(self._state, time.monotonic())
+        self._window = Window(started_at=time.monotonic())
         self._in_flight = 0
         self._holding: Counter[str] = Counter()
         self._waiting: OrderedDict[str, deque[asyncio.Future[Slot]]] = OrderedDict()
@@ -151,7 +150,7 @@ class LocalConcurrencyGate:
             self._window.add(slot.sent_at, latency_s, outcome, slot.in_flight, slot.local_in_flight)
         if self._window.due(self._config, now, self._state.baseline_s):
             self._state = apply_window(self._state, self._window, self._config, now)
-            self._window = new_window(self._state, now)
+            self._window = Window(started_at=now)
         self._drop(slot)
 
     async def snapshot(self) -> BackendLoad:
@@ -528,7 +527,7 @@ class RedisConcurrencyGate:
             now = float(at)
             self._note_clock(now)
             if not self._window.started_at:  # the first window starts with the first slot
-                self._window = new_window(self._state, now)
+                self._window = Window(started_at=now)
             first = int(in_flight) - int(taken)
             for number in range(1, int(taken) + 1):
                 slot = Slot(f"{prefix}:{number}", job, now, first + number, self._local + 1)
@@ -599,7 +598,7 @@ class RedisConcurrencyGate:
                 state = new
                 break
         self._state = state
-        self._window = new_window(state, self._now())
+        self._window = Window(started_at=self._now())
 
     async def _pause(self, seconds: float) -> None:
         """Sleep (with jitter) until a slot of this process is given back, at most `seconds`."""
