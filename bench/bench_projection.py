@@ -49,11 +49,8 @@ def run_pair(
 
     with (
         fresh_services(server.base_url) as env,
-        running_stack(env, 2) as (
-            _stack,
-            api,
-            seed_set_id,
-        ),  # two workers, each with the CLI's default pool
+        # Two workers, each with the CLI's default pool.
+        running_stack(env, 2) as (_stack, api, seed_set_id),
     ):
         body = {"seed_set_id": seed_set_id, "num_instructions": target, "options": {"seed": seed}}
         response = api.post("/v1/jobs/preview", json={**body, "preview_instructions": preview_n})

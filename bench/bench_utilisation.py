@@ -277,11 +277,8 @@ def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
 
     with (
         fresh_services(server.base_url, env_extra) as env,
-        running_stack(env, 2) as (
-            stack,
-            api,
-            seed_set_id,
-        ),  # two workers, each with the CLI's default pool
+        # Two workers, each with the CLI's default pool.
+        running_stack(env, 2) as (stack, api, seed_set_id),
     ):
         cpu = CpuMeter(stack_pids(stack, server))
         start = server.now()

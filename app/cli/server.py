@@ -86,7 +86,7 @@ def worker(
         int,
         typer.Option(
             help="Worker processes (as in docker-compose.yml). A task holds its process while "
-            "its last requests come back, so more processes than cores keep the backend fed."
+            "its last requests come back, so a pool larger than the cores keeps the backend fed."
         ),
     ] = 4,
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",

@@ -238,7 +238,8 @@ class _TakeMore:
     """More of the job's pending instructions for a running instance task: the oldest that no
     live task holds (their own messages are still queued, or their task died), claimed under
     the task's hold. After its slice (about INSTANCE_SLICE_S) it takes no more, so that other
-    jobs' tasks get the pool process too; a job that is finished, cancelled or over a budget gives none."""
+    jobs' tasks get the pool process too; a job that is finished, cancelled or over a budget
+    gives none."""
 
     def __init__(
         self,

@@ -253,6 +253,22 @@ def test_an_instance_task_takes_nothing_more_after_its_slice(
     assert set(_pending(job_id)) == set(pending[1:])
 
 
+def test_instance_slices_are_spread_around_their_mean() -> None:
+    """Tasks of a job start together; slices of different lengths let them stop taking work
+    at different times (the default slice, 30 s on average)."""
+    started = time.monotonic()
+    lengths = [
+        instances._TakeMore(uuid.uuid4(), leases.Hold(uuid.uuid4()), GenerationOptions()).until
+        - started
+        for _ in range(200)
+    ]
+    low = instances.INSTANCE_SLICE_S * (1 - instances.SLICE_SPREAD)
+    high = instances.INSTANCE_SLICE_S * (1 + instances.SLICE_SPREAD)
+    assert (low, high) == (15.0, 30.0 * 1.5)
+    assert all(low <= length <= high + 1.0 for length in lengths)
+    assert max(lengths) - min(lengths) > 15.0  # not one length for all
+
+
 def test_a_task_that_took_more_hands_all_its_unfinished_instructions_to_its_retry(
     job_id: uuid.UUID, fake_llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
