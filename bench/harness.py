@@ -88,21 +88,20 @@ def fresh_services(
         services.drop_database(admin, name)
 
 
-WORKER_POOL = 4  # `selfinstruct worker`'s default pool, the one docker-compose.yml runs
-
-
 @contextmanager
 def running_stack(
     env: dict[str, str], workers: int, **worker_options: Any
 ) -> Iterator[tuple[Any, httpx.Client, str]]:
     """The API and `workers` worker processes on `env`, once the workers had time to connect:
     yields the stack, a client of its API and the id of the default seeds, uploaded."""
+    from app.cli.server import DEFAULT_WORKER_POOL
     from tests.support.stack import ServiceStack
 
     with ServiceStack(env, Path(tempfile.mkdtemp()) / "logs") as stack:
         stack.start_api()
         for _ in range(workers):
-            stack.start_worker(**{"concurrency": WORKER_POOL, **worker_options})
+            # `selfinstruct worker`'s default pool unless the bench names one.
+            stack.start_worker(**{"concurrency": DEFAULT_WORKER_POOL, **worker_options})
         time.sleep(3)  # workers connect to the broker
         with stack.client(None) as api:
             with SEEDS.open("rb") as fh:

@@ -229,7 +229,8 @@ INSTANCE_SLICE_S = 30.0  # how long an instance task keeps taking its job's work
 # Each task's slice is drawn from INSTANCE_SLICE_S x [1 - SLICE_SPREAD, 1 + SLICE_SPREAD]: a job's
 # instance tasks start together when its first rounds are stored, and with equal slices they
 # would all stop taking work, and drain, at once, emptying the job's share of the backend; spread
-# out, the tasks still taking work grow their windows into the slots the draining ones free.
+# out, tasks still taking work can grow their windows into the slots the draining ones free (its
+# effect alone is not measured: BENCHMARKS.md).
 SLICE_SPREAD = 0.5
 TAKE_AGAIN_S = 0.5  # after finding nothing to take: new instructions come with stored rounds
 

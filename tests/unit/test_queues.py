@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.cli.server import DEFAULT_WORKER_POOL
 from app.selfinstruct.balance import steers_on_instances
 from app.selfinstruct.options import BalanceTargets
 from app.services import fairness
@@ -49,7 +50,8 @@ def test_the_default_pool_is_the_one_docker_compose_runs(monkeypatch: pytest.Mon
     monkeypatch.setattr(celery_app, "worker_main", argv.append)
     assert CliRunner().invoke(cli, ["worker"]).exit_code == 0
     compose = (Path(__file__).parents[2] / "docker-compose.yml").read_text()
-    assert '"worker", "--concurrency", "4"' in compose and "--concurrency=4" in argv[0]
+    assert f'"worker", "--concurrency", "{DEFAULT_WORKER_POOL}"' in compose
+    assert f"--concurrency={DEFAULT_WORKER_POOL}" in argv[0] and DEFAULT_WORKER_POOL == 4
 
 
 @pytest.mark.parametrize(("behind_bulk", "queue"), [(False, ROUND_QUEUE), (True, QUEUE)])
