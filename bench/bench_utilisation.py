@@ -272,7 +272,10 @@ def stack_pids(stack: Any, server: SlotServer) -> dict[str, Callable[[], list[in
 
 
 def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
-            env_extra: dict[str, str], jobs: int = 1) -> dict[str, Any]:  # fmt: skip
+            env_extra: dict[str, str], jobs: int = 1, warm_up: int = 0) -> dict[str, Any]:  # fmt: skip
+    """`warm_up`: instructions of a job run to its end first on the same stack, so that the
+    measured job starts at the limit the workers learnt for this backend (what every job after a
+    backend's first one sees: the learnt limit is kept in Redis) instead of the slow start's."""
     from tests.support.stack import wait_for_status
 
     with (
@@ -280,6 +283,17 @@ def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
         # Two workers, each with the CLI's default pool.
         running_stack(env, 2) as (stack, api, seed_set_id),
     ):
+        if warm_up:
+            first = api.post(
+                "/v1/jobs",
+                json={
+                    "seed_set_id": seed_set_id,
+                    "num_instructions": warm_up,
+                    "options": {"seed": 101, **options},
+                },
+            ).json()["id"]
+            wait_for_status(api, first, timeout_s=3600)  # fmt: skip
+        before = server.stats()
         cpu = CpuMeter(stack_pids(stack, server))
         start = server.now()
         ids = [
@@ -313,10 +327,10 @@ def run_job(server: SlotServer, instructions: int, options: dict[str, Any],
         "middle_by_job": share_by_model(stats["busy"], server.slots, *middle),
         "held_timeline": held_timeline(stats["busy"], start, end),
         "cpu": cpu_used,
-        "requests": stats["requests"],
-        "refused": stats["refused"],
+        "requests": stats["requests"] - before["requests"],
+        "refused": stats["refused"] - before["refused"],
         "refused_middle_share": refused_share(stats, *middle),
-        "peak_waiting": stats["peak_waiting"],
+        "peak_waiting": stats["peak_waiting"],  # the warm-up job's included
         "accepted": sum(j["progress"]["instructions_accepted"] for j in finished),
         "backends": loads,
         "limit_middle": sampler.median_limit(*middle),
@@ -336,6 +350,8 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[], help="NAME=JSON, a job option")
     parser.add_argument("--diverse", action="store_true",
                         help="a larger vocabulary, for jobs of tens of thousands of instructions")  # fmt: skip
+    parser.add_argument("--warm-up", type=int, default=0, metavar="N",
+                        help="run a job of N instructions first, then measure the next one")  # fmt: skip
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -346,7 +362,8 @@ def main() -> None:
     options = {"mode": args.mode}
     options.update({k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)})
     print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs; mode {args.mode}, "
-          f"{args.instructions} instructions x {args.jobs} job(s); env {env_extra or 'defaults'}; "
+          f"{args.instructions} instructions x {args.jobs} job(s), warm-up job {args.warm_up}; "
+          f"env {env_extra or 'defaults'}; "
           f"options {options}")  # fmt: skip
     print("\n| C | L | wall s | whole job | middle 60 % | requests | 429s | peak queued |")
     print("|---|---|---|---|---|---|---|---|")
@@ -355,7 +372,7 @@ def main() -> None:
             server = SlotServer(slots, latency, args.refuse_above, args.diverse)
             try:
                 result = run_job(server, args.instructions, options, env_extra,
-                                 args.jobs)  # fmt: skip
+                                 args.jobs, args.warm_up)  # fmt: skip
             finally:
                 server.stop()
             print(f"| {slots} | {latency:g} s | {result['wall_s']:.0f} | {result['whole']:.2f} | "

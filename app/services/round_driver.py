@@ -8,9 +8,9 @@ model's answers only, never on which answer came back first, and a rerun against
 deterministic backend repeats it. Each stored round's instructions go to steps 2 and 3 at once.
 
 Near the target no new round goes out while the rounds in flight are expected (at the job's
-acceptance rate so far) to bring enough. The task stops sending after `ROUND_SLICE_S`, stores
-what is in flight and hands the next round to a new message, so that other jobs' rounds get a
-worker too; a round's claim passes from one stored round to the next inside the task, so a
+acceptance rate so far) to bring enough. The task stops sending after `ROUND_SLICE_S` (longer
+while no other job is active: `slices`), stores what is in flight and hands the next round to a
+new message, so that other jobs' rounds get a worker too; a round's claim passes from one stored round to the next inside the task, so a
 sweeper never sends a round this task is already waiting for.
 """
 
@@ -36,6 +36,7 @@ from app.services.calls import CallRecord, LLMFactory, record_calls
 from app.services.completion import accepted_count
 from app.services.pipeline import PlannedRound, RoundResult
 from app.services.scores import PendingScores
+from app.services.slices import Slice
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def _stream(
 ) -> RoundResult:
     """Stored rounds' ROUGE-L scores (`unscored`) are stored while the next round's answers
     are still out: storing that round waits for no score."""
-    deadline = time.monotonic() + ROUND_SLICE_S
+    round_slice = Slice(job_id, ROUND_SLICE_S)
     spent = _Spent()
 
     def send(planned: PlannedRound) -> None:
@@ -141,7 +142,7 @@ def _stream(
     next_round, planning = first.round_no + 1, True
     result = RoundResult(next_round=first.round_no)
     while in_flight:
-        while planning and len(in_flight) < depth and time.monotonic() < deadline:
+        while planning and len(in_flight) < depth and not round_slice.over():
             with spent("planning"):
                 if not _worth_another(job_id, len(in_flight), first.options, result):
                     break

@@ -3,6 +3,7 @@ order): several rounds in flight, yet the job accepts exactly what it accepts ro
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +14,9 @@ from sqlalchemy import func, select
 
 from app.config import get_settings
 from app.db import session_scope
-from app.models import Instruction, Job, LLMAnswer, LLMCall
+from app.models import Instruction, Job, JobStatus, LLMAnswer, LLMCall
 from app.selfinstruct.options import GenerationOptions
-from app.services import completion, journal, leases, pipeline, round_driver, scores
+from app.services import completion, journal, leases, pipeline, round_driver, scores, slices
 from app.services.calls import CallRecord, record_calls
 from app.services.jobs import create_job
 from app.services.llm import llm_for, reset_llm_clients
@@ -408,3 +409,59 @@ def test_a_small_job_sends_few_rounds_it_does_not_store(
         stored_rounds = job.rounds_completed
     per_round = GenerationOptions().requests_per_round
     assert stored_rounds * per_round <= sent <= (stored_rounds + 1) * per_round
+
+
+def test_a_round_task_of_a_job_alone_sends_past_its_slice(
+    seed_set_id: uuid.UUID, llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody waits for the process, so the slice (shortened here to none at all: the default
+    30 s outlasts the job) is extended: the job takes as many tasks as with the default slice
+    (a second one only near the target, when the rounds in flight brought too few)."""
+    with_default = new_job(seed_set_id)
+    tasks = stream(with_default)
+    _set_status(with_default, JobStatus.SUCCEEDED)  # steps 2-3 do not run here
+    monkeypatch.setattr(round_driver, "ROUND_SLICE_S", 0.0)
+    job_id = new_job(seed_set_id)
+    assert stream(job_id) == tasks <= 2
+    assert accepted(job_id) == accepted(with_default)
+    assert len(accepted(job_id)) == TARGET
+
+
+def _set_status(job_id: uuid.UUID, status: JobStatus) -> None:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        job.status = status
+
+
+def test_a_round_task_hands_over_after_its_slice_while_another_job_waits(
+    seed_set_id: uuid.UUID, llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With another job queued the slice (none, as above) ends on time: each task sends one
+    round and hands the next to a new message, and the job still accepts what it accepts in
+    one task."""
+    monkeypatch.setattr(round_driver, "ROUND_SLICE_S", 0.0)
+    alone = new_job(seed_set_id)
+    stream(alone)
+    job_id = new_job(seed_set_id)
+    new_job(seed_set_id)  # queued: it waits for a process
+    assert stream(job_id) > 1
+    assert accepted(job_id) == accepted(alone)
+
+
+def test_a_slice_is_extended_while_its_job_runs_alone_up_to_the_longest(
+    seed_set_id: uuid.UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slices of 0.1 s and a longest of 0.3 s (production: 30 s and 300 s) to stay fast."""
+    monkeypatch.setattr(slices, "LONGEST_S", 0.3)
+    job_id = new_job(seed_set_id)
+    alone = slices.Slice(job_id, 0.1)
+    time.sleep(0.15)
+    assert not alone.over()  # past its slice, but no other job: extended
+    time.sleep(0.2)
+    assert alone.over() and alone.over()  # past the longest: over, and it stays over
+    new_job(seed_set_id)
+    shared = slices.Slice(job_id, 0.1)
+    assert not shared.over()
+    time.sleep(0.15)
+    assert shared.over()  # another job is queued: the slice ends on time
