@@ -135,7 +135,7 @@ def _stream(
     def send(planned: PlannedRound) -> None:
         context = contextvars.copy_context()  # the job id, for the backend's fair shares
         answers = pool.submit(context.run, pipeline.send_round, llm_factory, planned)
-        spent.sent(answers)
+        spent.sent(planned.round_no, answers)
         in_flight.append((planned, answers))
 
     send(first)
@@ -177,7 +177,7 @@ def _stream(
                 exc_info=True,
             )
             return RoundResult(next_round=planned.round_no)
-        spent.stored(answers)
+        spent.stored(planned.round_no)
         with spent("sending instance tasks"):
             stored.add(result.instance_batches)
         result.instance_batches = []
@@ -199,15 +199,15 @@ class _Spent:
         # A round's time out: answering (sent until its last answer) and waiting for the
         # rounds before it to be stored (in order), summed over stored rounds.
         self._answering = self._in_order = 0.0
-        self._times: dict[int, list[float]] = {}
+        self._times: dict[int, list[float]] = {}  # round number -> [sent, last answer back]
 
-    def sent(self, answers: Future[list[CallRecord]]) -> None:
-        times = self._times[id(answers)] = [time.monotonic()]
+    def sent(self, round_no: int, answers: Future[list[CallRecord]]) -> None:
+        times = self._times[round_no] = [time.monotonic()]
         answers.add_done_callback(lambda _: times.append(time.monotonic()))
 
-    def stored(self, answers: Future[list[CallRecord]]) -> None:
+    def stored(self, round_no: int) -> None:
         self.rounds += 1
-        sent_at, *answered = self._times.pop(id(answers), [0.0])
+        sent_at, *answered = self._times.pop(round_no, [time.monotonic()])
         done_at = answered[0] if answered else time.monotonic()
         self._answering += done_at - sent_at
         self._in_order += time.monotonic() - done_at

@@ -3,9 +3,11 @@ order): several rounds in flight, yet the job accepts exactly what it accepts ro
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -465,3 +467,23 @@ def test_a_slice_is_extended_while_its_job_runs_alone_up_to_the_longest(
     assert not shared.over()
     time.sleep(0.15)
     assert shared.over()  # another job is queued: the slice ends on time
+
+
+def test_the_round_log_line_splits_a_rounds_time_into_answering_and_waiting_in_order() -> None:
+    """Round 2 is answered first but stored after round 1: its wait in order shows."""
+    spent = round_driver._Spent()
+    first, second = Future[list[CallRecord]](), Future[list[CallRecord]]()
+    spent.sent(1, first)
+    spent.sent(2, second)
+    second.set_result([])
+    time.sleep(0.2)
+    first.set_result([])
+    spent.stored(1)
+    spent.stored(2)
+    line = str(spent)
+    assert line.startswith("2 rounds stored in ")
+    answering, in_order = re.search(
+        r"answering ([\d.]+) s, then until stored ([\d.]+) s", line
+    ).groups()  # type: ignore[union-attr]
+    assert float(answering) == pytest.approx(0.1, abs=0.06)  # (0.2 + 0) / 2
+    assert float(in_order) == pytest.approx(0.1, abs=0.06)  # (0 + 0.2) / 2
