@@ -482,8 +482,8 @@ def test_the_round_log_line_splits_a_rounds_time_into_answering_and_waiting_in_o
     spent.stored(2)
     line = str(spent)
     assert line.startswith("2 rounds stored in ")
-    answering, in_order = re.search(
-        r"answering ([\d.]+) s, then until stored ([\d.]+) s", line
-    ).groups()  # type: ignore[union-attr]
+    times = re.search(r"answering ([\d.]+) s, then until stored ([\d.]+) s", line)
+    assert times is not None, line
+    answering, in_order = times.groups()
     assert float(answering) == pytest.approx(0.1, abs=0.06)  # (0.2 + 0) / 2
     assert float(in_order) == pytest.approx(0.1, abs=0.06)  # (0 + 0.2) / 2
