@@ -10,8 +10,9 @@ deterministic backend repeats it. Each stored round's instructions go to steps 2
 Near the target no new round goes out while the rounds in flight are expected (at the job's
 acceptance rate so far) to bring enough. The task stops sending after `ROUND_SLICE_S` (longer
 while no other job is active: `slices`), stores what is in flight and hands the next round to a
-new message, so that other jobs' rounds get a worker too; a round's claim passes from one stored round to the next inside the task, so a
-sweeper never sends a round this task is already waiting for.
+new message, so that other jobs' rounds get a worker too; a round's claim passes from one stored
+round to the next inside the task, so a sweeper never sends a round this task is already
+waiting for.
 """
 
 from __future__ import annotations

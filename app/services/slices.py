@@ -6,8 +6,8 @@ message. That hand-over is not free: while the old task drains, its rounds come 
 and the new task's first round is stored one round latency after it starts, so the job stores no
 new instructions for about two round latencies and steps 2 and 3 run dry. When no other job is
 queued or running nobody waits for the process, so the slice is extended, up to `LONGEST_S` in
-all (a worker's warm shutdown waits for its tasks). A job submitted meanwhile waits at most one
-more slice for its turn.
+all (a worker's warm shutdown waits for its tasks). A job submitted meanwhile finds this task
+handing over at the end of its current slice.
 """
 
 from __future__ import annotations
