@@ -445,6 +445,7 @@ def test_a_round_task_hands_over_after_its_slice_while_another_job_waits(
     monkeypatch.setattr(round_driver, "ROUND_SLICE_S", 0.0)
     alone = new_job(seed_set_id)
     stream(alone)
+    _set_status(alone, JobStatus.SUCCEEDED)  # steps 2-3 do not run here
     job_id = new_job(seed_set_id)
     new_job(seed_set_id)  # queued: it waits for a process
     assert stream(job_id) > 1
